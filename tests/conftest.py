@@ -1,0 +1,5 @@
+"""Shared test set-up: small, deterministic, CPU."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")

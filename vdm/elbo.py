@@ -1,0 +1,230 @@
+"""The variational lower bound of VDM for integer data, split into its named terms.
+
+−log p(x) ≤ L_recon + L_diffusion + L_prior  (VDM eq. 11), all per example, in nats.
+
+Data x_int are integers in [0, vocab_size) of any shape (batch, ..., channels); inside the
+model they are encoded to the bin centres f = (2 x_int + 1) / vocab_size − 1 ∈ (−1, 1).
+Every term takes its randomness (t, ε) as arguments; only `vlb_terms` draws it from a key.
+`gamma_fn(t) -> γ_t` is the schedule; `eps_hat_fn(z_t, γ_t) -> ε̂` the denoiser.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from vdm import diffusion
+
+GammaFn = Callable[[jax.Array], jax.Array]
+EpsHatFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _sum_per_example(x: jax.Array) -> jax.Array:
+    return jnp.sum(x, axis=tuple(range(1, x.ndim)))
+
+
+def encode(x_int: jax.Array, vocab_size: int) -> jax.Array:
+    """Integers in [0, vocab_size) → bin centres (2 x + 1) / vocab_size − 1 in (−1, 1)."""
+    return (2.0 * jnp.asarray(x_int, jnp.float32) + 1.0) / vocab_size - 1.0
+
+
+def decoder_logprobs(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int) -> jax.Array:
+    """log p(x | z₀) for every value of the vocab, shape z₀.shape + (vocab_size,)  (VDM eq. 8).
+
+    p(x_i | z_0,i) ∝ q(z_0,i | x_i) normalised over the vocab's bin centres (VDM App. A).
+    """
+    gamma_0 = diffusion._bcast(gamma_0, z_0)
+    alpha_0, _ = diffusion.alpha_sigma(gamma_0)
+    centres = encode(jnp.arange(vocab_size), vocab_size)
+    # z₀/α₀ = f + exp(γ₀/2) ε₀, so each centre's logit is a Gaussian log-density of width exp(γ₀/2).
+    inv_std = jnp.exp(-0.5 * gamma_0)[..., None]
+    logits = -0.5 * jnp.square((z_0 / alpha_0)[..., None] - centres) * jnp.square(inv_std)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def recon_loss(
+    x_int: jax.Array, eps_0: jax.Array, gamma_0: jax.Array, vocab_size: int
+) -> jax.Array:
+    """L_recon = −log p(x | z₀) with z₀ = α₀ f + σ₀ ε₀, exact discrete decoder (VDM eq. 8)."""
+    f = encode(x_int, vocab_size)
+    z_0 = diffusion.q_sample(f, gamma_0, eps_0)
+    logp = decoder_logprobs(z_0, gamma_0, vocab_size)
+    logp_x = jnp.take_along_axis(logp, jnp.asarray(x_int, jnp.int32)[..., None], axis=-1)[..., 0]
+    return -_sum_per_example(logp_x)
+
+
+def prior_loss(x: jax.Array, gamma_1: jax.Array) -> jax.Array:
+    """L_prior = KL(q(z₁ | x) ‖ N(0, I)) = ½ Σ (α₁² (x² − 1) − log σ₁²)  (VDM eq. 11).
+
+    Written with σ₁² − 1 = −α₁² and log σ₁² = log_sigmoid(γ₁) for accuracy at large γ₁.
+    """
+    gamma_1 = diffusion._bcast(gamma_1, x)
+    alpha_sq = jax.nn.sigmoid(-gamma_1)
+    kl = 0.5 * (alpha_sq * (jnp.square(x) - 1.0) - jax.nn.log_sigmoid(gamma_1))
+    return _sum_per_example(jnp.broadcast_to(kl, x.shape))
+
+
+def diffusion_loss_continuous(
+    x: jax.Array, t: jax.Array, eps: jax.Array, gamma_fn: GammaFn, eps_hat_fn: EpsHatFn
+) -> jax.Array:
+    """L_∞ = ½ γ′(t) ‖ε − ε̂(z_t; t)‖²  (VDM eq. 17), per example, in nats."""
+    gamma_t, dgamma_dt = jax.jvp(gamma_fn, (t,), (jnp.ones_like(t),))
+    z_t = diffusion.q_sample(x, gamma_t, eps)
+    return 0.5 * dgamma_dt * _sum_per_example(jnp.square(eps - eps_hat_fn(z_t, gamma_t)))
+
+
+def diffusion_loss_discrete(
+    x: jax.Array,
+    t: jax.Array,
+    eps: jax.Array,
+    gamma_fn: GammaFn,
+    eps_hat_fn: EpsHatFn,
+    n_timesteps: int,
+) -> jax.Array:
+    """L_T = ½ T expm1(γ_t − γ_s) ‖ε − ε̂(z_t; t)‖², t = i/T, s = (i−1)/T  (VDM eqs. 13–14).
+
+    The uniform t ∈ [0, 1) picks the step i = ⌊tT⌋ + 1 ∈ {1, …, T}.
+    """
+    T = n_timesteps
+    t_i = (jnp.floor(t * T) + 1.0) / T
+    gamma_t, gamma_s = gamma_fn(t_i), gamma_fn(t_i - 1.0 / T)
+    z_t = diffusion.q_sample(x, gamma_t, eps)
+    sq_err = _sum_per_example(jnp.square(eps - eps_hat_fn(z_t, gamma_t)))
+    return 0.5 * T * jnp.expm1(gamma_t - gamma_s) * sq_err
+
+
+def diffusion_loss(
+    x: jax.Array,
+    t: jax.Array,
+    eps: jax.Array,
+    gamma_fn: GammaFn,
+    eps_hat_fn: EpsHatFn,
+    n_timesteps: int = 0,
+) -> jax.Array:
+    """The diffusion term: continuous time (eq. 17) if n_timesteps == 0, else T steps (eq. 14)."""
+    if n_timesteps < 0:
+        raise ValueError(f"model.n_timesteps must be 0 (continuous) or positive, got {n_timesteps}")
+    if n_timesteps == 0:
+        return diffusion_loss_continuous(x, t, eps, gamma_fn, eps_hat_fn)
+    return diffusion_loss_discrete(x, t, eps, gamma_fn, eps_hat_fn, n_timesteps)
+
+
+# ---- The variance-minimising schedule gradient (VDM §5, App. I.2). ----
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _squared_loss_gradient(fn, shape_vals, args):
+    return fn(shape_vals, args)
+
+
+def _slg_fwd(fn, shape_vals, args):
+    loss, pullback = jax.vjp(fn, shape_vals, args)
+    return loss, (loss, pullback)
+
+
+def _slg_bwd(fn, res, ct):
+    loss, pullback = res
+    g_shape, g_args = pullback(ct)
+    # ∇ L² = 2 L ∇L, per example: only the schedule-shape inputs are rescaled.
+    g_shape = jax.tree.map(lambda g: 2.0 * loss * g, g_shape)
+    return g_shape, g_args
+
+
+_squared_loss_gradient.defvjp(_slg_fwd, _slg_bwd)
+
+
+def diffusion_loss_variance_min(
+    x: jax.Array,
+    t: jax.Array,
+    eps: jax.Array,
+    gamma_0: jax.Array,
+    gamma_1: jax.Array,
+    shape_fn: GammaFn,
+    eps_hat_fn: EpsHatFn,
+) -> jax.Array:
+    """L_∞ of eq. 17 with γ(t) = γ₀ + (γ₁ − γ₀) γ̂(t), whose *shape* γ̂ gets the gradient of L².
+
+    In continuous time the VLB depends on γ only through γ₀ and γ₁ (eq. 18), so the shape is
+    free to minimise the variance of the estimator; since E[L] does not depend on it, its
+    gradient is that of E[L²], obtained in the backward pass as 2 L ∇L (VDM App. I.2). The
+    value, and the gradients for γ₀, γ₁ and the denoiser's parameters, are those of eq. 17.
+    """
+    g_hat, dg_hat = jax.jvp(shape_fn, (t,), (jnp.ones_like(t),))
+    # custom_vjp may not close over traced values: lift the denoiser's closure into arguments.
+    eps_hat_closed, consts = jax.closure_convert(eps_hat_fn, x, g_hat)
+
+    def loss_given_shape(shape_vals, args):
+        (g_hat, dg_hat), (x, eps, gamma_0, gamma_1, consts) = shape_vals, args
+        gamma_t = gamma_0 + (gamma_1 - gamma_0) * g_hat
+        z_t = diffusion.q_sample(x, gamma_t, eps)
+        eps_hat = eps_hat_closed(z_t, gamma_t, *consts)
+        return 0.5 * (gamma_1 - gamma_0) * dg_hat * _sum_per_example(jnp.square(eps - eps_hat))
+
+    args = (x, eps, gamma_0, gamma_1, tuple(consts))
+    return _squared_loss_gradient(loss_given_shape, (g_hat, dg_hat), args)
+
+
+# ---- The whole bound. ----
+
+
+def sample_t(key: jax.Array, batch_size: int, antithetic: bool = True) -> jax.Array:
+    """t ~ U[0, 1): low-discrepancy t_i = (u + i/B) mod 1 (VDM App. I.1) or i.i.d."""
+    if antithetic:
+        u = jax.random.uniform(key, ())
+        return jnp.mod(u + jnp.arange(batch_size) / batch_size, 1.0)
+    return jax.random.uniform(key, (batch_size,))
+
+
+def vlb_terms(
+    key: jax.Array,
+    x_int: jax.Array,
+    gamma_fn: GammaFn,
+    eps_hat_fn: EpsHatFn,
+    *,
+    vocab_size: int,
+    n_timesteps: int = 0,
+    antithetic_time: bool = True,
+    variance_min: tuple[jax.Array, jax.Array, GammaFn] | None = None,
+) -> dict[str, jax.Array]:
+    """Per-example VLB terms in nats: {'recon', 'prior', 'diffusion'} (VDM eq. 11).
+
+    `variance_min=(γ₀, γ₁, shape_fn)` selects the variance-minimising gradient for the shape
+    (continuous time only); the values are unchanged.
+    """
+    f = encode(x_int, vocab_size)
+    k_t, k_eps, k_eps0 = jax.random.split(key, 3)
+    t = sample_t(k_t, f.shape[0], antithetic_time)
+    eps = jax.random.normal(k_eps, f.shape)
+    eps_0 = jax.random.normal(k_eps0, f.shape)
+    if variance_min is None:
+        gamma_0, gamma_1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
+        diff = diffusion_loss(f, t, eps, gamma_fn, eps_hat_fn, n_timesteps)
+    else:
+        if n_timesteps != 0:
+            raise ValueError(
+                "schedule.variance_min needs continuous time (model.n_timesteps=0): in discrete "
+                f"time the bound depends on the schedule's shape; got n_timesteps={n_timesteps}"
+            )
+        gamma_0, gamma_1, shape_fn = variance_min
+        diff = diffusion_loss_variance_min(f, t, eps, gamma_0, gamma_1, shape_fn, eps_hat_fn)
+    return {
+        "recon": recon_loss(x_int, eps_0, gamma_0, vocab_size),
+        "prior": prior_loss(f, gamma_1),
+        "diffusion": diff,
+    }
+
+
+def to_bpd(nats: jax.Array, n_dims: int) -> jax.Array:
+    """Nats per example → bits per dimension: nats / (D ln 2)."""
+    return nats / (n_dims * math.log(2.0))
+
+
+def bpd_terms(terms: dict[str, jax.Array], n_dims: int) -> dict[str, jax.Array]:
+    """Per-example terms in bits per dimension, with their sum under 'bpd'."""
+    out = {k: to_bpd(v, n_dims) for k, v in terms.items()}
+    out["bpd"] = sum(out[k] for k in terms)
+    return out
