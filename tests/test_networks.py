@@ -1,0 +1,77 @@
+"""Denoising networks and the model wrapper (vdm/networks, vdm/model.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cifar10, default, swirl2d
+from vdm import diffusion
+from vdm.model import VDM, count_params
+
+
+def test_cifar10_parameter_count_matches_the_paper():
+    """n_embd 128, n_layer 32, attention only in the middle: the paper's ≈30.6M parameters."""
+    c = cifar10.get_config()
+    model = VDM.from_config(c, num_classes=10)
+    params = jax.eval_shape(lambda k: model.init(k, (32, 32, 3)), jax.random.key(0))
+    n = count_params(params["net"])
+    assert 30.5e6 < n < 30.7e6, n
+
+
+def _small(network="unet", **model):
+    c = default.get_config()
+    c.model.network = network
+    c.model.n_embd, c.model.n_layer, c.schedule.n_features = 8, 1, 8
+    c.model.update(model)
+    return c
+
+
+@pytest.mark.parametrize("shape", [(6, 10, 2), (5, 5, 4), (8, 8, 1)])
+def test_unet_any_size_and_channels_starts_at_base_measure(shape):
+    model = VDM.from_config(_small())
+    params = model.init(jax.random.key(0), shape)
+    z = jax.random.normal(jax.random.key(1), (3, *shape))
+    eps_hat = model.eps_hat_fn(params)(z, jnp.linspace(-5, 5, 3))
+    assert eps_hat.shape == z.shape
+    np.testing.assert_allclose(eps_hat, z)  # zero-initialised output + skip: ε̂ = z
+
+
+def test_unet_without_skip_starts_at_zero_and_attention_everywhere_runs():
+    model = VDM.from_config(_small(base_measure_skip=False, with_attention=True))
+    params = model.init(jax.random.key(0), (4, 4, 3))
+    z = jnp.ones((2, 4, 4, 3))
+    out = model.network.apply({"params": params["net"]}, z, jnp.zeros((2,)))
+    np.testing.assert_allclose(out, 0.0)
+    n_attn = sum("AttnBlock" in k for k in params["net"])
+    assert n_attn == 1 + 1 + 2  # after each of n_layer down, n_layer + 1 up, and the middle
+
+
+def test_mlp_for_2d_data_and_class_conditioning():
+    c = swirl2d.get_config("smoke")
+    c.model.class_conditional = True
+    model = VDM.from_config(c, num_classes=3)
+    params = model.init(jax.random.key(0), (2,))
+    assert params["net"]["Conditioning_0"]["label_embed"]["embedding"].shape == (4, 16)
+    z = jax.random.normal(jax.random.key(1), (5, 2))
+    label = jnp.array([0, 1, 2, 3, 3])  # 3 = the null label
+    out = model.eps_hat_fn(params, label=label)(z, jnp.zeros((5,)))
+    assert out.shape == (5, 2) and jnp.all(jnp.isfinite(out))
+
+
+@pytest.mark.parametrize("head", ["x0", "v", "score"])
+def test_model_converts_every_head_to_eps(head):
+    model = VDM.from_config(_small(head=head, base_measure_skip=False))
+    params = model.init(jax.random.key(0), (4, 4, 1))
+    params = jax.tree.map(lambda p: p + 0.01, params)  # a non-trivial output
+    z, gamma = jax.random.normal(jax.random.key(1), (2, 4, 4, 1)), jnp.array([-3.0, 2.0])
+    raw = model.network.apply({"params": params["net"]}, z, gamma)
+    np.testing.assert_allclose(
+        model.eps_hat_fn(params)(z, gamma), diffusion.to_eps(head, z, raw, gamma), rtol=1e-6
+    )
+
+
+def test_network_rejects_wrong_rank():
+    model = VDM.from_config(_small())
+    with pytest.raises(ValueError, match=r"ScoreUNet expects images \(batch, H, W, C\)"):
+        model.init(jax.random.key(0), (2,))

@@ -1,0 +1,229 @@
+"""End to end: train → checkpoint → resume in a new process → eval → sample (vdm/train.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import cifar10, digits
+from vdm import config as config_lib
+from vdm import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ["--config=configs/digits.py:smoke"]
+
+
+def vdm_main(*args, check=True, **kw):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "vdm.main", *SMOKE, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        **kw,
+    )
+    if check and proc.returncode:
+        raise AssertionError(f"vdm.main failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def load_params(workdir, step):
+    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    restored = mngr.restore(step)
+    mngr.close()
+    return restored
+
+
+@pytest.fixture(scope="module")
+def resumed_and_straight(tmp_path_factory):
+    """Run A: 4 steps, then a new process continues to 6. Run B: 6 steps straight."""
+    a, b = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
+    vdm_main(f"--workdir={a}", "--config.training.num_steps=4")
+    vdm_main(f"--workdir={a}")
+    vdm_main(f"--workdir={b}")
+    return a, b
+
+
+def test_resumed_run_equals_uninterrupted_run_bitwise(resumed_and_straight):
+    a, b = resumed_and_straight
+    pa, pb = load_params(a, 6), load_params(b, 6)
+    assert int(pa["step"]) == int(pb["step"]) == 6
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    rows = [json.loads(ln) for ln in open(os.path.join(a, "metrics.jsonl"))]
+    train_steps = [r["step"] for r in rows if r["split"] == "train"]
+    assert train_steps == [2, 4, 6]  # logs continue, not duplicated
+    assert {
+        "bpd",
+        "recon",
+        "prior",
+        "diffusion",
+        "gamma_0",
+        "gamma_1",
+        "grad_norm",
+        "diffusion_var",
+    } <= set(rows[0])
+    assert os.path.exists(os.path.join(a, "config.json"))
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(a, "tb")))
+    assert sorted(os.listdir(os.path.join(a, "checkpoints"))) == ["2", "4", "6"]
+
+
+def test_eval_and_sample_modes(resumed_and_straight):
+    a, _ = resumed_and_straight
+    vdm_main(f"--workdir={a}", "--mode=eval")
+    result = json.load(open(os.path.join(a, "eval_step_6.json")))
+    assert result["n"] == 100 and np.isfinite(result["bpd"]) and result["bpd_se"] > 0
+    total = result["recon"] + result["prior"] + result["diffusion"]
+    np.testing.assert_allclose(result["bpd"], total, rtol=1e-6)
+    out = vdm_main(f"--workdir={a}", "--mode=sample", f"--checkpoint={a}/checkpoints/4")
+    png = out.stdout.split("samples → ")[1].split(" and ")[0]
+    assert os.path.exists(png) and png.endswith("step_00000004.png")
+    x = np.load(png[:-4] + ".npz")["samples"]
+    assert x.shape == (4, 8, 8, 1) and x.min() >= 0 and x.max() < 17
+
+
+def test_sigkill_mid_training_resumes_and_leaves_no_corrupt_checkpoint(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [
+        sys.executable,
+        "-m",
+        "vdm.main",
+        *SMOKE,
+        f"--workdir={tmp_path}",
+        "--config.training.num_steps=100000",
+        "--config.training.save_every=1",
+        "--config.training.eval_every=100000",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    ckpts = tmp_path / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = [d for d in os.listdir(ckpts) if d.isdigit()] if ckpts.exists() else []
+        if len(done) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    steps = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
+    assert steps, "no checkpoint was written before the kill"
+    for s in steps:  # every finished checkpoint restores
+        restored = load_params(tmp_path, s)
+        assert int(restored["step"]) == s
+    target = steps[-1] + 2
+    vdm_main(f"--workdir={tmp_path}", f"--config.training.num_steps={target}")
+    assert int(load_params(tmp_path, target)["step"]) == target
+
+
+def test_two_devices_give_the_same_loss_and_update_as_one():
+    script = os.path.join(ROOT, "tests", "two_devices.py")
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=ROOT,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    proc = subprocess.run(
+        [sys.executable, script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["n_devices"] == 2
+    assert out["loss_diff"] < 1e-5 and out["param_diff"] < 1e-6, out
+
+
+def test_cli_bad_value_is_one_clear_line(tmp_path):
+    proc = vdm_main(f"--workdir={tmp_path}", "--config.model.head=epsilon", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: model.head must be one of ['eps', 'x0', 'v', 'score'], got 'epsilon'"
+    )
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("data.name", "cifar100", r"data.name must be one of \[.*'digits'"),
+        ("schedule.name", "linear", r"schedule.name must be one of \[.*'fixed_linear'"),
+        ("model.network", "resnet", r"model.network must be one of \['mlp', 'unet'\]"),
+        ("optimizer.decay", "step", r"optimizer.decay must be one of \['none', 'cosine'\]"),
+        ("training.batch_size", 7, r"training.batch_size must be divisible by the number of dev"),
+        ("model.n_timesteps", -1, r"model.n_timesteps must be >= 0"),
+        ("optimizer.ema_decay", 1.0, r"optimizer.ema_decay must be in \[0, 1\)"),
+        ("schedule.variance_min", True, r"schedule.variance_min needs continuous time"),
+        ("sample.sampler", "magic", r"sample.sampler must be one of"),
+    ],
+)
+def test_every_bad_config_value_errors_clearly(field, value, match):
+    c = digits.get_config("smoke")
+    section, name = field.split(".")
+    c[section][name] = value
+    if field == "schedule.variance_min":
+        c.model.n_timesteps = 10
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.validate(c, n_devices=2)
+
+
+def test_weight_decay_mask_selects_network_kernels_only():
+    c = digits.get_config("smoke")
+    run_model = train.VDM.from_config(c, 10)
+    params = run_model.init(jax.random.key(0), (8, 8, 1))
+    mask = train.weight_decay_mask(params)
+    flat = jax.tree_util.tree_flatten_with_path(mask)[0]
+    names = {jax.tree_util.keystr(p): m for p, m in flat}
+    assert all(not m for k, m in names.items() if k.startswith("['schedule']"))
+    assert all(m == k.endswith("['kernel']") for k, m in names.items() if k.startswith("['net']"))
+    assert any(m for m in names.values()) and any("scale" in k for k in names)
+
+
+def test_non_finite_loss_stops_clearly_and_keeps_last_good_checkpoint(tmp_path):
+    c = digits.get_config("smoke")
+    c.optimizer.learning_rate = 1e30
+    c.optimizer.warmup_steps = 0
+    c.training.save_every = 1
+    c.training.log_every = 1
+    with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss .* Last good checkpoint"):
+        train.train_and_evaluate(c, str(tmp_path))
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    for s in steps:
+        restored = load_params(tmp_path, s)
+        assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored))
+
+
+def test_cifar10_trains_under_mock_data_with_flips(tmp_path):
+    c = cifar10.get_config("smoke")
+    c.data.random_flip = True
+    with tfds.testing.mock_data(num_examples=8):
+        result = train.train_and_evaluate(c, str(tmp_path))
+    assert result["step"] == 2 and result["n"] == 8 and np.isfinite(result["bpd"])
+    assert os.path.exists(tmp_path / "samples" / "step_00000002.png")
+
+
+def test_steps_per_call_equals_single_steps():
+    c = digits.get_config("smoke")
+    run = train.Run(c, "/tmp/unused")
+    step_fn = train.make_train_step(run.model, run.optimizer, c, run.n_dims, run.mesh)
+    from vdm import data, sharding
+
+    batches = [data.train_batch(run.train_split, 8, s, 0, False) for s in range(2)]
+    stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+    s2, m2 = step_fn(run.fresh_state(), sharding.shard_batch(stacked, run.mesh, 1), run.key)
+    s1 = run.fresh_state()
+    for b in batches:
+        one = {k: v[None] for k, v in b.items()}
+        s1, _ = step_fn(s1, sharding.shard_batch(one, run.mesh, 1), run.key)
+    assert m2["bpd"].shape == (2,)
+    for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    assert jnp.all(s2.step == 2)

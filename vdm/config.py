@@ -1,0 +1,94 @@
+"""Checks on a config before anything runs: one clear error naming the field and the choices."""
+
+from __future__ import annotations
+
+import jax
+
+from vdm import data, diffusion, schedules
+from vdm.networks import NETWORKS
+
+DECAYS = ("none", "cosine")
+SAMPLERS = ("ancestral",)
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed; the message names the field and the choices."""
+
+
+def _choice(value, field: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{field} must be one of {list(allowed)}, got {value!r}")
+
+
+def _positive(value, field: str, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        raise ConfigError(f"{field} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def validate(config, n_devices: int | None = None) -> None:
+    """Raise ConfigError for the first bad value in `config`."""
+    _choice(config.data.name, "data.name", data.DATASETS)
+    _choice(config.schedule.name, "schedule.name", sorted(schedules.SCHEDULES))
+    _choice(config.model.head, "model.head", diffusion.HEADS)
+    _choice(config.model.network, "model.network", sorted(NETWORKS))
+    _choice(config.optimizer.decay, "optimizer.decay", DECAYS)
+    _choice(config.sample.sampler, "sample.sampler", SAMPLERS)
+    _positive(config.data.vocab_size, "data.vocab_size")
+    _positive(config.model.n_timesteps, "model.n_timesteps", allow_zero=True)
+    _positive(config.model.n_embd, "model.n_embd")
+    _positive(config.model.n_layer, "model.n_layer", allow_zero=True)
+    _positive(config.training.batch_size, "training.batch_size")
+    _positive(config.training.num_steps, "training.num_steps", allow_zero=True)
+    _positive(config.training.steps_per_call, "training.steps_per_call")
+    _positive(config.training.log_every, "training.log_every")
+    _positive(config.training.eval_every, "training.eval_every")
+    _positive(config.training.save_every, "training.save_every")
+    _positive(config.training.max_to_keep, "training.max_to_keep")
+    _positive(config.eval.batch_size, "eval.batch_size")
+    _positive(config.optimizer.learning_rate, "optimizer.learning_rate")
+    _positive(config.optimizer.weight_decay, "optimizer.weight_decay", allow_zero=True)
+    _positive(config.optimizer.grad_clip, "optimizer.grad_clip", allow_zero=True)
+    _positive(config.sample.steps, "sample.steps")
+    _positive(config.sample.n_samples, "sample.n_samples")
+    if not 0.0 <= config.optimizer.ema_decay < 1.0:
+        raise ConfigError(
+            f"optimizer.ema_decay must be in [0, 1), got {config.optimizer.ema_decay}"
+        )
+    if not 0.0 <= config.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
+    if not 0.0 <= config.model.label_dropout <= 1.0:
+        raise ConfigError(
+            f"model.label_dropout must be in [0, 1], got {config.model.label_dropout}"
+        )
+    if not config.schedule.gamma_min < config.schedule.gamma_max:
+        raise ConfigError(
+            "schedule.gamma_min must be < schedule.gamma_max, got "
+            f"{config.schedule.gamma_min} and {config.schedule.gamma_max}"
+        )
+    if config.model.fourier_max < config.model.fourier_min:
+        raise ConfigError(
+            "model.fourier_max must be >= model.fourier_min, got "
+            f"{config.model.fourier_min} and {config.model.fourier_max}"
+        )
+    if config.schedule.variance_min:
+        if config.schedule.name not in schedules.SEPARABLE:
+            raise ConfigError(
+                f"schedule.variance_min needs schedule.name in {list(schedules.SEPARABLE)}, "
+                f"got {config.schedule.name!r}"
+            )
+        if config.model.n_timesteps != 0:
+            raise ConfigError(
+                "schedule.variance_min needs continuous time, model.n_timesteps=0, got "
+                f"{config.model.n_timesteps}"
+            )
+    if config.data.random_flip and config.model.network != "unet":
+        raise ConfigError("data.random_flip needs image data (model.network='unet')")
+    n_devices = jax.device_count() if n_devices is None else n_devices
+    for field in ("training.batch_size", "eval.batch_size"):
+        section, name = field.split(".")
+        if config[section][name] % n_devices:
+            raise ConfigError(
+                f"{field} must be divisible by the number of devices ({n_devices}), got "
+                f"{config[section][name]}"
+            )

@@ -1,0 +1,115 @@
+"""A VDM: schedule γ_η(t) + denoiser, as pure functions of a parameter pytree.
+
+params = {"schedule": …, "net": …}. The Flax modules are only used through `apply`, so the
+bound in `vdm/elbo.py` sees plain closures `gamma_fn(t)` and `eps_hat_fn(z, γ)` that jax
+transformations (jvp, grad, custom_vjp) act on directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vdm import diffusion, elbo, schedules
+from vdm.networks import make_network
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class VDM:
+    """Model definition for one config: call its methods with a parameter pytree."""
+
+    schedule: nn.Module
+    network: nn.Module
+    head: str
+    vocab_size: int
+    n_timesteps: int
+    antithetic_time: bool
+    variance_min: bool
+    num_classes: int
+    label_dropout: float
+
+    @classmethod
+    def from_config(cls, config, num_classes: int = 0, n_cond_flags: int = 0) -> VDM:
+        s = config.schedule
+        schedule = schedules.make_schedule(
+            s.name, gamma_min=s.gamma_min, gamma_max=s.gamma_max, n_features=s.n_features
+        )
+        num_classes = num_classes if config.model.class_conditional else 0
+        return cls(
+            schedule=schedule,
+            network=make_network(config.model, s, num_classes, n_cond_flags),
+            head=diffusion.check_head(config.model.head),
+            vocab_size=config.data.vocab_size,
+            n_timesteps=config.model.n_timesteps,
+            antithetic_time=config.model.antithetic_time,
+            variance_min=s.variance_min,
+            num_classes=num_classes,
+            label_dropout=config.model.label_dropout,
+        )
+
+    def init(self, key: jax.Array, x_shape: tuple[int, ...]) -> Params:
+        """Parameters for data of per-example shape `x_shape`."""
+        k_s, k_n = jax.random.split(key)
+        z = jnp.zeros((1, *x_shape))
+        return {
+            "schedule": self.schedule.init(k_s, jnp.zeros(()))["params"],
+            "net": self.network.init(k_n, z, jnp.zeros((1,)))["params"],
+        }
+
+    def gamma_fn(self, params: Params):
+        return lambda t: self.schedule.apply({"params": params["schedule"]}, t)
+
+    def eps_hat_fn(self, params: Params, label=None, flags=None, train=False, rng=None):
+        """z, γ_t ↦ ε̂(z_t; t), converting the network's head through vdm/diffusion.py."""
+        rngs = {"dropout": rng} if (train and rng is not None) else {}
+
+        def eps_hat(z, gamma_t):
+            gamma_t = jnp.broadcast_to(gamma_t, z.shape[:1])
+            out = self.network.apply(
+                {"params": params["net"]}, z, gamma_t, label, flags, train=train, rngs=rngs
+            )
+            return diffusion.to_eps(self.head, z, out, gamma_t)
+
+        return eps_hat
+
+    def endpoints(self, params: Params) -> tuple[jax.Array, jax.Array]:
+        gamma_fn = self.gamma_fn(params)
+        return gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
+
+    def vlb_terms(self, params: Params, key: jax.Array, batch: dict, train: bool = False):
+        """Per-example VLB terms in nats for a batch {'image': int, 'label'?, 'flip'?}."""
+        k_vlb, k_drop, k_label = jax.random.split(key, 3)
+        x = batch["image"]
+        label = batch.get("label") if self.num_classes else None
+        if label is not None and train and self.label_dropout > 0:
+            drop = jax.random.bernoulli(k_label, self.label_dropout, label.shape)
+            label = jnp.where(drop, self.num_classes, label)
+        flags = batch["flip"][:, None] if "flip" in batch else None
+        vm = None
+        if self.variance_min:
+            p = {"params": params["schedule"]}
+            vm = (
+                *self.schedule.apply(p, method="endpoints"),
+                lambda t: self.schedule.apply(p, t, method="shape"),
+            )
+        return elbo.vlb_terms(
+            k_vlb,
+            x,
+            self.gamma_fn(params),
+            self.eps_hat_fn(params, label, flags, train, k_drop),
+            vocab_size=self.vocab_size,
+            n_timesteps=self.n_timesteps,
+            antithetic_time=self.antithetic_time,
+            variance_min=vm,
+        )
+
+
+def count_params(params: Params) -> int:
+    return sum(math.prod(p.shape) for p in jax.tree.leaves(params))

@@ -1,0 +1,109 @@
+"""The ScoreUNet of VDM App. B: a U-Net without down- or upsampling.
+
+All blocks run at the input resolution, so it works for any image size and channel count;
+depth (n_layer residual blocks down, n_layer + 1 up) buys receptive field instead.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vdm.networks.layers import Conditioning, fourier_features, normalized_gamma
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: 32 as in the paper, fewer for narrow (smoke-sized) layers."""
+    g = min(32, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+class ResnetBlock(nn.Module):
+    """GN → swish → conv → + cond → GN → swish → dropout → conv(zero-init), with a skip."""
+
+    out_ch: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, x, cond, train: bool):
+        h = nn.swish(nn.GroupNorm(_groups(x.shape[-1]))(x))
+        h = nn.Conv(self.out_ch, (3, 3))(h)
+        h = h + nn.Dense(self.out_ch, name="cond_proj")(cond)[:, None, None, :]
+        h = nn.swish(nn.GroupNorm(_groups(self.out_ch))(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        if x.shape[-1] != self.out_ch:
+            x = nn.Conv(self.out_ch, (1, 1), name="skip")(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all pixels, residual, zero-initialised output."""
+
+    @nn.compact
+    def __call__(self, x):
+        b, hh, ww, c = x.shape
+        h = nn.GroupNorm(_groups(c))(x).reshape(b, hh * ww, c)
+        q, k, v = (nn.Dense(c, name=n)(h) for n in ("q", "k", "v"))
+        h = jax.nn.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None])[:, :, 0]
+        h = nn.Dense(c, kernel_init=nn.initializers.zeros, name="proj_out")(h)
+        return x + h.reshape(b, hh, ww, c)
+
+
+class ScoreUNet(nn.Module):
+    """VDM's ScoreUNet (App. B). Returns the network output for the configured head.
+
+    Attributes:
+      n_embd: channels of every block; the conditioning MLP has 4 n_embd units.
+      n_layer: residual blocks on the way down (n_layer + 1 on the way up, with skips).
+      with_attention: self-attention after every block (the middle block always has one).
+      base_measure_skip: add z to the output (ε̂ = z + net, the paper's choice for the ε head).
+    """
+
+    n_embd: int
+    n_layer: int
+    gamma_min: float
+    gamma_max: float
+    dropout: float = 0.1
+    with_attention: bool = False
+    fourier: bool = True
+    fourier_min: int = 6
+    fourier_max: int = 7
+    base_measure_skip: bool = True
+    num_classes: int = 0
+    n_cond_flags: int = 0
+
+    @nn.compact
+    def __call__(self, z, gamma_t, label=None, flags=None, train: bool = False):
+        if z.ndim != 4:
+            raise ValueError(f"ScoreUNet expects images (batch, H, W, C), got shape {z.shape}")
+        t_norm = normalized_gamma(gamma_t, self.gamma_min, self.gamma_max)
+        cond = Conditioning(self.n_embd, self.num_classes, self.n_cond_flags)(t_norm, label, flags)
+
+        h = z
+        if self.fourier:
+            h = jnp.concatenate([z, fourier_features(z, self.fourier_min, self.fourier_max)], -1)
+        hs = [nn.Conv(self.n_embd, (3, 3), name="conv_in")(h)]
+        for _ in range(self.n_layer):
+            h = ResnetBlock(self.n_embd, self.dropout)(hs[-1], cond, train)
+            if self.with_attention:
+                h = AttnBlock()(h)
+            hs.append(h)
+
+        h = ResnetBlock(self.n_embd, self.dropout)(hs[-1], cond, train)
+        h = AttnBlock()(h)
+        h = ResnetBlock(self.n_embd, self.dropout)(h, cond, train)
+
+        for _ in range(self.n_layer + 1):
+            h = ResnetBlock(self.n_embd, self.dropout)(
+                jnp.concatenate([h, hs.pop()], -1), cond, train
+            )
+            if self.with_attention:
+                h = AttnBlock()(h)
+
+        h = nn.swish(nn.GroupNorm(_groups(h.shape[-1]))(h))
+        h = nn.Conv(z.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, name="conv_out")(h)
+        return z + h if self.base_measure_skip else h
