@@ -69,8 +69,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval.use_ema = True
 
     c.sample = ml_collections.ConfigDict()
-    c.sample.sampler = "ancestral"
-    c.sample.steps = 256
+    c.sample.sampler = "ancestral"  # see vdm.samplers.SAMPLERS
+    c.sample.steps = 256  # sampler steps; for pf_ode 0 = adaptive (rtol, atol)
     c.sample.n_samples = 64
-    c.sample.guidance = 0.0
+    c.sample.batch_size = 64
+    c.sample.grid = "uniform_t"  # uniform_t | uniform_logsnr
+    c.sample.eta = 0.0  # ddim: 0 deterministic, 1 ancestral
+    c.sample.n_corrector = 1  # pc: Langevin steps per predictor step
+    c.sample.snr = 0.16  # pc: the corrector's signal-to-noise ratio
+    c.sample.solver = "tsit5"  # pf_ode: tsit5 | dopri5 | heun
+    c.sample.rtol = 1e-5
+    c.sample.atol = 1e-5
+    c.sample.final_denoise = False  # Tweedie step x̂ = E[x | z₀] before decoding
+    c.sample.guidance = 0.0  # classifier-free guidance w: 0 unconditional, 1 conditional
     return c

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import jax
 
-from vdm import data, diffusion, schedules
+from vdm import data, diffusion, samplers, schedules
 from vdm.networks import NETWORKS
 
 DECAYS = ("none", "cosine")
-SAMPLERS = ("ancestral",)
 
 
 class ConfigError(ValueError):
@@ -33,7 +32,9 @@ def validate(config, n_devices: int | None = None) -> None:
     _choice(config.model.head, "model.head", diffusion.HEADS)
     _choice(config.model.network, "model.network", sorted(NETWORKS))
     _choice(config.optimizer.decay, "optimizer.decay", DECAYS)
-    _choice(config.sample.sampler, "sample.sampler", SAMPLERS)
+    _choice(config.sample.sampler, "sample.sampler", sorted(samplers.SAMPLERS))
+    _choice(config.sample.grid, "sample.grid", samplers.GRIDS)
+    _choice(config.sample.solver, "sample.solver", sorted(samplers.SOLVERS))
     _positive(config.data.vocab_size, "data.vocab_size")
     _positive(config.model.n_timesteps, "model.n_timesteps", allow_zero=True)
     _positive(config.model.n_embd, "model.n_embd")
@@ -49,8 +50,17 @@ def validate(config, n_devices: int | None = None) -> None:
     _positive(config.optimizer.learning_rate, "optimizer.learning_rate")
     _positive(config.optimizer.weight_decay, "optimizer.weight_decay", allow_zero=True)
     _positive(config.optimizer.grad_clip, "optimizer.grad_clip", allow_zero=True)
-    _positive(config.sample.steps, "sample.steps")
+    _positive(config.sample.steps, "sample.steps", allow_zero=config.sample.sampler == "pf_ode")
     _positive(config.sample.n_samples, "sample.n_samples")
+    _positive(config.sample.batch_size, "sample.batch_size")
+    _positive(config.sample.n_corrector, "sample.n_corrector", allow_zero=True)
+    if not 0.0 <= config.sample.eta <= 1.0:
+        raise ConfigError(f"sample.eta must be in [0, 1], got {config.sample.eta}")
+    if config.sample.guidance and not config.model.class_conditional:
+        raise ConfigError(
+            "sample.guidance needs a class-conditional model (model.class_conditional=True), "
+            f"got guidance={config.sample.guidance}"
+        )
     if not 0.0 <= config.optimizer.ema_decay < 1.0:
         raise ConfigError(
             f"optimizer.ema_decay must be in [0, 1), got {config.optimizer.ema_decay}"

@@ -55,7 +55,9 @@ def run_mode(config, workdir: str, mode: str, checkpoint_path: str | None = None
             json.dump(result, f, indent=2)
         print(f"test bpd {result['bpd']:.4f} ± {result['bpd_se']:.4f} (n={result['n']}) → {path}")
         return result
-    path = run.write_samples(params, step)
+    s = config.sample
+    tag = f"{s.sampler}_{s.steps}steps_w{s.guidance:g}_"
+    path = run.write_samples(params, step, progress=True, tag=tag)
     print(f"samples → {path} and {path[:-4]}.npz")
     return {"png": path, "step": step}
 

@@ -137,22 +137,50 @@ def make_train_step(model: VDM, optimizer, cfg, n_dims: int, mesh):
     )
 
 
-def sample(model: VDM, params, cfg, key, x_shape, n: int, mesh) -> np.ndarray:
-    """`n` integer samples with the configured sampler (jitted, replicated)."""
-    fn = samplers.SAMPLERS[cfg.sample.sampler]
+SAMPLER_OPTIONS = ("steps", "eta", "grid", "n_corrector", "snr", "solver", "rtol", "atol")
+
+
+def make_sampler(model: VDM, cfg, x_shape, batch: int):
+    """Jitted (params, key, offset, labels) → integer samples, with the configured sampler and
+    classifier-free guidance weight."""
+    s = cfg.sample
+    options = {k: s[k] for k in SAMPLER_OPTIONS}
 
     @jax.jit
-    def run(params, key):
-        z_0, _ = fn(
+    def run(params, key, offset, labels):
+        eps_uncond = model.eps_hat_fn(params)  # the null label for a class-conditional model
+        eps = eps_uncond
+        if model.num_classes and s.guidance:
+            eps = samplers.guided(model.eps_hat_fn(params, label=labels), eps_uncond, s.guidance)
+        x, info = samplers.sample(
+            s.sampler,
             key,
-            model.eps_hat_fn(params),
+            eps,
             model.gamma_fn(params),
-            (n, *x_shape),
-            steps=cfg.sample.steps,
+            (batch, *x_shape),
+            vocab_size=model.vocab_size,
+            final_denoise=s.final_denoise,
+            offset=offset,
+            **options,
         )
-        return samplers.decode(z_0, model.endpoints(params)[0], model.vocab_size)
+        return x, info["nfe"]
 
-    return np.asarray(run(params, key))
+    return run
+
+
+def sample(model: VDM, params, cfg, key, x_shape, n: int, progress: bool = False) -> np.ndarray:
+    """`n` integer samples in batches of `sample.batch_size`; example i always gets the same
+    noise (fold_in by global index) and, for class-conditional models, label i mod classes."""
+    from tqdm.auto import tqdm
+
+    batch = min(cfg.sample.batch_size, n)
+    run = make_sampler(model, cfg, x_shape, batch)
+    out = []
+    for start in tqdm(range(0, n, batch), disable=not progress, desc="sampling"):
+        labels = (start + jnp.arange(batch)) % max(model.num_classes, 1)
+        x, _ = run(params, key, jnp.asarray(start), labels)
+        out.append(np.asarray(x))
+    return np.concatenate(out)[:n]
 
 
 class Run:
@@ -201,21 +229,18 @@ class Run:
             repeats,
         )
 
-    def write_samples(self, params, step: int) -> str:
+    def write_samples(self, params, step: int, progress: bool = False, tag: str = "") -> str:
+        """Sample and write `samples/<tag>step_<N>.png` and `.npz`, never overwriting a file."""
         cfg = self.config
-        x = sample(
-            self.model,
-            params,
-            cfg,
-            jax.random.fold_in(self.key, 3),
-            self.x_shape,
-            cfg.sample.n_samples,
-            self.mesh,
-        )
-        path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
+        key = jax.random.fold_in(self.key, 3)
+        x = sample(self.model, params, cfg, key, self.x_shape, cfg.sample.n_samples, progress)
+        stem = os.path.join(self.workdir, "samples", f"{tag}step_{step:08d}")
+        path, k = stem, 1
+        while os.path.exists(path + ".png") or os.path.exists(path + ".npz"):
+            path, k = f"{stem}_{k}", k + 1
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        np.savez_compressed(path[:-4] + ".npz", samples=x)
-        return images.save_samples(path, x, cfg.data.vocab_size)
+        np.savez_compressed(path + ".npz", samples=x)
+        return images.save_samples(path + ".png", x, cfg.data.vocab_size)
 
 
 def _mean_metrics(pending: list) -> dict[str, float]:

@@ -1,0 +1,170 @@
+"""Sampler benchmark: quality against NFE on a Gaussian mixture with the exact model, and wall
+time per network evaluation for a digits model.
+
+    python experiments/bench_samplers.py [--n 4000] [--digits-workdir runs/digits]
+        [--out results/bench_samplers]
+
+Quality: the mean true log-density of the samples (data itself scores `data_logp`) and the
+sliced Wasserstein distance to fresh data (128 random directions; two fresh data sets score
+`data_sw`). Writes `<out>.json`, `<out>.md` (table) and `<out>.png` (plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from vdm import samplers, schedules  # noqa: E402
+from vdm.gmm import GaussianMixture  # noqa: E402
+
+SWEEP = {
+    "ancestral": [("steps", s, {}) for s in (10, 25, 50, 100, 250, 500)],
+    "ddim": [("steps", s, {"eta": 0.0}) for s in (5, 10, 20, 50, 100)],
+    "euler_maruyama": [("steps", s, {}) for s in (25, 50, 100, 250, 500)],
+    "pc": [("steps", s, {"n_corrector": 1}) for s in (10, 25, 50, 125, 250)],
+    "pf_ode (heun)": [("steps", s, {"solver": "heun"}) for s in (5, 10, 25, 50, 100)],
+    "pf_ode (tsit5, adaptive)": [
+        ("rtol", r, {"solver": "tsit5", "steps": 0, "atol": r}) for r in (1e-2, 1e-3, 1e-4, 1e-5)
+    ],
+    "dpm_solver_pp_2m": [("steps", s, {"grid": "uniform_logsnr"}) for s in (5, 10, 15, 20, 50)],
+}
+
+
+def sliced_wasserstein(a: np.ndarray, b: np.ndarray, n_dirs: int = 128, seed: int = 0) -> float:
+    """Mean over random unit directions of the 1-D W₂ distance between the projections."""
+    dirs = np.random.default_rng(seed).normal(size=(a.shape[1], n_dirs))
+    dirs /= np.linalg.norm(dirs, axis=0)
+    pa, pb = np.sort(a @ dirs, axis=0), np.sort(b @ dirs, axis=0)
+    return float(np.mean(np.sqrt(np.mean((pa - pb) ** 2, axis=0))))
+
+
+def gmm_sweep(n: int) -> tuple[list[dict], dict]:
+    gmm = GaussianMixture.ring()
+    sched = schedules.make_schedule("fixed_linear", gamma_min=-10.0, gamma_max=8.0)
+    gamma_fn = lambda t: sched.apply({}, t)
+    data = np.asarray(gmm.sample(jax.random.key(1), n))
+    fresh = np.asarray(gmm.sample(jax.random.key(2), n))
+    ref = {
+        "data_logp": float(gmm.log_prob(jnp.asarray(data)).mean()),
+        "data_sw": sliced_wasserstein(fresh, data),
+    }
+    rows = []
+    for label, settings in SWEEP.items():
+        name = label.split(" ")[0]
+        for knob, value, extra in settings:
+            opts = dict(extra, **{knob: value})
+            fn = jax.jit(
+                lambda k, o=opts, nm=name: samplers.sample(
+                    nm, k, gmm.eps_hat, gamma_fn, (n, 2), **o
+                )
+            )
+            x, info = fn(jax.random.key(0))
+            x = np.asarray(x)
+            rows.append(
+                {
+                    "sampler": label,
+                    knob: value,
+                    "nfe": int(info["nfe"]),
+                    "logp": float(gmm.log_prob(jnp.asarray(x)).mean()),
+                    "sw": sliced_wasserstein(x, data),
+                }
+            )
+            print(
+                f"{label:26s} {knob}={value:<8g} NFE {rows[-1]['nfe']:5d}  "
+                f"log p {rows[-1]['logp']:7.3f}  SW {rows[-1]['sw']:.4f}",
+                flush=True,
+            )
+    return rows, ref
+
+
+def digits_time_per_nfe(workdir: str | None, n: int = 64, steps: int = 50) -> dict:
+    """Wall time per network evaluation of the digits ScoreUNet (batch n), ancestral sampler."""
+    from configs import digits
+    from vdm import train
+
+    c = digits.get_config()
+    c.sample.steps, c.sample.n_samples, c.sample.batch_size = steps, n, n
+    run = train.Run(c, workdir or "/tmp/vdm_bench_samplers")
+    trained = bool(workdir) and run.ckpt.latest_step() is not None
+    params = run.restore().ema_params if trained else run.fresh_state().ema_params
+    fn = train.make_sampler(run.model, c, run.x_shape, n)
+    args = (params, jax.random.key(0), jnp.asarray(0), jnp.zeros(n, jnp.int32))
+    jax.block_until_ready(fn(*args))
+    t0 = time.perf_counter()
+    reps = 3
+    for _ in range(reps):
+        jax.block_until_ready(fn(*args))
+    dt = (time.perf_counter() - t0) / reps
+    return {
+        "trained_checkpoint": trained,
+        "batch": n,
+        "nfe": steps,
+        "seconds": dt,
+        "ms_per_nfe": 1e3 * dt / steps,
+        "backend": jax.default_backend(),
+    }
+
+
+def write_report(rows, ref, timing, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump({"gmm": rows, "reference": ref, "digits_timing": timing}, f, indent=2)
+    lines = ["| sampler | setting | NFE | mean log p | sliced W₂ |", "|---|---|---|---|---|"]
+    for r in rows:
+        knob = "steps" if "steps" in r else "rtol"
+        lines.append(
+            f"| {r['sampler']} | {knob}={r[knob]:g} | {r['nfe']} | {r['logp']:.3f} | "
+            f"{r['sw']:.4f} |"
+        )
+    lines.append(f"| data | — | — | {ref['data_logp']:.3f} | {ref['data_sw']:.4f} |")
+    with open(out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label in SWEEP:
+        rs = [r for r in rows if r["sampler"] == label]
+        axes[0].plot([r["nfe"] for r in rs], [r["logp"] for r in rs], "o-", label=label)
+        axes[1].plot([r["nfe"] for r in rs], [r["sw"] for r in rs], "o-", label=label)
+    axes[0].axhline(ref["data_logp"], color="k", ls="--", label="data")
+    axes[1].axhline(ref["data_sw"], color="k", ls="--", label="data vs data")
+    for ax, name in zip(axes, ("mean true log-density", "sliced Wasserstein"), strict=True):
+        ax.set(xscale="log", xlabel="NFE", ylabel=name)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out + ".png", dpi=110)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=4000)
+    p.add_argument("--digits-workdir", default=None)
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_samplers"))
+    args = p.parse_args()
+    rows, ref = gmm_sweep(args.n)
+    print(f"data: log p {ref['data_logp']:.3f}, SW(fresh, data) {ref['data_sw']:.4f}")
+    timing = digits_time_per_nfe(args.digits_workdir)
+    print(
+        f"digits ScoreUNet, batch {timing['batch']}: {timing['ms_per_nfe']:.2f} ms per NFE "
+        f"({'trained' if timing['trained_checkpoint'] else 'untrained'} parameters)"
+    )
+    write_report(rows, ref, timing, args.out)
+    print(f"→ {args.out}.json, .md, .png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Samplers with one signature: fn(key, eps_hat_fn, gamma_fn, shape, *, steps, …) → (z₀, info).
+
+`eps_hat_fn(z, γ)` is the denoiser in ε form (every head converts through vdm/diffusion.py),
+`gamma_fn(t)` the schedule, fixed or learned; `info['nfe']` counts network evaluations. Noise
+is drawn per example from `fold_in(key, offset + i)`, so samples do not depend on the batch
+size or device count. `sample` adds the optional Tweedie denoising step and the decoding to
+integers; `guided` builds the classifier-free-guidance denoiser.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+
+from vdm.samplers.common import GRIDS, decode, denoise, example_keys, to_integers
+from vdm.samplers.discrete import ancestral, ddim, dpm_solver_pp_2m
+from vdm.samplers.ode import SOLVERS, encode, probability_flow
+from vdm.samplers.sde import euler_maruyama, predictor_corrector
+
+SAMPLERS = {
+    "ancestral": ancestral,
+    "ddim": ddim,
+    "euler_maruyama": euler_maruyama,
+    "pc": predictor_corrector,
+    "pf_ode": probability_flow,
+    "dpm_solver_pp_2m": dpm_solver_pp_2m,
+}
+
+__all__ = [
+    "GRIDS",
+    "SAMPLERS",
+    "SOLVERS",
+    "decode",
+    "denoise",
+    "encode",
+    "example_keys",
+    "guided",
+    "sample",
+    "to_integers",
+]
+
+
+def guided(eps_cond_fn, eps_uncond_fn, w: float):
+    """Classifier-free guidance (Ho & Salimans 2022): ε̃ = ε̂(z, ∅) + w (ε̂(z, c) − ε̂(z, ∅)).
+
+    w = 0 is the unconditional model, w = 1 the conditional one, w > 1 guides harder.
+    """
+    if w == 0:
+        return eps_uncond_fn
+    if w == 1:
+        return eps_cond_fn
+    return lambda z, g: eps_uncond_fn(z, g) + w * (eps_cond_fn(z, g) - eps_uncond_fn(z, g))
+
+
+def sample(
+    name: str,
+    key,
+    eps_hat_fn,
+    gamma_fn,
+    shape,
+    *,
+    vocab_size: int | None = None,
+    final_denoise: bool = False,
+    **options,
+):
+    """Run sampler `name`, passing the options it takes; then optionally denoise and decode.
+
+    Returns (x, info): integers in [0, vocab_size) if `vocab_size` is given (the exact decoder
+    on z₀, or the nearest bin of x̂ after the final Tweedie step), else z₀ or x̂.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"sample.sampler must be one of {sorted(SAMPLERS)}, got {name!r}")
+    fn = SAMPLERS[name]
+    accepted = inspect.signature(fn).parameters
+    z, info = fn(
+        key, eps_hat_fn, gamma_fn, shape, **{k: v for k, v in options.items() if k in accepted}
+    )
+    gamma_0 = jax.numpy.broadcast_to(gamma_fn(jax.numpy.zeros(())), shape[:1])
+    if final_denoise:
+        z = denoise(eps_hat_fn, z, gamma_0)
+        info = dict(info, nfe=info["nfe"] + 1)
+        return (to_integers(z, vocab_size) if vocab_size else z), info
+    return (decode(z, gamma_0, vocab_size) if vocab_size else z), info

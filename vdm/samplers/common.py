@@ -1,0 +1,73 @@
+"""Pieces every sampler shares: per-example noise, time grids, the VP drift terms.
+
+All samplers work on a decreasing grid of γ values (γ₁ → γ₀): the denoiser is conditioned on
+γ, so the time variable t only matters through the grid it induces.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vdm import diffusion, elbo
+
+GRIDS = ("uniform_t", "uniform_logsnr")
+
+
+def example_keys(key: jax.Array, n: int, offset: int = 0) -> jax.Array:
+    """One key per example, from its global index `offset + i`: samples do not depend on how
+    examples are batched or sharded."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(n))
+
+
+def step_normal(keys: jax.Array, step, shape: tuple[int, ...]) -> jax.Array:
+    """Standard normal noise for every example at sampler step `step`."""
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape))(keys)
+
+
+def initial_noise(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """z₁ ~ N(0, I) per example, from a stream no sampler step uses."""
+    return step_normal(keys, 2**30, shape)
+
+
+def gamma_grid(gamma_fn, steps: int, grid: str = "uniform_t") -> jax.Array:
+    """γ at steps + 1 decreasing times: t_i = 1 − i/steps, or uniform in log-SNR between the
+    schedule's endpoints (γ is −log SNR, so 'uniform_logsnr' is linear in γ)."""
+    if grid not in GRIDS:
+        raise ValueError(f"sample.grid must be one of {list(GRIDS)}, got {grid!r}")
+    if steps < 1:
+        raise ValueError(f"sample.steps must be >= 1, got {steps}")
+    if grid == "uniform_t":
+        return gamma_fn(jnp.linspace(1.0, 0.0, steps + 1))
+    g0, g1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
+    return jnp.linspace(g1, g0, steps + 1)
+
+
+def bcast(v: jax.Array, n: int) -> jax.Array:
+    """A scalar γ as one value per example."""
+    return jnp.broadcast_to(v, (n,))
+
+
+def pf_ode_drift(eps_hat_fn, z: jax.Array, gamma: jax.Array) -> jax.Array:
+    """dz/dγ of the probability-flow ODE of the VP process: ½ σ (ε̂ − σ z).
+
+    With f = −½ σ² γ′ and g² = σ² γ′ (VP SDE in t), dz/dt = f z − ½ g² ∇log p = ½ γ′ σ (ε̂ − σ z)
+    (Song et al. 2021, eq. 13, with the score −ε̂/σ); dividing by γ′ removes the time variable.
+    """
+    _, sigma = diffusion.alpha_sigma(diffusion._bcast(gamma, z))
+    return 0.5 * sigma * (eps_hat_fn(z, gamma) - sigma * z)
+
+
+def denoise(eps_hat_fn, z: jax.Array, gamma: jax.Array) -> jax.Array:
+    """Tweedie's final step: x̂ = E[x | z] = (z − σ ε̂) / α."""
+    return diffusion.eps_to_x0(z, eps_hat_fn(z, gamma), gamma)
+
+
+def decode(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int) -> jax.Array:
+    """The most likely integers under the exact decoder p(x | z₀) (VDM eq. 8)."""
+    return jnp.argmax(elbo.decoder_logprobs(z_0, gamma_0, vocab_size), axis=-1)
+
+
+def to_integers(x: jax.Array, vocab_size: int) -> jax.Array:
+    """Data-space values in [−1, 1] → the nearest bin's integer in [0, vocab_size)."""
+    return jnp.clip(jnp.floor((x + 1.0) / 2.0 * vocab_size), 0, vocab_size - 1).astype(jnp.int32)
