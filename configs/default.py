@@ -67,6 +67,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256
     c.eval.use_ema = True
+    c.eval.repeats = 1  # ELBO passes over the test split, each with fresh t and ε
+    c.eval.elbo = True  # --mode=eval reports the ELBO bpd ...
+    c.eval.pf_ode = False  # ... and/or the probability-flow ODE bpd (dequantized)
+    c.eval.pf_ode_examples = 256  # first N test examples (0 = all): the ODE is costly
+    c.eval.pf_ode_batch_size = 64
+    c.eval.pf_ode_trace = "hutchinson"  # hutchinson | exact (D JVPs: small data only)
+    c.eval.pf_ode_probe = "rademacher"  # rademacher | gaussian
+    c.eval.pf_ode_solver = "tsit5"
+    c.eval.pf_ode_rtol = 1e-5
+    c.eval.pf_ode_atol = 1e-5
 
     c.sample = ml_collections.ConfigDict()
     c.sample.sampler = "ancestral"  # see vdm.samplers.SAMPLERS

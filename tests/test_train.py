@@ -80,9 +80,12 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(resumed_and_straight):
 
 def test_eval_and_sample_modes(resumed_and_straight):
     a, _ = resumed_and_straight
-    vdm_main(f"--workdir={a}", "--mode=eval")
+    vdm_main(f"--workdir={a}", "--mode=eval", "--config.eval.pf_ode=True",
+             "--config.eval.pf_ode_examples=8", "--config.eval.repeats=2")
     result = json.load(open(os.path.join(a, "eval_step_6.json")))
-    assert result["n"] == 100 and np.isfinite(result["bpd"]) and result["bpd_se"] > 0
+    assert result["n"] == 200 and np.isfinite(result["bpd"]) and result["bpd_se"] > 0
+    assert result["pf_ode_n"] == 8 and np.isfinite(result["pf_ode_bpd"])
+    assert result["pf_ode_nfe_max"] > 0
     total = result["recon"] + result["prior"] + result["diffusion"]
     np.testing.assert_allclose(result["bpd"], total, rtol=1e-6)
     out = vdm_main(f"--workdir={a}", "--mode=sample", f"--checkpoint={a}/checkpoints/4")

@@ -29,7 +29,7 @@ def _sum_per_example(x: jax.Array) -> jax.Array:
 
 def encode(x_int: jax.Array, vocab_size: int) -> jax.Array:
     """Integers in [0, vocab_size) → bin centres (2 x + 1) / vocab_size − 1 in (−1, 1)."""
-    return (2.0 * jnp.asarray(x_int, jnp.float32) + 1.0) / vocab_size - 1.0
+    return (2.0 * jnp.asarray(x_int, jnp.result_type(float)) + 1.0) / vocab_size - 1.0
 
 
 def decoder_logprobs(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int) -> jax.Array:

@@ -49,11 +49,20 @@ def run_mode(config, workdir: str, mode: str, checkpoint_path: str | None = None
     run = train.Run(config, workdir)
     params, step = _load_params(run, checkpoint_path)
     if mode == "eval":
-        result = dict(run.evaluate(params), step=step)
+        result = {"step": step}
+        if config.eval.elbo:
+            result.update(run.evaluate(params))
+            print(f"ELBO   test bpd {result['bpd']:.4f} ± {result['bpd_se']:.4f} (n={result['n']})")
+        if config.eval.pf_ode:
+            result.update(run.evaluate_pf_ode(params))
+            print(
+                f"PF-ODE test bpd {result['pf_ode_bpd']:.4f} ± {result['pf_ode_bpd_se']:.4f} "
+                f"(n={result['pf_ode_n']}, NFE ≤ {result['pf_ode_nfe_max']})"
+            )
         path = os.path.join(workdir, f"eval_step_{step}.json")
         with open(path, "w") as f:
             json.dump(result, f, indent=2)
-        print(f"test bpd {result['bpd']:.4f} ± {result['bpd_se']:.4f} (n={result['n']}) → {path}")
+        print(f"→ {path}")
         return result
     s = config.sample
     tag = f"{s.sampler}_{s.steps}steps_w{s.guidance:g}_"

@@ -22,7 +22,9 @@ class FixedLinear(nn.Module):
     gamma_max: float
 
     def __call__(self, t: jax.Array) -> jax.Array:
-        return self.gamma_min + (self.gamma_max - self.gamma_min) * jnp.asarray(t, jnp.float32)
+        return self.gamma_min + (self.gamma_max - self.gamma_min) * jnp.asarray(
+            t, jnp.result_type(float)
+        )
 
 
 class Cosine(nn.Module):
@@ -39,7 +41,7 @@ class Cosine(nn.Module):
     def __call__(self, t: jax.Array) -> jax.Array:
         t0 = 2.0 / math.pi * math.atan(math.exp(self.gamma_min / 2))
         t1 = 2.0 / math.pi * math.atan(math.exp(self.gamma_max / 2))
-        t_prime = t0 + (t1 - t0) * jnp.asarray(t, jnp.float32)
+        t_prime = t0 + (t1 - t0) * jnp.asarray(t, jnp.result_type(float))
         return 2.0 * jnp.log(jnp.tan(0.5 * math.pi * t_prime))
 
 
@@ -53,7 +55,7 @@ class LearnedScalar(nn.Module):
     def __call__(self, t: jax.Array) -> jax.Array:
         gamma_0 = self.param("gamma_0", nn.initializers.constant(self.gamma_min), ())
         w = self.param("w", nn.initializers.constant(self.gamma_max - self.gamma_min), ())
-        return gamma_0 + jnp.abs(w) * jnp.asarray(t, jnp.float32)
+        return gamma_0 + jnp.abs(w) * jnp.asarray(t, jnp.result_type(float))
 
 
 class MonotoneDense(nn.Module):
@@ -103,7 +105,7 @@ class LearnedNet(nn.Module):
 
     def raw(self, t: jax.Array) -> jax.Array:
         """γ̃(t), the unnormalised network output."""
-        t = jnp.asarray(t, jnp.float32)[..., None]
+        t = jnp.asarray(t, jnp.result_type(float))[..., None]
         h = 2.0 * jax.nn.sigmoid(self.l2(2.0 * t - 1.0)) - 1.0
         return (self.l1(t) + self.l3(h) / self.n_features)[..., 0]
 

@@ -217,16 +217,35 @@ class Run:
         )
         return (ckpt or self.ckpt).restore(checkpoint.abstract_like(abstract, self.rep), step)
 
-    def evaluate(self, params, repeats: int = 1) -> dict:
+    def evaluate(self, params) -> dict:
+        """ELBO bpd of the test split: every example once per `eval.repeats`, mean ± SE."""
         step_fn = likelihood.make_eval_step(self.model, self.n_dims, self.mesh)
+        key = jax.random.fold_in(self.key, 2)
         return likelihood.elbo_bpd(
             step_fn,
             params,
             self.test_split,
             self.config.eval.batch_size,
-            jax.random.fold_in(self.key, 2),
+            key,
             self.mesh,
-            repeats,
+            self.config.eval.repeats,
+        )
+
+    def evaluate_pf_ode(self, params) -> dict:
+        """PF-ODE bpd (dequantized) of the first `eval.pf_ode_examples` test examples."""
+        e = self.config.eval
+        return likelihood.pf_ode_bpd(
+            self.model,
+            params,
+            self.test_split,
+            e.pf_ode_batch_size,
+            jax.random.fold_in(self.key, 4),
+            e.pf_ode_examples,
+            trace=e.pf_ode_trace,
+            probe=e.pf_ode_probe,
+            solver=e.pf_ode_solver,
+            rtol=e.pf_ode_rtol,
+            atol=e.pf_ode_atol,
         )
 
     def write_samples(self, params, step: int, progress: bool = False, tag: str = "") -> str:
