@@ -75,3 +75,16 @@ def test_network_rejects_wrong_rank():
     model = VDM.from_config(_small())
     with pytest.raises(ValueError, match=r"ScoreUNet expects images \(batch, H, W, C\)"):
         model.init(jax.random.key(0), (2,))
+
+
+@pytest.mark.parametrize("schedule", ["fixed_linear", "cosine", "learned_scalar", "learned_net"])
+def test_model_runs_with_every_schedule(schedule):
+    c = _small(dropout=0.0)
+    c.schedule.name = schedule
+    model = VDM.from_config(c)
+    params = model.init(jax.random.key(0), (4, 4, 1))
+    batch = {"image": jnp.zeros((2, 4, 4, 1), jnp.int32)}
+    terms = model.vlb_terms(params, jax.random.key(1), batch)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in terms.values())
+    g0, g1 = model.endpoints(params)
+    np.testing.assert_allclose([g0, g1], [c.schedule.gamma_min, c.schedule.gamma_max], rtol=1e-5)

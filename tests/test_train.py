@@ -80,8 +80,13 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(resumed_and_straight):
 
 def test_eval_and_sample_modes(resumed_and_straight):
     a, _ = resumed_and_straight
-    vdm_main(f"--workdir={a}", "--mode=eval", "--config.eval.pf_ode=True",
-             "--config.eval.pf_ode_examples=8", "--config.eval.repeats=2")
+    vdm_main(
+        f"--workdir={a}",
+        "--mode=eval",
+        "--config.eval.pf_ode=True",
+        "--config.eval.pf_ode_examples=8",
+        "--config.eval.repeats=2",
+    )
     result = json.load(open(os.path.join(a, "eval_step_6.json")))
     assert result["n"] == 200 and np.isfinite(result["bpd"]) and result["bpd_se"] > 0
     assert result["pf_ode_n"] == 8 and np.isfinite(result["pf_ode_bpd"])

@@ -59,7 +59,7 @@ class VDM:
         k_s, k_n = jax.random.split(key)
         z = jnp.zeros((1, *x_shape))
         return {
-            "schedule": self.schedule.init(k_s, jnp.zeros(()))["params"],
+            "schedule": self.schedule.init(k_s, jnp.zeros(())).get("params", {}),
             "net": self.network.init(k_n, z, jnp.zeros((1,)))["params"],
         }
 
