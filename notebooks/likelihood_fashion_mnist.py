@@ -19,7 +19,7 @@
 # 2 cores). The full run is the same as
 #
 #     python -m vdm.main --config=configs/fashion_mnist.py --workdir=runs/fmnist \
-#         --config.training.num_steps=3000 --config.training.eval_every=1000
+#         --config.training.num_steps=1500 --config.training.eval_every=500
 #
 # and this notebook resumes from `WORKDIR` if it already holds that run. `SMOKE=1` (CI) uses
 # a small synthetic stand-in written in the same idx format, so it runs on machines without
@@ -42,7 +42,7 @@ from configs import fashion_mnist  # noqa: E402
 from vdm import train  # noqa: E402
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
-FULL_STEPS = 3000
+FULL_STEPS = 1500
 PF_ODE_EXAMPLES = 8 if SMOKE else 256
 workdir = os.environ.get("WORKDIR") or (
     tempfile.mkdtemp(prefix="fmnist_") if SMOKE else os.path.join(ROOT, "runs", "fmnist")
@@ -65,7 +65,7 @@ if SMOKE:  # a synthetic stand-in in the idx format, so CI needs no package
     config.training.eval_every = 1
 else:
     config.training.num_steps = FULL_STEPS
-    config.training.eval_every = 1000
+    config.training.eval_every = 500
 print(workdir)
 
 # %% [markdown]

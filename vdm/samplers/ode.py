@@ -68,6 +68,16 @@ def solve_pf_ode(
     return jax.vmap(solve_one)(z)
 
 
+def _solve_between_endpoints(eps_hat_fn, gamma_fn, z, forward: bool, solver, **options):
+    """The PF-ODE between the schedule's endpoints, γ₁ → γ₀ (sampling) or γ₀ → γ₁ (encoding)."""
+    g0, g1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
+    start, end = (g0, g1) if forward else (g1, g0)
+    z_end, n_steps = solve_pf_ode(
+        eps_hat_fn, z, start, end, forward=forward, solver=solver, gamma_fn=gamma_fn, **options
+    )
+    return z_end, {"nfe": jnp.max(n_steps) * EVALS_PER_STEP[solver], "steps": n_steps}
+
+
 def probability_flow(
     key,
     eps_hat_fn,
@@ -84,39 +94,15 @@ def probability_flow(
 ):
     """Sample by solving the probability-flow ODE from z₁ ~ N(0, I) at γ₁ to γ₀."""
     z = initial_noise(example_keys(key, shape[0], offset), shape[1:]) if z_init is None else z_init
-    g0, g1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
-    z0, n_steps = solve_pf_ode(
-        eps_hat_fn,
-        z,
-        g1,
-        g0,
-        forward=False,
-        solver=solver,
-        steps=steps,
-        gamma_fn=gamma_fn,
-        grid=grid,
-        rtol=rtol,
-        atol=atol,
+    return _solve_between_endpoints(
+        eps_hat_fn, gamma_fn, z, False, solver, steps=steps, grid=grid, rtol=rtol, atol=atol
     )
-    return z0, {"nfe": jnp.max(n_steps) * EVALS_PER_STEP[solver], "steps": n_steps}
 
 
 def encode(
     eps_hat_fn, gamma_fn, z_0, *, steps=0, solver="tsit5", grid="uniform_t", rtol=1e-5, atol=1e-5
 ):
     """Run the probability-flow ODE forward, z₀ (at γ₀) → z₁ (at γ₁): a deterministic latent."""
-    g0, g1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
-    z1, n_steps = solve_pf_ode(
-        eps_hat_fn,
-        z_0,
-        g0,
-        g1,
-        forward=True,
-        solver=solver,
-        steps=steps,
-        gamma_fn=gamma_fn,
-        grid=grid,
-        rtol=rtol,
-        atol=atol,
+    return _solve_between_endpoints(
+        eps_hat_fn, gamma_fn, z_0, True, solver, steps=steps, grid=grid, rtol=rtol, atol=atol
     )
-    return z1, {"nfe": jnp.max(n_steps) * EVALS_PER_STEP[solver], "steps": n_steps}
