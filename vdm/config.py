@@ -28,6 +28,10 @@ def _positive(value, field: str, allow_zero: bool = False) -> None:
 def validate(config, n_devices: int | None = None) -> None:
     """Raise ConfigError for the first bad value in `config`."""
     _choice(config.data.name, "data.name", data.DATASETS)
+    try:
+        data.check_vocab(config.data.name, config.data.vocab_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     _choice(config.schedule.name, "schedule.name", sorted(schedules.SCHEDULES))
     _choice(config.model.head, "model.head", diffusion.HEADS)
     _choice(config.model.network, "model.network", sorted(NETWORKS))

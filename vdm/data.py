@@ -162,7 +162,7 @@ def _tfds_split(name: str, num_classes: int) -> Callable:
         def get(idx):
             ex = [src[int(i)] for i in idx]
             return {
-                "image": np.stack([e["image"] for e in ex]).astype(np.uint8),
+                "image": validate_batch(np.stack([e["image"] for e in ex]), 256, name=name),
                 "label": np.asarray([e["label"] for e in ex], np.int32),
             }
 
@@ -215,19 +215,23 @@ _TFDS_SOURCES = {
     "cifar10": (_tfds_split("cifar10", 10), 256),
     "imagenet32": (_tfds_split("imagenet_resized/32x32", 1000), 256),
 }
-DATASETS = tuple(sorted({**_ARRAY_SOURCES, **_TFDS_SOURCES}))
+VOCAB = {name: vocab for name, (_, vocab) in {**_ARRAY_SOURCES, **_TFDS_SOURCES}.items()}
+DATASETS = tuple(sorted(VOCAB))
 SPLITS = ("train", "test")
+
+
+def check_vocab(name: str, vocab_size: int) -> None:
+    """The decoder's vocab must match the data's number of levels."""
+    if vocab_size != VOCAB[name]:
+        raise ValueError(
+            f"data.vocab_size must be {VOCAB[name]} for data.name={name!r}, got {vocab_size}"
+        )
 
 
 @functools.lru_cache(maxsize=8)
 def _load_arrays(name: str, split: str, cfg_key: tuple) -> Split:
-    cfg = dict(cfg_key)
     fn, vocab = _ARRAY_SOURCES[name]
-    if cfg["vocab_size"] != vocab:
-        raise ValueError(
-            f"data.vocab_size must be {vocab} for data.name={name!r}, got {cfg['vocab_size']}"
-        )
-    images, labels, num_classes = fn(_Cfg(cfg), split)
+    images, labels, num_classes = fn(_Cfg(cfg_key), split)
     images = validate_batch(images, vocab, name=f"{name}/{split}")
     return in_memory(images, labels, num_classes)
 
@@ -248,15 +252,10 @@ def load_split(data_cfg, split: str) -> Split:
             for k in ("vocab_size", "data_dir", "n_test", "n_examples", "download")
         )
     )
+    check_vocab(data_cfg.name, data_cfg.vocab_size)
     if data_cfg.name in _ARRAY_SOURCES:
         return _load_arrays(data_cfg.name, split, key)
-    fn, vocab = _TFDS_SOURCES[data_cfg.name]
-    if data_cfg.vocab_size != vocab:
-        raise ValueError(
-            f"data.vocab_size must be {vocab} for data.name={data_cfg.name!r}, "
-            f"got {data_cfg.vocab_size}"
-        )
-    return fn(_Cfg(key), split)
+    return _TFDS_SOURCES[data_cfg.name][0](_Cfg(key), split)
 
 
 # ---- Batches. ----
