@@ -35,17 +35,5 @@ def get_config(arg: str = ""):
     c.eval.batch_size = 500
     c.sample.steps = 1000
     if arg == "smoke":  # mock-data sizes for tests
-        c.data.download = False
-        c.model.n_embd = 8
-        c.model.n_layer = 1
-        c.schedule.n_features = 16
-        c.training.batch_size = 4
-        c.training.num_steps = 2
-        c.training.steps_per_call = 1
-        c.training.log_every = 1
-        c.training.eval_every = 2
-        c.training.save_every = 2
-        c.eval.batch_size = 4
-        c.sample.steps = 2
-        c.sample.n_samples = 2
+        default.smoke(c, data__download=False)
     return c

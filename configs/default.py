@@ -93,3 +93,30 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.sample.final_denoise = False  # Tweedie step x̂ = E[x | z₀] before decoding
     c.sample.guidance = 0.0  # classifier-free guidance w: 0 unconditional, 1 conditional
     return c
+
+
+SMOKE = {
+    "model.n_embd": 8,
+    "model.n_layer": 1,
+    "schedule.n_features": 16,
+    "training.batch_size": 4,
+    "training.num_steps": 2,
+    "training.steps_per_call": 1,
+    "training.log_every": 1,
+    "training.eval_every": 2,
+    "training.save_every": 2,
+    "eval.batch_size": 4,
+    "sample.steps": 2,
+    "sample.n_samples": 2,
+}
+
+
+def smoke(c: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+    """Tiny sizes for tests (`:smoke`): SMOKE, then per-config `section__field=value`."""
+    for dotted, value in {
+        **SMOKE,
+        **{k.replace("__", "."): v for k, v in overrides.items()},
+    }.items():
+        section, field = dotted.split(".")
+        c[section][field] = value
+    return c

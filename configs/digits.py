@@ -32,17 +32,16 @@ def get_config(arg: str = ""):
     c.eval.batch_size = 300
     c.sample.steps = 100
     c.sample.n_samples = 64
-    if arg == "smoke":  # tiny sizes for tests
-        c.model.n_embd = 8
-        c.model.n_layer = 1
-        c.schedule.n_features = 16
-        c.training.batch_size = 8
-        c.training.num_steps = 6
-        c.training.log_every = 2
-        c.training.eval_every = 6
-        c.training.save_every = 2
-        c.eval.batch_size = 100
-        c.sample.steps = 4
-        c.sample.n_samples = 4
-        c.data.n_test = 100
+    if arg == "smoke":  # tiny sizes for tests: 6 steps, checkpoints at 2, 4, 6
+        default.smoke(
+            c,
+            training__batch_size=8,
+            training__num_steps=6,
+            training__log_every=2,
+            training__eval_every=6,
+            eval__batch_size=100,
+            sample__steps=4,
+            sample__n_samples=4,
+            data__n_test=100,
+        )
     return c

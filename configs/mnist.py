@@ -31,14 +31,5 @@ def get_config(arg: str = ""):
     c.eval.batch_size = 250
     c.sample.steps = 200
     if arg == "smoke":
-        c.model.n_embd = 8
-        c.model.n_layer = 1
-        c.schedule.n_features = 16
-        c.training.batch_size = 4
-        c.training.num_steps = 2
-        c.training.log_every = 1
-        c.eval.batch_size = 50
-        c.data.n_test = 50
-        c.sample.steps = 2
-        c.sample.n_samples = 2
+        default.smoke(c, eval__batch_size=50, data__n_test=50)
     return c

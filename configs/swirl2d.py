@@ -36,15 +36,14 @@ def get_config(arg: str = ""):
     c.sample.steps = 200
     c.sample.n_samples = 2000
     if arg == "smoke":
-        c.data.n_examples = 256
-        c.data.n_test = 64
-        c.model.n_embd = 16
-        c.model.n_layer = 1
-        c.schedule.n_features = 16
-        c.training.batch_size = 32
-        c.training.num_steps = 2
-        c.training.log_every = 1
-        c.eval.batch_size = 32
-        c.sample.steps = 4
-        c.sample.n_samples = 16
+        default.smoke(
+            c,
+            data__n_examples=256,
+            data__n_test=64,
+            model__n_embd=16,
+            training__batch_size=32,
+            eval__batch_size=32,
+            sample__steps=4,
+            sample__n_samples=16,
+        )
     return c

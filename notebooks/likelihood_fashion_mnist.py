@@ -43,7 +43,7 @@ from vdm import train  # noqa: E402
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 FULL_STEPS = 1500
-PF_ODE_EXAMPLES = 8 if SMOKE else 256
+PF_ODE_EXAMPLES = 8 if SMOKE else 128
 workdir = os.environ.get("WORKDIR") or (
     tempfile.mkdtemp(prefix="fmnist_") if SMOKE else os.path.join(ROOT, "runs", "fmnist")
 )

@@ -110,7 +110,7 @@ ff_rows = ablate_schedules.main(
         "--config",
         FOURIER_CONFIG,
         "--steps",
-        "2" if SMOKE else "1000",
+        "2" if SMOKE else "600",
         "--schedules",
         "learned_net",
         "--times",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 
-import jax
+import jax.numpy as jnp
 
 from vdm.samplers.common import GRIDS, decode, denoise, example_keys, to_integers
 from vdm.samplers.discrete import ancestral, ddim, dpm_solver_pp_2m
@@ -76,7 +76,7 @@ def sample(
     z, info = fn(
         key, eps_hat_fn, gamma_fn, shape, **{k: v for k, v in options.items() if k in accepted}
     )
-    gamma_0 = jax.numpy.broadcast_to(gamma_fn(jax.numpy.zeros(())), shape[:1])
+    gamma_0 = jnp.broadcast_to(gamma_fn(jnp.zeros(())), shape[:1])
     if final_denoise:
         z = denoise(eps_hat_fn, z, gamma_0)
         info = dict(info, nfe=info["nfe"] + 1)
