@@ -277,6 +277,12 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
     return out
 
 
+def host_slice(batch_size: int, process_index: int, process_count: int) -> slice:
+    """This host's contiguous share of a global batch (hosts in process order)."""
+    local = batch_size // process_count
+    return slice(process_index * local, (process_index + 1) * local)
+
+
 def train_batch(
     split: Split,
     batch_size: int,
@@ -287,8 +293,7 @@ def train_batch(
     process_count: int = 1,
 ) -> dict[str, np.ndarray]:
     """This host's slice of the global training batch at `step`."""
-    local = batch_size // process_count
-    sl = slice(process_index * local, (process_index + 1) * local)
+    sl = host_slice(batch_size, process_index, process_count)
     batch = split.get(batch_indices(len(split), batch_size, step, seed)[sl])
     if random_flip:
         flip = np.random.default_rng([seed, 1, step]).random(batch_size)[sl] < 0.5
@@ -354,11 +359,11 @@ def eval_batches(
     split: Split, batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> Iterator[dict[str, np.ndarray]]:
     """Every example exactly once, in order; the last batch is padded and masked ('mask')."""
-    local = batch_size // process_count
+    sl = host_slice(batch_size, process_index, process_count)
     for start in range(0, len(split), batch_size):
         idx = np.arange(start, start + batch_size)
         mask = idx < len(split)
-        idx = np.where(mask, idx, 0)[process_index * local : (process_index + 1) * local]
+        idx = np.where(mask, idx, 0)[sl]
         batch = split.get(idx)
-        batch["mask"] = mask[process_index * local : (process_index + 1) * local].astype(np.float32)
+        batch["mask"] = mask[sl].astype(np.float32)
         yield batch
