@@ -20,6 +20,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.n_test = 0  # held-out examples for sources without a test split (0 = source default)
     c.data.n_examples = 0  # generated data (swirl2d, gaussian_mixture): train size (0 = default)
     c.data.download = False  # let tensorflow-datasets download (needs internet)
+    c.data.encoding = "bin_centres"  # bin_centres (2x+1)/V − 1 | standardize (x − mean)/std
 
     c.model = ml_collections.ConfigDict()
     c.model.network = "unet"  # unet | mlp
@@ -29,9 +30,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.with_attention = False  # attention after every block (always in the middle)
     c.model.dropout = 0.1
     c.model.fourier_features = True
-    c.model.fourier_min = 6
-    c.model.fourier_max = 7
-    c.model.base_measure_skip = True
+    # Features at 2ⁿ · 2π for n = top − octaves + 1 … top (the official convention); top None =
+    # log₂(vocab/2), whose period is one bin: n = 6, 7 for 8-bit data, as the official ScoreUNet.
+    c.model.fourier_top_n = ml_collections.config_dict.placeholder(float)
+    c.model.fourier_octaves = 2
+    c.model.fourier_gate = "none"  # none | coherence: scale by exp(−½ ω² σ_t²)
+    c.model.base_measure_skip = True  # ε̂ = z + net (ε head only)
     c.model.n_timesteps = 0  # 0 = continuous time (eq. 17), T > 0 = T discrete steps (eq. 14)
     c.model.antithetic_time = True
     c.model.class_conditional = False

@@ -72,8 +72,10 @@ def test_digits_and_mnist_are_offline_validated_and_held_out():
     assert len(np.unique(labels)) == 10 and not np.all(np.diff(labels) >= 0)  # shuffled
 
 
-def test_swirl_is_quantised_2d():
-    split = data.load_split(swirl2d.get_config("smoke").data, "train")
+def test_spiral_is_quantised_2d():
+    c = swirl2d.get_config("smoke")
+    c.data.name, c.data.n_examples = "spiral2d", 256
+    split = data.load_split(c.data, "train")
     x = split.get(np.arange(len(split)))["image"]
     assert x.shape == (256, 2) and x.dtype == np.uint8 and x.max() > 200 and x.min() < 50
 

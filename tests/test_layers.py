@@ -1,29 +1,87 @@
-"""Shared network layers (vdm/networks/layers.py)."""
+"""Shared network layers (vdm/networks/layers.py), pinned against the official code's values."""
+
+import math
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm.networks.layers import fourier_features
+from configs import default
+from vdm.networks import resolve_fourier_top_n
+from vdm.networks.layers import (
+    fourier_features,
+    fourier_frequencies,
+    fourier_top_n,
+    timestep_embedding,
+)
+
+# google-research/vdm model_vdm.py: ScoreUNet uses Base2FourierFeatures(start=6, stop=8), whose
+# frequencies are 2.**n * 2 * pi for n in range(6, 8): written out, not re-derived.
+OFFICIAL_SCOREUNET_FREQS = [402.1238596594935, 804.247719318987]
 
 
-def test_fourier_features_values_and_shape():
-    z = jnp.array([[[0.25, -0.5, 0.125]]])  # (1, 1, 3): any leading shape, channels last
-    h = fourier_features(z, 6, 8)
-    assert h.shape == (1, 1, 3 * 3 * 2)
-    n = np.arange(6, 9)
-    expect_sin = np.sin(2.0**n * np.pi * np.asarray(z)[..., None]).reshape(1, 1, -1)
-    np.testing.assert_allclose(h[..., :9], expect_sin, atol=1e-4)
-    np.testing.assert_allclose(h[..., :9] ** 2 + h[..., 9:] ** 2, 1.0, atol=1e-5)
+def test_default_config_gives_the_official_frequencies_for_8bit_data():
+    c = default.get_config()
+    n_top = resolve_fourier_top_n(c.model, 256)
+    freqs = fourier_frequencies(n_top, c.model.fourier_octaves)
+    np.testing.assert_allclose(freqs, OFFICIAL_SCOREUNET_FREQS, rtol=1e-12)
 
 
-def test_fourier_features_resolve_adjacent_8bit_bins():
-    """Neighbouring 8-bit bin centres (2/256 apart) differ strongly at n = 7 (period 1/64)."""
-    a, b = jnp.array([[0.0]]), jnp.array([[2.0 / 256]])
-    gap = jnp.abs(fourier_features(a, 7, 7) - fourier_features(b, 7, 7)).max()
-    assert gap > 0.5
+@pytest.mark.parametrize("vocab", [2, 17, 32, 100, 256, 1024])
+def test_top_feature_has_a_period_of_one_bin_for_any_vocab(vocab):
+    """sin(ω f) of the top feature repeats after exactly one bin of the encoded data."""
+    top = fourier_frequencies(fourier_top_n(vocab), 3)[-1]
+    bin_width = 2.0 / vocab  # neighbouring bin centres (2x + 1)/V − 1
+    np.testing.assert_allclose(2 * math.pi / top, bin_width, rtol=1e-12)
+    # The features of neighbouring bin centres agree; half a bin apart they are opposite.
+    f = jnp.array([[0.5 / vocab - 1.0]])
+    same = fourier_features(f + bin_width, np.array([top])) - fourier_features(f, np.array([top]))
+    half = fourier_features(f + bin_width / 2, np.array([top]))[0, 0]
+    np.testing.assert_allclose(same, 0.0, atol=1e-4)
+    np.testing.assert_allclose(half, -fourier_features(f, np.array([top]))[0, 0], atol=1e-4)
 
 
-def test_fourier_bad_range_is_a_clear_error():
-    with pytest.raises(ValueError, match="model.fourier_max must be >= model.fourier_min"):
-        fourier_features(jnp.zeros((1, 1)), 8, 7)
+def test_config_override_of_the_top_exponent():
+    c = default.get_config()
+    c.model.fourier_top_n = 6.0  # the project's earlier, one-octave-low choice
+    freqs = fourier_frequencies(resolve_fourier_top_n(c.model, 256), 2)
+    np.testing.assert_allclose(freqs, [64 * math.pi, 128 * math.pi])
+
+
+def test_feature_layout_matches_the_official_base2_features():
+    """Channel-major, all sines then all cosines: the official `Base2FourierFeatures` layout."""
+    z = np.array([[0.25, -0.5, 0.125]])
+    freqs = np.array([1.0, 2.0, 4.0]) * 2 * np.pi
+    w = np.tile(freqs[None, :], (1, 3))
+    h = np.repeat(z, 3, axis=-1) * w
+    expect = np.concatenate([np.sin(h), np.cos(h)], axis=-1)
+    np.testing.assert_allclose(fourier_features(jnp.asarray(z), freqs), expect, atol=1e-5)
+
+
+def test_coherence_gate_is_the_expected_feature_of_a_noisy_input():
+    """E[sin(ω z) | x] = exp(−½ ω² σ²) sin(ω α x) for z = α x + σ ε: check by Monte Carlo."""
+    rng = np.random.default_rng(0)
+    x, alpha, sigma, omega = 0.3, 0.9, 0.02, 64 * np.pi
+    z = alpha * x + sigma * rng.standard_normal(400_000)
+    mc = np.mean(np.sin(omega * z))
+    gated = fourier_features(jnp.array([[alpha * x]]), np.array([omega]), sigma=jnp.array(sigma))
+    assert abs(float(gated[0, 0]) - mc) < 4 * np.std(np.sin(omega * z)) / np.sqrt(z.size)
+    ungated = fourier_features(jnp.array([[alpha * x]]), np.array([omega]))
+    assert abs(float(ungated[0, 0])) > abs(float(gated[0, 0])) + 0.1
+
+
+def test_timestep_embedding_matches_the_official_fairseq_form():
+    """Frequencies 10000^(−i/(half − 1)): the lowest is exactly 1/10000 (model_vdm.py)."""
+    t = jnp.array([0.0, 0.37, 1000.0])
+    emb = np.asarray(timestep_embedding(t, 8))
+    freqs = np.exp(-np.log(10000) * np.arange(4) / 3)
+    np.testing.assert_allclose(freqs[-1], 1e-4)
+    expect = np.concatenate(
+        [np.sin(np.asarray(t)[:, None] * freqs), np.cos(np.asarray(t)[:, None] * freqs)], 1
+    )
+    np.testing.assert_allclose(emb, expect, atol=1e-4, rtol=1e-5)
+
+
+def test_fourier_bad_octaves_is_a_clear_error():
+    with pytest.raises(ValueError, match="model.fourier_octaves must be >= 1"):
+        fourier_frequencies(7.0, 0)

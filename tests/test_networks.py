@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import cifar10, default, swirl2d
+from configs import cifar10, default, swirl2d, swirl2d_colab
 from vdm import diffusion
 from vdm.model import VDM, count_params
 
@@ -49,6 +49,7 @@ def test_unet_without_skip_starts_at_zero_and_attention_everywhere_runs():
 
 def test_mlp_for_2d_data_and_class_conditioning():
     c = swirl2d.get_config("smoke")
+    c.model.network, c.model.n_embd, c.model.fourier_octaves = "mlp", 16, 2
     c.model.class_conditional = True
     model = VDM.from_config(c, num_classes=3)
     params = model.init(jax.random.key(0), (2,))
@@ -88,3 +89,39 @@ def test_model_runs_with_every_schedule(schedule):
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in terms.values())
     g0, g1 = model.endpoints(params)
     np.testing.assert_allclose([g0, g1], [c.schedule.gamma_min, c.schedule.gamma_max], rtol=1e-5)
+
+
+def test_concat_mlp_is_the_colab_network():
+    """The colab's ScoreNetwork: dense1/dense2 (512) on [z, γ̃, FF], n = 0..7 of 3 inputs."""
+    c = swirl2d_colab.get_config()
+    model = VDM.from_config(c)
+    params = model.init(jax.random.key(0), (2,))
+    net = params["net"]
+    assert net["dense1"]["kernel"].shape == (3 + 2 * 8 * 3, 512)
+    assert net["dense2"]["kernel"].shape == (512, 512)
+    assert net["dense_out"]["kernel"].shape == (512, 2)
+    assert count_params(net) == (51 * 512 + 512) + (512 * 512 + 512) + (512 * 2 + 2)
+    # γ̃ ∈ [−1, 1]: the colab's ((γ − lb) / (ub − lb)) * 2 − 1, checked through its first layer.
+    z = jnp.zeros((2, 2))
+    gamma = jnp.array([-13.3, 5.0])
+    h = jax.nn.swish(
+        jnp.concatenate([z, jnp.array([[-1.0], [1.0]])], -1) @ net["dense1"]["kernel"][:3]
+        + jnp.concatenate(
+            [jnp.zeros((2, 24)), jnp.ones((2, 24))], -1
+        )  # sin(0) = 0 for z; cos = 1; the γ̃ = ±1 features are sin/cos(2ⁿ2π·±1) = 0 / 1
+        @ net["dense1"]["kernel"][3:]
+        + net["dense1"]["bias"]
+    )
+    h = jax.nn.swish(h @ net["dense2"]["kernel"] + net["dense2"]["bias"])
+    expect = h @ net["dense_out"]["kernel"] + net["dense_out"]["bias"]
+    out = model.network.apply({"params": net}, z, gamma)
+    np.testing.assert_allclose(out, expect, atol=2e-4)
+
+
+def test_unet_conditioning_starts_at_zero_without_bias():
+    """As the official ScoreUNet: cond_proj is zero-initialised and has no bias."""
+    model = VDM.from_config(_small())
+    params = model.init(jax.random.key(0), (4, 4, 1))
+    projs = [v["cond_proj"] for k, v in params["net"].items() if k.startswith("ResnetBlock")]
+    assert projs and all(set(p) == {"kernel"} for p in projs)
+    assert all(float(jnp.abs(p["kernel"]).max()) == 0.0 for p in projs)

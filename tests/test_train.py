@@ -164,7 +164,7 @@ def test_cli_bad_value_is_one_clear_line(tmp_path):
     [
         ("data.name", "cifar100", r"data.name must be one of \[.*'digits'"),
         ("schedule.name", "linear", r"schedule.name must be one of \[.*'fixed_linear'"),
-        ("model.network", "resnet", r"model.network must be one of \['mlp', 'unet'\]"),
+        ("model.network", "resnet", r"model.network must be one of \['concat_mlp', 'mlp', 'unet'\]"),
         ("optimizer.decay", "step", r"optimizer.decay must be one of \['none', 'cosine'\]"),
         ("training.batch_size", 7, r"training.batch_size must be divisible by the number of dev"),
         ("model.n_timesteps", -1, r"model.n_timesteps must be >= 0"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax
 
-from vdm import data, diffusion, samplers, schedules
-from vdm.networks import NETWORKS
+from vdm import data, diffusion, elbo, samplers, schedules
+from vdm.networks import FOURIER_GATES, NETWORKS
 
 DECAYS = ("none", "cosine")
 
@@ -32,6 +32,7 @@ def validate(config, n_devices: int | None = None) -> None:
         data.check_vocab(config.data.name, config.data.vocab_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    _choice(config.data.encoding, "data.encoding", elbo.ENCODINGS)
     _choice(config.schedule.name, "schedule.name", sorted(schedules.SCHEDULES))
     _choice(config.model.head, "model.head", diffusion.HEADS)
     _choice(config.model.network, "model.network", sorted(NETWORKS))
@@ -88,10 +89,12 @@ def validate(config, n_devices: int | None = None) -> None:
             "schedule.gamma_min must be < schedule.gamma_max, got "
             f"{config.schedule.gamma_min} and {config.schedule.gamma_max}"
         )
-    if config.model.fourier_max < config.model.fourier_min:
+    _positive(config.model.fourier_octaves, "model.fourier_octaves")
+    _choice(config.model.fourier_gate, "model.fourier_gate", FOURIER_GATES)
+    if config.model.base_measure_skip and config.model.head != "eps":
         raise ConfigError(
-            "model.fourier_max must be >= model.fourier_min, got "
-            f"{config.model.fourier_min} and {config.model.fourier_max}"
+            "model.base_measure_skip adds z to the output, the base measure of the ε head only; "
+            f"set it False for model.head={config.model.head!r}"
         )
     if config.schedule.variance_min:
         if config.schedule.name not in schedules.SEPARABLE:

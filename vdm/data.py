@@ -172,8 +172,32 @@ def _tfds_split(name: str, num_classes: int) -> Callable:
     return load
 
 
-def swirl(n: int, seed: int) -> np.ndarray:
-    """The 2-D swirl of the official VDM colab's spirit: a noisy spiral arm in [−1, 1]²."""
+SWIRL_N = 1024
+
+
+def swirl_official(n: int = SWIRL_N, seed: int = 0) -> np.ndarray:
+    """The 8-bit 2-D swirl of the official VDM colab (google-research/vdm, 2D_VDM_Example).
+
+    numpy's legacy RNG seeded with `seed`; θ = √U · 3π (the n uniforms drawn first),
+    r = 2θ + π, x = 4 (r (cos θ, sin θ) + 0.25 N(0, I) + 30), cast to uint8 (truncation, as the
+    colab's astype). With n = 1024, seed = 0 these are the colab's points, bit for bit.
+    """
+    rng = np.random.RandomState(seed)
+    theta = np.sqrt(rng.rand(n)) * 3 * np.pi
+    r = 2 * theta + np.pi
+    x = np.array([np.cos(theta) * r, np.sin(theta) * r]).T
+    x = 4 * (x + 0.25 * rng.randn(n, 2) + 30)
+    return x.astype("uint8")
+
+
+def _swirl(cfg, split):
+    """The colab's 1,024 points for both splits: its ELBO is reported on the training data."""
+    del split
+    return swirl_official(cfg.n_examples or SWIRL_N, seed=0), None, 0
+
+
+def spiral(n: int, seed: int) -> np.ndarray:
+    """A noisy spiral arm in [−1, 1]² (the project's own generator, not the colab's swirl)."""
     rng = np.random.default_rng(seed)
     theta = 3.0 * np.pi * np.sqrt(rng.uniform(size=n))
     r = 0.15 + 0.75 * theta / (3.0 * np.pi)
@@ -208,7 +232,8 @@ _ARRAY_SOURCES = {
     "digits": (_digits, 17),
     "mnist": (_mnist, 256),
     "fashion_mnist": (_fashion_mnist, 256),
-    "swirl2d": (_generated(swirl), 256),
+    "swirl2d": (_swirl, 256),
+    "spiral2d": (_generated(spiral), 256),
     "gaussian_mixture": (_generated(gaussian_mixture), 256),
 }
 _TFDS_SOURCES = {
@@ -238,6 +263,13 @@ def _load_arrays(name: str, split: str, cfg_key: tuple) -> Split:
 
 class _Cfg(dict):
     __getattr__ = dict.__getitem__
+
+
+def channel_stats(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation per channel (the last axis) over every example and pixel."""
+    x = split.get(np.arange(len(split)))["image"].astype(np.float64)
+    x = x.reshape(-1, x.shape[-1])
+    return x.mean(0), x.std(0)
 
 
 def load_split(data_cfg, split: str) -> Split:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 HEADS = ("eps", "x0", "v", "score")
 
 
-def _bcast(gamma: jax.Array, x: jax.Array) -> jax.Array:
+def bcast(gamma: jax.Array, x: jax.Array) -> jax.Array:
     """Reshape a per-example γ of shape (batch,) so it broadcasts against x (batch, ...)."""
     gamma = jnp.asarray(gamma)
     return gamma.reshape(gamma.shape + (1,) * (x.ndim - gamma.ndim))
@@ -31,7 +31,7 @@ def snr(gamma: jax.Array) -> jax.Array:
 
 def q_sample(x: jax.Array, gamma: jax.Array, eps: jax.Array) -> jax.Array:
     """z_t = α_t x + σ_t ε, a draw from q(z_t | x)  (VDM eq. 1)."""
-    alpha, sigma = alpha_sigma(_bcast(gamma, x))
+    alpha, sigma = alpha_sigma(bcast(gamma, x))
     return alpha * x + sigma * eps
 
 
@@ -40,49 +40,49 @@ def q_sample(x: jax.Array, gamma: jax.Array, eps: jax.Array) -> jax.Array:
 
 def eps_to_x0(z: jax.Array, eps: jax.Array, gamma: jax.Array) -> jax.Array:
     """x̂ = (z_t − σ_t ε̂) / α_t."""
-    alpha, sigma = alpha_sigma(_bcast(gamma, z))
+    alpha, sigma = alpha_sigma(bcast(gamma, z))
     return (z - sigma * eps) / alpha
 
 
 def x0_to_eps(z: jax.Array, x0: jax.Array, gamma: jax.Array) -> jax.Array:
     """ε̂ = (z_t − α_t x̂) / σ_t."""
-    alpha, sigma = alpha_sigma(_bcast(gamma, z))
+    alpha, sigma = alpha_sigma(bcast(gamma, z))
     return (z - alpha * x0) / sigma
 
 
 def eps_to_v(z: jax.Array, eps: jax.Array, gamma: jax.Array) -> jax.Array:
     """v = α_t ε − σ_t x = (ε − σ_t z_t) / α_t  (Salimans & Ho 2022)."""
-    alpha, sigma = alpha_sigma(_bcast(gamma, z))
+    alpha, sigma = alpha_sigma(bcast(gamma, z))
     return (eps - sigma * z) / alpha
 
 
 def v_to_eps(z: jax.Array, v: jax.Array, gamma: jax.Array) -> jax.Array:
     """ε = σ_t z_t + α_t v."""
-    alpha, sigma = alpha_sigma(_bcast(gamma, z))
+    alpha, sigma = alpha_sigma(bcast(gamma, z))
     return sigma * z + alpha * v
 
 
 def v_to_x0(z: jax.Array, v: jax.Array, gamma: jax.Array) -> jax.Array:
     """x = α_t z_t − σ_t v."""
-    alpha, sigma = alpha_sigma(_bcast(gamma, z))
+    alpha, sigma = alpha_sigma(bcast(gamma, z))
     return alpha * z - sigma * v
 
 
 def x0_to_v(z: jax.Array, x0: jax.Array, gamma: jax.Array) -> jax.Array:
     """v = (α_t z_t − x) / σ_t."""
-    alpha, sigma = alpha_sigma(_bcast(gamma, z))
+    alpha, sigma = alpha_sigma(bcast(gamma, z))
     return (alpha * z - x0) / sigma
 
 
 def eps_to_score(eps: jax.Array, gamma: jax.Array) -> jax.Array:
     """∇_z log q(z_t) = −ε̂ / σ_t  (Tweedie's formula for the VP process)."""
-    _, sigma = alpha_sigma(_bcast(gamma, eps))
+    _, sigma = alpha_sigma(bcast(gamma, eps))
     return -eps / sigma
 
 
 def score_to_eps(score: jax.Array, gamma: jax.Array) -> jax.Array:
     """ε̂ = −σ_t ∇_z log q(z_t)."""
-    _, sigma = alpha_sigma(_bcast(gamma, score))
+    _, sigma = alpha_sigma(bcast(gamma, score))
     return -sigma * score
 
 
@@ -132,7 +132,7 @@ def posterior_mean_var(
 
     μ = α_s ((1 − c) z_t / α_t + c x),  σ² = c σ_s²,  with c = −expm1(γ_s − γ_t).
     """
-    gamma_s, gamma_t = _bcast(gamma_s, z_t), _bcast(gamma_t, z_t)
+    gamma_s, gamma_t = bcast(gamma_s, z_t), bcast(gamma_t, z_t)
     c = posterior_coeffs(gamma_s, gamma_t)
     alpha_s, _ = alpha_sigma(gamma_s)
     alpha_t, _ = alpha_sigma(gamma_t)
@@ -145,7 +145,7 @@ def posterior_mean_var_eps(
     z_t: jax.Array, eps: jax.Array, gamma_s: jax.Array, gamma_t: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """q(z_s | z_t, x = x̂(z_t, ε̂)) written with ε̂: μ = (α_s/α_t)(z_t − c σ_t ε̂)  (VDM eq. 34)."""
-    gamma_s, gamma_t = _bcast(gamma_s, z_t), _bcast(gamma_t, z_t)
+    gamma_s, gamma_t = bcast(gamma_s, z_t), bcast(gamma_t, z_t)
     c = posterior_coeffs(gamma_s, gamma_t)
     alpha_s, _ = alpha_sigma(gamma_s)
     alpha_t, sigma_t = alpha_sigma(gamma_t)

@@ -3,13 +3,16 @@
 −log p(x) ≤ L_recon + L_diffusion + L_prior  (VDM eq. 11), all per example, in nats.
 
 Data x_int are integers in [0, vocab_size) of any shape (batch, ..., channels); inside the
-model they are encoded to the bin centres f = (2 x_int + 1) / vocab_size − 1 ∈ (−1, 1).
+model an `Encoding` maps them to f = (x_int − shift) / scale per channel: the bin centres
+f = (2 x_int + 1) / vocab_size − 1 ∈ (−1, 1) by default, or per-dimension standardisation
+(the official 2-D colab). Wherever a function takes `vocab_size`, an `Encoding` may be given.
 Every term takes its randomness (t, ε) as arguments; only `vlb_terms` draws it from a key.
 `gamma_fn(t) -> γ_t` is the schedule; `eps_hat_fn(z_t, γ_t) -> ε̂` the denoiser.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from functools import partial
@@ -27,19 +30,85 @@ def _sum_per_example(x: jax.Array) -> jax.Array:
     return jnp.sum(x, axis=tuple(range(1, x.ndim)))
 
 
-def encode(x_int: jax.Array, vocab_size: int) -> jax.Array:
-    """Integers in [0, vocab_size) → bin centres (2 x + 1) / vocab_size − 1 in (−1, 1)."""
-    return (2.0 * jnp.asarray(x_int, jnp.result_type(float)) + 1.0) / vocab_size - 1.0
+ENCODINGS = ("bin_centres", "standardize")
 
 
-def decoder_logprobs(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+    """The affine map f = (x − shift) / scale from integers in [0, vocab_size) to model space.
+
+    `shift` and `scale` are one float (every channel) or one per channel of the last axis, kept
+    as tuples so the encoding is hashable and a compile-time constant. The bin width in model
+    space is 1 / scale: the decoder, dequantization and the bpd all follow from these numbers.
+    """
+
+    vocab_size: int
+    shift: tuple[float, ...]
+    scale: tuple[float, ...]
+
+    @classmethod
+    def bin_centres(cls, vocab_size: int) -> Encoding:
+        """f = (2x + 1) / V − 1 ∈ (−1, 1): the VDM paper's encoding (App. A)."""
+        return cls(int(vocab_size), ((vocab_size - 1) / 2.0,), (vocab_size / 2.0,))
+
+    @classmethod
+    def standardize(cls, vocab_size: int, mean, std) -> Encoding:
+        """f = (x − mean) / std per channel, the official 2-D colab's `data_encode`."""
+        mean, std = (tuple(float(v) for v in jnp.ravel(jnp.asarray(a))) for a in (mean, std))
+        if len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"standardize needs matching mean/std with std > 0, got {mean}, {std}")
+        return cls(int(vocab_size), mean, std)
+
+    @property
+    def bin_width(self) -> jax.Array:
+        """Δ = 1 / scale per channel: the distance between neighbouring values in model space."""
+        return 1.0 / jnp.asarray(self.scale)
+
+    def encode(self, x_int: jax.Array) -> jax.Array:
+        x = jnp.asarray(x_int, jnp.result_type(float))
+        return (x - jnp.asarray(self.shift)) / jnp.asarray(self.scale)
+
+    def centres(self) -> jax.Array:
+        """Every vocab value encoded, shape (vocab_size, channels) (channels = 1 if shared)."""
+        return self.encode(jnp.arange(self.vocab_size, dtype=jnp.float32)[:, None])
+
+    def to_integers(self, f: jax.Array) -> jax.Array:
+        """Model-space values → the integer of the nearest value in [0, vocab_size)."""
+        x = jnp.round(f * jnp.asarray(self.scale) + jnp.asarray(self.shift))
+        return jnp.clip(x, 0, self.vocab_size - 1).astype(jnp.int32)
+
+
+def make_encoding(name: str, vocab_size: int, mean=None, std=None) -> Encoding:
+    """The encoding named by `data.encoding`; 'standardize' needs the training data's
+    per-channel mean and std (`vdm.data.channel_stats`)."""
+    if name not in ENCODINGS:
+        raise ValueError(f"data.encoding must be one of {list(ENCODINGS)}, got {name!r}")
+    if name == "bin_centres":
+        return Encoding.bin_centres(vocab_size)
+    return Encoding.standardize(vocab_size, mean, std)
+
+
+def as_encoding(vocab_or_encoding: int | Encoding) -> Encoding:
+    """An `Encoding` as given, or the bin-centre encoding of an integer vocab size."""
+    if isinstance(vocab_or_encoding, Encoding):
+        return vocab_or_encoding
+    return Encoding.bin_centres(int(vocab_or_encoding))
+
+
+def encode(x_int: jax.Array, vocab_size: int | Encoding) -> jax.Array:
+    """Integers in [0, vocab_size) → model space; by default the bin centres (2x + 1) / V − 1."""
+    return as_encoding(vocab_size).encode(x_int)
+
+
+def decoder_logprobs(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int | Encoding) -> jax.Array:
     """log p(x | z₀) for every value of the vocab, shape z₀.shape + (vocab_size,)  (VDM eq. 8).
 
-    p(x_i | z_0,i) ∝ q(z_0,i | x_i) normalised over the vocab's bin centres (VDM App. A).
+    p(x_i | z_0,i) ∝ q(z_0,i | x_i) normalised over the vocab's encoded values (VDM App. A).
     """
-    gamma_0 = diffusion._bcast(gamma_0, z_0)
+    enc = as_encoding(vocab_size)
+    gamma_0 = diffusion.bcast(gamma_0, z_0)
     alpha_0, _ = diffusion.alpha_sigma(gamma_0)
-    centres = encode(jnp.arange(vocab_size), vocab_size)
+    centres = enc.centres().T  # (channels, vocab): broadcasts over z₀'s last axis
     # z₀/α₀ = f + exp(γ₀/2) ε₀, so each centre's logit is a Gaussian log-density of width exp(γ₀/2).
     inv_std = jnp.exp(-0.5 * gamma_0)[..., None]
     logits = -0.5 * jnp.square((z_0 / alpha_0)[..., None] - centres) * jnp.square(inv_std)
@@ -47,7 +116,7 @@ def decoder_logprobs(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int) -> jax
 
 
 def recon_loss(
-    x_int: jax.Array, eps_0: jax.Array, gamma_0: jax.Array, vocab_size: int
+    x_int: jax.Array, eps_0: jax.Array, gamma_0: jax.Array, vocab_size: int | Encoding
 ) -> jax.Array:
     """L_recon = −log p(x | z₀) with z₀ = α₀ f + σ₀ ε₀, exact discrete decoder (VDM eq. 8)."""
     f = encode(x_int, vocab_size)
@@ -62,7 +131,7 @@ def prior_loss(x: jax.Array, gamma_1: jax.Array) -> jax.Array:
 
     Written with σ₁² − 1 = −α₁² and log σ₁² = log_sigmoid(γ₁) for accuracy at large γ₁.
     """
-    gamma_1 = diffusion._bcast(gamma_1, x)
+    gamma_1 = diffusion.bcast(gamma_1, x)
     alpha_sq = jax.nn.sigmoid(-gamma_1)
     kl = 0.5 * (alpha_sq * (jnp.square(x) - 1.0) - jax.nn.log_sigmoid(gamma_1))
     return _sum_per_example(jnp.broadcast_to(kl, x.shape))
@@ -185,7 +254,7 @@ def vlb_terms(
     gamma_fn: GammaFn,
     eps_hat_fn: EpsHatFn,
     *,
-    vocab_size: int,
+    vocab_size: int | Encoding,
     n_timesteps: int = 0,
     antithetic_time: bool = True,
     variance_min: tuple[jax.Array, jax.Array, GammaFn] | None = None,

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from vdm import elbo
+
 
 def image_grid(x: np.ndarray, vocab_size: int) -> np.ndarray:
     """Integer images (N, H, W, C) → one uint8 grid image (rows × cols tiles, 1-pixel gaps)."""
@@ -23,8 +25,13 @@ def image_grid(x: np.ndarray, vocab_size: int) -> np.ndarray:
     return grid[..., 0] if c == 1 else grid
 
 
-def save_samples(path: str, x: np.ndarray, vocab_size: int) -> str:
-    """Save integer samples as a PNG (grid for images, scatter for 2-D points)."""
+def save_samples(path: str, x: np.ndarray, vocab_size) -> str:
+    """Save integer samples as a PNG (grid for images, scatter for 2-D points in model space).
+
+    `vocab_size` is an int (bin-centre encoding) or a `vdm.elbo.Encoding`.
+    """
+    enc = elbo.as_encoding(vocab_size)
+    vocab_size = enc.vocab_size
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,10 +44,11 @@ def save_samples(path: str, x: np.ndarray, vocab_size: int) -> str:
         grid = np.kron(grid, np.ones((scale, scale) + (1,) * (grid.ndim - 2), np.uint8))
         plt.imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
     else:
-        centres = (2 * x.astype(np.float32) + 1) / vocab_size - 1
+        centres = np.asarray(enc.encode(x))
+        lim = max(1.0, float(np.abs(centres).max()) * 1.05)
         fig, ax = plt.subplots(figsize=(4, 4))
         ax.scatter(centres[:, 0], centres[:, 1], s=2)
-        ax.set(xlim=(-1, 1), ylim=(-1, 1), aspect="equal")
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
         fig.savefig(path, dpi=100)
         plt.close(fig)
     return path

@@ -136,32 +136,41 @@ def pf_ode_log_prob(
     return logp, {"steps": steps, "nfe": jnp.max(steps) * EVALS_PER_STEP[solver] * per_eval}
 
 
-def dequantize(key: jax.Array, x_int: jax.Array, vocab_size: int) -> jax.Array:
-    """Uniform dequantization: y = bin centre + (u − ½) Δ, u ~ U[0, 1), bin width Δ = 2/V.
+def dequantize(key: jax.Array, x_int: jax.Array, vocab_size: int | elbo.Encoding) -> jax.Array:
+    """Uniform dequantization: y = encoded x + (u − ½) Δ, u ~ U[0, 1), bin width Δ (2/V for the
+    bin centres, 1/std per channel when standardised).
 
-    For integer x, P(x) = ∫_bin p(y) dy = Δ^D E_u[p(y)] ≥ Δ^D exp E_u[log p(y)] (Jensen), so
-    −log₂ P(x) / D ≤ −(E_u[log p(y)] + D log Δ) / (D ln 2): the bin-width offset in `pf_ode_bpd`.
+    For integer x, P(x) = ∫_bin p(y) dy = ΠΔ E_u[p(y)] ≥ ΠΔ exp E_u[log p(y)] (Jensen), so
+    −log₂ P(x) / D ≤ −(E_u[log p(y)] + Σ log Δ) / (D ln 2): the bin-width offset in `pf_ode_bpd`.
     """
+    enc = elbo.as_encoding(vocab_size)
     u = jax.random.uniform(key, x_int.shape)
-    return elbo.encode(x_int, vocab_size) + (u - 0.5) * (2.0 / vocab_size)
+    return enc.encode(x_int) + (u - 0.5) * enc.bin_width
+
+
+def log_bin_volume(x_shape: tuple[int, ...], vocab_size: int | elbo.Encoding) -> jax.Array:
+    """Σ_d log Δ_d over one example's dimensions: the log-volume of one integer cell."""
+    enc = elbo.as_encoding(vocab_size)
+    return jnp.sum(jnp.broadcast_to(jnp.log(enc.bin_width), x_shape))
 
 
 def pf_ode_bpd_terms(key, model: VDM, params, x_int, *, offset=0, **ode_options):
     """Per-example PF-ODE bpd upper bound for integer data, and the solver info.
 
     The ODE starts at z₀ = α₀ y for dequantized y, so log p(y) = log p₀(α₀ y) + D log α₀; the
-    discrete bound adds the bin width: bpd = −(log p(y) + D log(2/V)) / (D ln 2).
+    discrete bound adds the bin widths: bpd = −(log p(y) + Σ log Δ) / (D ln 2).
     """
     k_u, k_probe = jax.random.split(key)
     d = math.prod(x_int.shape[1:])
-    y = dequantize(jax.random.fold_in(k_u, offset), x_int, model.vocab_size)
+    y = dequantize(jax.random.fold_in(k_u, offset), x_int, model.encoding)
     gamma_fn = model.gamma_fn(params)
     alpha_0, _ = diffusion.alpha_sigma(gamma_fn(jnp.zeros(())))
     logp_0, info = pf_ode_log_prob(
         k_probe, model.eps_hat_fn(params), gamma_fn, alpha_0 * y, offset=offset, **ode_options
     )
     log_p_y = logp_0 + d * jnp.log(alpha_0)
-    bpd = -(log_p_y + d * math.log(2.0 / model.vocab_size)) / (d * math.log(2.0))
+    log_cell = log_bin_volume(x_int.shape[1:], model.encoding)
+    bpd = -(log_p_y + log_cell) / (d * math.log(2.0))
     return bpd, info
 
 

@@ -28,7 +28,7 @@ class VDM:
     schedule: nn.Module
     network: nn.Module
     head: str
-    vocab_size: int
+    encoding: elbo.Encoding
     n_timesteps: int
     antithetic_time: bool
     variance_min: bool
@@ -36,7 +36,15 @@ class VDM:
     label_dropout: float
 
     @classmethod
-    def from_config(cls, config, num_classes: int = 0, n_cond_flags: int = 0) -> VDM:
+    def from_config(
+        cls,
+        config,
+        num_classes: int = 0,
+        n_cond_flags: int = 0,
+        encoding: elbo.Encoding | None = None,
+    ) -> VDM:
+        """The model of `config`; `encoding` defaults to the bin centres of data.vocab_size
+        (data.encoding='standardize' needs the statistics: `vdm.data.encoding_for`)."""
         s = config.schedule
         schedule = schedules.make_schedule(
             s.name, gamma_min=s.gamma_min, gamma_max=s.gamma_max, n_features=s.n_features
@@ -44,15 +52,21 @@ class VDM:
         num_classes = num_classes if config.model.class_conditional else 0
         return cls(
             schedule=schedule,
-            network=make_network(config.model, s, num_classes, n_cond_flags),
+            network=make_network(
+                config.model, s, config.data.vocab_size, num_classes, n_cond_flags
+            ),
             head=diffusion.check_head(config.model.head),
-            vocab_size=config.data.vocab_size,
+            encoding=encoding or elbo.Encoding.bin_centres(config.data.vocab_size),
             n_timesteps=config.model.n_timesteps,
             antithetic_time=config.model.antithetic_time,
             variance_min=s.variance_min,
             num_classes=num_classes,
             label_dropout=config.model.label_dropout,
         )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.encoding.vocab_size
 
     def init(self, key: jax.Array, x_shape: tuple[int, ...]) -> Params:
         """Parameters for data of per-example shape `x_shape`."""
@@ -104,7 +118,7 @@ class VDM:
             x,
             self.gamma_fn(params),
             self.eps_hat_fn(params, label, flags, train, k_drop),
-            vocab_size=self.vocab_size,
+            vocab_size=self.encoding,
             n_timesteps=self.n_timesteps,
             antithetic_time=self.antithetic_time,
             variance_min=vm,

@@ -158,7 +158,7 @@ def make_sampler(model: VDM, cfg, x_shape, batch: int):
             eps,
             model.gamma_fn(params),
             (batch, *x_shape),
-            vocab_size=model.vocab_size,
+            vocab_size=model.encoding,
             final_denoise=s.final_denoise,
             offset=offset,
             **options,
@@ -193,8 +193,17 @@ class Run:
         self.test_split = data.load_split(config.data, "test")
         self.x_shape = tuple(self.train_split.shape)
         self.n_dims = data_dims(self.x_shape)
+        stats = (
+            data.channel_stats(self.train_split)
+            if config.data.encoding == "standardize"
+            else (None, None)
+        )
+        self.encoding = elbo.make_encoding(config.data.encoding, config.data.vocab_size, *stats)
         self.model = VDM.from_config(
-            config, self.train_split.num_classes, n_cond_flags=int(config.data.random_flip)
+            config,
+            self.train_split.num_classes,
+            n_cond_flags=int(config.data.random_flip),
+            encoding=self.encoding,
         )
         self.optimizer = make_optimizer(config.optimizer, config.training.num_steps)
         self.mesh = sharding.make_mesh()
@@ -259,7 +268,7 @@ class Run:
             path, k = f"{stem}_{k}", k + 1
         os.makedirs(os.path.dirname(path), exist_ok=True)
         np.savez_compressed(path + ".npz", samples=x)
-        return images.save_samples(path + ".png", x, cfg.data.vocab_size)
+        return images.save_samples(path + ".png", x, self.encoding)
 
 
 def _mean_metrics(pending: list) -> dict[str, float]:

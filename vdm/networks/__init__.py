@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from vdm.networks.mlp import MLP
+from vdm.networks.layers import FOURIER_GATES, fourier_top_n
+from vdm.networks.mlp import MLP, ConcatMLP
 from vdm.networks.unet import ScoreUNet
 
-NETWORKS = {"unet": ScoreUNet, "mlp": MLP}
+NETWORKS = {"unet": ScoreUNet, "mlp": MLP, "concat_mlp": ConcatMLP}
+__all__ = ["FOURIER_GATES", "NETWORKS", "fourier_top_n", "make_network", "resolve_fourier_top_n"]
 
 
-def make_network(model_cfg, schedule_cfg, num_classes: int = 0, n_cond_flags: int = 0) -> nn.Module:
+def resolve_fourier_top_n(model_cfg, vocab_size: int) -> float:
+    """`model.fourier_top_n`, or (None) the exponent whose period is one bin of the vocab."""
+    n = model_cfg.get("fourier_top_n")
+    return fourier_top_n(vocab_size) if n is None else float(n)
+
+
+def make_network(
+    model_cfg, schedule_cfg, vocab_size: int, num_classes: int = 0, n_cond_flags: int = 0
+) -> nn.Module:
     """The denoiser named by `model.network`, built from the config's fields."""
     if model_cfg.network not in NETWORKS:
         raise ValueError(
@@ -23,8 +33,9 @@ def make_network(model_cfg, schedule_cfg, num_classes: int = 0, n_cond_flags: in
         gamma_max=schedule_cfg.gamma_max,
         dropout=model_cfg.dropout,
         fourier=model_cfg.fourier_features,
-        fourier_min=model_cfg.fourier_min,
-        fourier_max=model_cfg.fourier_max,
+        fourier_top_n=resolve_fourier_top_n(model_cfg, vocab_size),
+        fourier_octaves=model_cfg.fourier_octaves,
+        fourier_gate=model_cfg.fourier_gate,
         base_measure_skip=model_cfg.base_measure_skip,
         num_classes=num_classes,
         n_cond_flags=n_cond_flags,

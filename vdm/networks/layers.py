@@ -7,25 +7,80 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from vdm.diffusion import alpha_sigma, bcast
+
+FOURIER_GATES = ("none", "coherence")
 
 
-def fourier_features(z: jax.Array, n_min: int, n_max: int) -> jax.Array:
-    """[sin(2ⁿ π z), cos(2ⁿ π z)] for n = n_min, …, n_max on the last axis  (VDM §3.3, eq. 20).
+def fourier_top_n(vocab_size: int) -> float:
+    """n_top = log₂(V / 2): the exponent whose feature sin(2ⁿ · 2π f) has a period of one bin.
 
-    Returns shape z.shape[:-1] + (2 (n_max − n_min + 1) z.shape[-1],); concatenate it to z.
-    High frequencies let the network resolve the fine bin structure of 8-bit data.
+    Bin centres f = (2x + 1)/V − 1 lie 2/V apart, and the period of 2ⁿ · 2π is 2⁻ⁿ, so one bin
+    is n = log₂(V/2): 7 for 8-bit data (the official ScoreUNet's top), 3.09 for 17 levels.
     """
-    if n_max < n_min:
-        raise ValueError(f"model.fourier_max must be >= model.fourier_min, got {n_min}, {n_max}")
-    freqs = 2.0 ** jnp.arange(n_min, n_max + 1, dtype=jnp.float32) * math.pi
-    h = (z[..., None] * freqs).reshape(z.shape[:-1] + (-1,))
-    return jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=-1)
+    return math.log2(vocab_size / 2.0)
+
+
+def fourier_frequencies(n_top: float, octaves: int) -> np.ndarray:
+    """ω = 2ⁿ · 2π for n = n_top − octaves + 1, …, n_top, one octave apart, ascending.
+
+    The official convention (google-research/vdm `Base2FourierFeatures(start, stop)`: n in
+    range(start, stop)); the ScoreUNet's start=6, stop=8 is n_top = 7, octaves = 2.
+    """
+    if octaves < 1:
+        raise ValueError(f"model.fourier_octaves must be >= 1, got {octaves}")
+    return 2.0 ** (n_top - octaves + 1 + np.arange(octaves)) * 2.0 * np.pi
+
+
+def fourier_features(z: jax.Array, freqs: np.ndarray, sigma: jax.Array | None = None) -> jax.Array:
+    """[sin(ω z), cos(ω z)] for each frequency ω and channel of z  (VDM §3.3, App. C).
+
+    Laid out as the official code does: channel-major (c₀ω₀, c₀ω₁, …, c₁ω₀, …), every sine
+    then every cosine; shape z.shape[:-1] + (2 · len(freqs) · channels,). Concatenate to z.
+
+    `sigma` (broadcastable to z, e.g. σ_t per example) scales each frequency's pair by its
+    coherence exp(−½ ω² σ²): for z_t = α x + σ ε, E[sin(ω z_t) | x] = exp(−½ ω² σ²) sin(ω α x),
+    so a feature whose period is far below the noise level carries only noise and is faded out.
+    """
+    w = jnp.asarray(freqs, z.dtype)
+    h = (z[..., None] * w).reshape(z.shape[:-1] + (-1,))
+    feats = jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=-1)
+    if sigma is None:
+        return feats
+    sigma = jnp.broadcast_to(jnp.asarray(sigma, z.dtype), z.shape)
+    gate = jnp.exp(-0.5 * jnp.square(sigma[..., None] * w)).reshape(z.shape[:-1] + (-1,))
+    return feats * jnp.concatenate([gate, gate], axis=-1)
+
+
+class FourierFeatures(nn.Module):
+    """Fourier features of z concatenated to it, optionally gated by the noise level σ_t."""
+
+    n_top: float
+    octaves: int
+    gate: str = "none"
+
+    def __call__(self, z: jax.Array, gamma_t: jax.Array) -> jax.Array:
+        if self.gate not in FOURIER_GATES:
+            raise ValueError(
+                f"model.fourier_gate must be one of {FOURIER_GATES}, got {self.gate!r}"
+            )
+        sigma = None
+        if self.gate == "coherence":
+            _, sigma = alpha_sigma(bcast(gamma_t, z))
+        freqs = fourier_frequencies(self.n_top, self.octaves)
+        return jnp.concatenate([z, fourier_features(z, freqs, sigma)], axis=-1)
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
-    """Sinusoidal embedding of a scalar per example (Vaswani et al. 2017), shape (batch, dim)."""
+    """Sinusoidal embedding of a scalar per example, shape (batch, dim).
+
+    As the official VDM code (from fairseq / tensor2tensor): frequencies max_period^(−i/(h−1))
+    for i < h = dim // 2, so they run from 1 down to exactly 1/max_period.
+    """
     half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
     args = jnp.asarray(t, jnp.float32)[:, None] * freqs
     emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
     return jnp.pad(emb, ((0, 0), (0, dim % 2)))

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdm.networks.layers import Conditioning, fourier_features, normalized_gamma
+from vdm.networks.layers import Conditioning, FourierFeatures, normalized_gamma
 
 
 def _groups(channels: int) -> int:
@@ -31,7 +31,12 @@ class ResnetBlock(nn.Module):
     def __call__(self, x, cond, train: bool):
         h = nn.swish(nn.GroupNorm(_groups(x.shape[-1]))(x))
         h = nn.Conv(self.out_ch, (3, 3))(h)
-        h = h + nn.Dense(self.out_ch, name="cond_proj")(cond)[:, None, None, :]
+        # Zero-initialised and without bias, as the official ScoreUNet: every block starts as
+        # the identity whatever the conditioning.
+        cond_proj = nn.Dense(
+            self.out_ch, use_bias=False, kernel_init=nn.initializers.zeros, name="cond_proj"
+        )
+        h = h + cond_proj(cond)[:, None, None, :]
         h = nn.swish(nn.GroupNorm(_groups(self.out_ch))(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros)(h)
@@ -60,7 +65,11 @@ class ScoreUNet(nn.Module):
       n_embd: channels of every block; the conditioning MLP has 4 n_embd units.
       n_layer: residual blocks on the way down (n_layer + 1 on the way up, with skips).
       with_attention: self-attention after every block (the middle block always has one).
-      base_measure_skip: add z to the output (ε̂ = z + net, the paper's choice for the ε head).
+      fourier_top_n, fourier_octaves: Fourier features at 2ⁿ · 2π for the `fourier_octaves`
+        exponents n ≤ fourier_top_n (`layers.fourier_frequencies`); fourier_gate fades them
+        with the noise level ('coherence') or not ('none', the official model).
+      base_measure_skip: add z to the output (ε̂ = z + net, the paper's choice for the ε head;
+        the config allows it for the ε head only).
     """
 
     n_embd: int
@@ -70,8 +79,9 @@ class ScoreUNet(nn.Module):
     dropout: float = 0.1
     with_attention: bool = False
     fourier: bool = True
-    fourier_min: int = 6
-    fourier_max: int = 7
+    fourier_top_n: float = 7.0
+    fourier_octaves: int = 2
+    fourier_gate: str = "none"
     base_measure_skip: bool = True
     num_classes: int = 0
     n_cond_flags: int = 0
@@ -85,7 +95,9 @@ class ScoreUNet(nn.Module):
 
         h = z
         if self.fourier:
-            h = jnp.concatenate([z, fourier_features(z, self.fourier_min, self.fourier_max)], -1)
+            h = FourierFeatures(self.fourier_top_n, self.fourier_octaves, self.fourier_gate)(
+                z, gamma_t
+            )
         hs = [nn.Conv(self.n_embd, (3, 3), name="conv_in")(h)]
         for _ in range(self.n_layer):
             h = ResnetBlock(self.n_embd, self.dropout)(hs[-1], cond, train)

@@ -13,6 +13,7 @@ import inspect
 
 import jax.numpy as jnp
 
+from vdm import elbo
 from vdm.samplers.common import GRIDS, decode, denoise, example_keys, to_integers
 from vdm.samplers.discrete import ancestral, ddim, dpm_solver_pp_2m
 from vdm.samplers.ode import SOLVERS, encode, probability_flow
@@ -60,7 +61,7 @@ def sample(
     gamma_fn,
     shape,
     *,
-    vocab_size: int | None = None,
+    vocab_size: int | elbo.Encoding | None = None,
     final_denoise: bool = False,
     **options,
 ):

@@ -54,7 +54,7 @@ def pf_ode_drift(eps_hat_fn, z: jax.Array, gamma: jax.Array) -> jax.Array:
     With f = −½ σ² γ′ and g² = σ² γ′ (VP SDE in t), dz/dt = f z − ½ g² ∇log p = ½ γ′ σ (ε̂ − σ z)
     (Song et al. 2021, eq. 13, with the score −ε̂/σ); dividing by γ′ removes the time variable.
     """
-    _, sigma = diffusion.alpha_sigma(diffusion._bcast(gamma, z))
+    _, sigma = diffusion.alpha_sigma(diffusion.bcast(gamma, z))
     return 0.5 * sigma * (eps_hat_fn(z, gamma) - sigma * z)
 
 
@@ -63,11 +63,11 @@ def denoise(eps_hat_fn, z: jax.Array, gamma: jax.Array) -> jax.Array:
     return diffusion.eps_to_x0(z, eps_hat_fn(z, gamma), gamma)
 
 
-def decode(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int) -> jax.Array:
+def decode(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int | elbo.Encoding) -> jax.Array:
     """The most likely integers under the exact decoder p(x | z₀) (VDM eq. 8)."""
     return jnp.argmax(elbo.decoder_logprobs(z_0, gamma_0, vocab_size), axis=-1)
 
 
-def to_integers(x: jax.Array, vocab_size: int) -> jax.Array:
-    """Data-space values in [−1, 1] → the nearest bin's integer in [0, vocab_size)."""
-    return jnp.clip(jnp.floor((x + 1.0) / 2.0 * vocab_size), 0, vocab_size - 1).astype(jnp.int32)
+def to_integers(x: jax.Array, vocab_size: int | elbo.Encoding) -> jax.Array:
+    """Model-space values → the integer of the nearest encoded value in [0, vocab_size)."""
+    return elbo.as_encoding(vocab_size).to_integers(x)

@@ -43,11 +43,11 @@ def ddim(
         g_t, g_s = bcast(gammas[i], n), bcast(gammas[i + 1], n)
         eps = eps_hat_fn(z_t, g_t)
         x0 = diffusion.eps_to_x0(z_t, eps, g_t)
-        alpha_s, sigma_s = diffusion.alpha_sigma(diffusion._bcast(g_s, z_t))
+        alpha_s, sigma_s = diffusion.alpha_sigma(diffusion.bcast(g_s, z_t))
         var = (
             eta**2
             * sigma_s**2
-            * diffusion.posterior_coeffs(diffusion._bcast(g_s, z_t), diffusion._bcast(g_t, z_t))
+            * diffusion.posterior_coeffs(diffusion.bcast(g_s, z_t), diffusion.bcast(g_t, z_t))
         )
         z_s = alpha_s * x0 + jnp.sqrt(sigma_s**2 - var) * eps
         return z_s + jnp.sqrt(var) * step_normal(keys, i, shape[1:]), None
@@ -75,8 +75,8 @@ def dpm_solver_pp_2m(
         h = 0.5 * (gammas[i] - gammas[i + 1])
         r = h_prev / h
         d = jnp.where(i == 0, x0, (1 + 0.5 / r) * x0 - (0.5 / r) * x_prev)
-        alpha_s, sigma_s = diffusion.alpha_sigma(diffusion._bcast(g_s, z_t))
-        _, sigma_t = diffusion.alpha_sigma(diffusion._bcast(g_t, z_t))
+        alpha_s, sigma_s = diffusion.alpha_sigma(diffusion.bcast(g_s, z_t))
+        _, sigma_t = diffusion.alpha_sigma(diffusion.bcast(g_t, z_t))
         z_s = sigma_s / sigma_t * z_t - alpha_s * jnp.expm1(-h) * d
         return (z_s, x0, h), None
 

@@ -15,9 +15,9 @@ from vdm.samplers.common import bcast, example_keys, gamma_grid, initial_noise, 
 
 def _em_step(eps_hat_fn, z, g_t, g_s, noise):
     """One Euler–Maruyama step of the reverse SDE from γ_t down to γ_s."""
-    _, sigma = diffusion.alpha_sigma(diffusion._bcast(g_t, z))
+    _, sigma = diffusion.alpha_sigma(diffusion.bcast(g_t, z))
     drift = -0.5 * sigma**2 * z + sigma * eps_hat_fn(z, g_t)
-    dg = diffusion._bcast(g_s - g_t, z)
+    dg = diffusion.bcast(g_s - g_t, z)
     return z + drift * dg + sigma * jnp.sqrt(-dg) * noise
 
 
@@ -46,7 +46,7 @@ def langevin(eps_hat_fn, z, gamma, noise, snr):
     norms of a few dimensions are too noisy to set a step (a near-zero score gives a huge one),
     and batch-averaged norms would make samples depend on the batch.
     """
-    _, sigma = diffusion.alpha_sigma(diffusion._bcast(gamma, z))
+    _, sigma = diffusion.alpha_sigma(diffusion.bcast(gamma, z))
     score = -eps_hat_fn(z, gamma) / sigma
     step = 2.0 * (snr * sigma) ** 2
     return z + step * score + jnp.sqrt(2.0 * step) * noise
