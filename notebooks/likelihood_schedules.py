@@ -107,17 +107,17 @@ for sched in sorted({r["schedule"] for r in rows}):
 # ## 2. Fourier features on 8-bit data (MNIST)
 
 # %%
-FOURIER_OUT = os.path.join(OUT, "fourier_mnist") if SMOKE else os.path.join(
-    ROOT, "results", "fourier_mnist_pilot"
+FOURIER_OUT = (
+    os.path.join(OUT, "fourier_mnist")
+    if SMOKE
+    else os.path.join(ROOT, "results", "fourier_mnist_pilot")
 )
 FOURIER_ARGS = (
     ["--seeds", "0", "--steps", "4", "--every", "2", "--eval_examples", "20", "--repeats", "1"]
     if SMOKE
     else ["--seeds", "0", "--steps", "1000", "--every", "250", "--eval_examples", "300"]
 )
-ff = fourier_ablation.main(
-    ["--config", FOURIER_CONFIG, "--out", FOURIER_OUT, *FOURIER_ARGS]
-)
+ff = fourier_ablation.main(["--config", FOURIER_CONFIG, "--out", FOURIER_OUT, *FOURIER_ARGS])
 summary = fourier_ablation.summarise(ff)
 for cell, s in summary.items():
     curve = ", ".join(f"{b:.3f}" for b in s["bpd"])

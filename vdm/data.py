@@ -140,9 +140,19 @@ def _tfds_source(name: str, split: str, cfg):
     tfds_split = {"train": "train", "test": "test"}[split]
     if name.startswith("imagenet_resized") and split == "test":
         tfds_split = "validation"
-    return tfds.data_source(
-        name, split=tfds_split, data_dir=cfg.data_dir or None, download=cfg.download
-    )
+    try:
+        return tfds.data_source(
+            name, split=tfds_split, data_dir=cfg.data_dir or None, download=cfg.download
+        )
+    except (AssertionError, FileNotFoundError, KeyError, NotImplementedError, ValueError) as e:
+        if cfg.download:
+            raise
+        where = cfg.data_dir or "the default tensorflow-datasets directory"
+        raise FileNotFoundError(
+            f"the tensorflow-datasets data set {name!r} is not prepared in {where} "
+            f"({type(e).__name__}); prepare it once online with --config.data.download=True "
+            f"(or tfds.builder({name!r}).download_and_prepare()), then run offline"
+        ) from None
 
 
 def _tfds_arrays(name: str, split: str, cfg):

@@ -3,13 +3,19 @@
   --mode=train   train (resuming from DIR if it holds checkpoints), evaluate, sample
   --mode=eval    ELBO bpd of the test split with the latest (or --checkpoint) parameters
   --mode=sample  a PNG grid and an .npz of integer samples
-Override any config field with --config.a.b=value.
+Override any config field with --config.a.b=value. --reset (train) moves a previous run in
+the workdir aside to workdir/reset_<time>/ and starts afresh.
+
+Multi-host: --coordinator=HOST:PORT --num_processes=N --process_id=I on each host (or the
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID variables); on SLURM, a TPU pod
+or GKE, jax detects the cluster by itself. Every process computes; only process 0 writes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -21,7 +27,14 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "eval/sample: a workdir, its checkpoints/ or one step's directory."
 )
+_RESET = flags.DEFINE_bool("reset", False, "train: move the workdir's previous run aside first.")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "Multi-host: HOST:PORT of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# Environment variables by which jax.distributed detects a cluster without arguments.
+CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
 
 
 def _load_params(run, checkpoint_path: str | None):
@@ -40,12 +53,17 @@ def _load_params(run, checkpoint_path: str | None):
     return params, int(state.step)
 
 
-def run_mode(config, workdir: str, mode: str, checkpoint_path: str | None = None) -> dict:
+def run_mode(
+    config, workdir: str, mode: str, checkpoint_path: str | None = None, reset: bool = False
+) -> dict:
+    import jax
+
     from vdm import train
+    from vdm import workdir as workdir_lib
 
     if mode == "train":
-        return train.train_and_evaluate(config, workdir)
-    os.makedirs(workdir, exist_ok=True)
+        return train.train_and_evaluate(config, workdir, reset=reset)
+    workdir = workdir_lib.prepare(workdir)
     run = train.Run(config, workdir)
     params, step = _load_params(run, checkpoint_path)
     if mode == "eval":
@@ -59,33 +77,68 @@ def run_mode(config, workdir: str, mode: str, checkpoint_path: str | None = None
                 f"PF-ODE test bpd {result['pf_ode_bpd']:.4f} ± {result['pf_ode_bpd_se']:.4f} "
                 f"(n={result['pf_ode_n']}, NFE ≤ {result['pf_ode_nfe_max']})"
             )
-        path = os.path.join(workdir, f"eval_step_{step}.json")
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"→ {path}")
+        if jax.process_index() == 0:  # every process computes; one writes
+            path = os.path.join(workdir, f"eval_step_{step}.json")
+            with open(path, "w") as f:
+                json.dump(result, f, indent=2)
+            print(f"→ {path}")
         return result
     s = config.sample
     tag = f"{s.sampler}_{s.steps}steps_w{s.guidance:g}_"
     path = run.write_samples(params, step, progress=True, tag=tag)
-    print(f"samples → {path} and {path[:-4]}.npz")
+    if path:
+        print(f"samples → {path} and {path[:-4]}.npz")
     return {"png": path, "step": step}
+
+
+def init_distributed() -> None:
+    """jax.distributed.initialize from the flags, the JAX_* variables, or cluster detection."""
+    import jax
+
+    env = os.environ
+    coordinator = _COORDINATOR.value or env.get("JAX_COORDINATOR_ADDRESS")
+    if coordinator:
+        n = _NUM_PROCESSES.value or env.get("JAX_NUM_PROCESSES")
+        pid = _PROCESS_ID.value if _PROCESS_ID.value is not None else env.get("JAX_PROCESS_ID")
+        if n is None or pid is None:
+            raise ValueError(
+                f"multi-host launch with coordinator {coordinator} needs --num_processes and "
+                "--process_id (or JAX_NUM_PROCESSES and JAX_PROCESS_ID)"
+            )
+        jax.distributed.initialize(coordinator, int(n), int(pid))
+    elif any(v in env for v in CLUSTER_ENV) and int(env.get("SLURM_NTASKS", "2")) > 1:
+        jax.distributed.initialize()  # SLURM / TPU pod / GKE: jax reads the cluster itself
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with every mistake (a config typo, a bad flag) as one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split()).strip("'\"")
+        hint = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', text)
+        if hint:
+            overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+            bad = next((o for o in overrides if o.split(".")[-1] == hint[2]), hint[2])
+            sys.exit(f"error: {bad}: no such config field; did you mean {hint[1]}?")
+        sys.exit(f"error: {text}")
 
 
 def main(argv):
     del argv
-    import jax
-
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes at INFO
 
     from vdm.config import ConfigError
+    from vdm.workdir import WorkdirError
 
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # multi-host: one process per host
-        jax.distributed.initialize()
     try:
-        run_mode(_CONFIG.value, _WORKDIR.value, _MODE.value, _CHECKPOINT.value)
-    except (ConfigError, FileNotFoundError, FloatingPointError) as e:
+        init_distributed()
+        run_mode(_CONFIG.value, _WORKDIR.value, _MODE.value, _CHECKPOINT.value, _RESET.value)
+    except (ConfigError, FileNotFoundError, FloatingPointError, WorkdirError) as e:
         sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -1,4 +1,10 @@
-"""Metrics to JSON lines and TensorBoard event files (tensorboardX: no TensorFlow needed)."""
+"""Metrics to JSON lines and TensorBoard event files (tensorboardX: no TensorFlow needed).
+
+`metrics.jsonl` is the source of truth. Rows are appended one whole line per write and
+flushed; a crash mid-write can leave at most a partial last line, which `read_rows` skips and
+the next resume removes. On resume, rows logged after the restored step are dropped: they will
+be logged again, so no step appears twice.
+"""
 
 from __future__ import annotations
 
@@ -8,35 +14,61 @@ import os
 import numpy as np
 
 
-class MetricWriter:
-    """Append-only `<workdir>/metrics.jsonl` plus TensorBoard events under `<workdir>/tb`."""
+def read_rows(path: str) -> list[dict]:
+    """Every complete row of a metrics file; a partial or garbled line is skipped."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for ln in f:
+            if not ln.endswith("\n"):
+                continue  # the partial last line of a crash mid-write
+            try:
+                rows.append(json.loads(ln))
+            except json.JSONDecodeError:
+                continue
+    return rows
 
-    def __init__(self, workdir: str, resume_step: int = 0):
+
+class MetricWriter:
+    """Append-only `<workdir>/metrics.jsonl` plus TensorBoard events under `<workdir>/tb`.
+
+    With `enabled=False` (every process but the first of a multi-host run) it writes nothing.
+    """
+
+    def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
         self._drop_after(resume_step)
         from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
     def _drop_after(self, step: int) -> None:
-        """On resume, forget lines logged after the checkpoint: they will be logged again."""
+        """On resume, forget rows logged after the checkpoint and any partial line."""
         if not os.path.exists(self.path):
             return
-        with open(self.path) as f:
-            lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        rows = [r for r in read_rows(self.path) if r.get("step", 0) <= step]
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            f.writelines(lines)
+            f.writelines(json.dumps(r) + "\n" for r in rows)
         os.replace(tmp, self.path)
 
     def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
+        if not self.enabled:
+            return
         row = {"step": int(step), "split": prefix}
         row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+            f.flush()
         for k, v in scalars.items():
             self.tb.add_scalar(f"{prefix}/{k}", float(np.asarray(v)), int(step))
         self.tb.flush()
 
     def close(self) -> None:
-        self.tb.close()
+        if self.tb is not None:
+            self.tb.close()

@@ -6,6 +6,7 @@ sample / save. A run directory is exactly `workdir`; running the same command ag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vdm import checkpoint, data, elbo, images, likelihood, samplers, sharding
+from vdm import checkpoint, data, elbo, health, images, likelihood, samplers, sharding
 from vdm import config as config_lib
+from vdm import workdir as workdir_lib
 from vdm.metrics_writer import MetricWriter
 from vdm.model import VDM, count_params
 
@@ -32,8 +34,7 @@ class TrainState:
     opt_state: Any
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a non-finite loss; the last good checkpoint is left as it was."""
+NonFiniteLossError = health.DivergedError  # the name earlier versions raised
 
 
 def weight_decay_mask(params) -> Any:
@@ -137,14 +138,11 @@ def make_train_step(model: VDM, optimizer, cfg, n_dims: int, mesh):
     )
 
 
-SAMPLER_OPTIONS = ("steps", "eta", "grid", "n_corrector", "snr", "solver", "rtol", "atol")
-
-
 def make_sampler(model: VDM, cfg, x_shape, batch: int):
     """Jitted (params, key, offset, labels) → integer samples, with the configured sampler and
     classifier-free guidance weight."""
     s = cfg.sample
-    options = {k: s[k] for k in SAMPLER_OPTIONS}
+    options = {k: s[k] for k in samplers.options_of(s.sampler)}
 
     @jax.jit
     def run(params, key, offset, labels):
@@ -262,6 +260,8 @@ class Run:
         cfg = self.config
         key = jax.random.fold_in(self.key, 3)
         x = sample(self.model, params, cfg, key, self.x_shape, cfg.sample.n_samples, progress)
+        if jax.process_index() != 0:
+            return ""
         stem = os.path.join(self.workdir, "samples", f"{tag}step_{step:08d}")
         path, k = stem, 1
         while os.path.exists(path + ".png") or os.path.exists(path + ".npz"):
@@ -276,37 +276,76 @@ def _mean_metrics(pending: list) -> dict[str, float]:
     return {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in host]))) for k in host[0]}
 
 
-def _check_finite(pending: list, step: int, ckpt: checkpoint.Checkpointer) -> None:
-    for m in jax.device_get(pending):
-        if not (np.all(np.isfinite(m["bpd"])) and np.all(m["params_finite"] == 1.0)):
-            raise NonFiniteLossError(
-                f"non-finite loss (bpd={np.ravel(m['bpd']).tolist()}) before step {step}; "
-                f"stopped without saving. Last good checkpoint: step {ckpt.latest_step()} in "
-                f"{ckpt.directory}. Lower optimizer.learning_rate or set optimizer.grad_clip."
-            )
+def _check_health(pending: list, first_step: int, n: int, ckpt: checkpoint.Checkpointer):
+    """Stop before any save if a step since the last check was unhealthy (vdm/health.py)."""
+    last = ckpt.latest_step()
+    info = (
+        f"Last healthy checkpoint: step {last} in {ckpt.directory}."
+        if last is not None
+        else "No checkpoint was saved yet."
+    )
+    health.check(jax.device_get(pending), first_step, n, info)
+
+
+RESET_ENTRIES = (
+    "checkpoints",
+    "metrics.jsonl",
+    "config.json",
+    "config_history.jsonl",
+    "eval_final.json",
+    "samples",
+    "tb",
+)
+
+
+def _reset(workdir: str) -> None:
+    """Move everything a previous run wrote into `workdir/reset_<time>/`: nothing is deleted."""
+    present = [e for e in os.listdir(workdir) if e in RESET_ENTRIES or e.startswith("eval_step_")]
+    if not present:
+        return
+    dest = os.path.join(workdir, time.strftime("reset_%Y%m%d_%H%M%S"))
+    os.makedirs(dest)
+    for e in present:
+        os.replace(os.path.join(workdir, e), os.path.join(dest, e))
+    print(f"vdm: --reset moved the previous run to {dest}", flush=True)
 
 
 def _crossed(step: int, n: int, every: int) -> bool:
     return step // every > (step - n) // every
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Train (resuming from `workdir` if it holds checkpoints), evaluate and sample."""
+def train_and_evaluate(config, workdir: str, reset: bool = False) -> dict:
+    """Train (resuming from `workdir` if it holds checkpoints), evaluate and sample.
+
+    Nothing is written before the config is validated, the workdir is locked against a second
+    training run, and the config is checked against the run it would resume (vdm/workdir.py).
+    Only process 0 writes files; every process computes.
+    """
+    config_lib.validate(config)
+    workdir = workdir_lib.prepare(workdir)
+    main = jax.process_index() == 0  # the one process that writes files, and holds the lock
+    with workdir_lib.Lock(workdir) if main else contextlib.nullcontext():
+        if reset and main:
+            _reset(workdir)
+        return _train_locked(config, workdir)
+
+
+def _train_locked(config, workdir: str) -> dict:
     from tqdm.auto import tqdm
 
-    os.makedirs(workdir, exist_ok=True)
+    main = jax.process_index() == 0
     run = Run(config, workdir)
     tc = config.training
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-
-    if run.ckpt.latest_step() is not None:
-        state = run.restore()
-    else:
-        state = run.fresh_state()
+    latest = run.ckpt.latest_step()
+    diff = workdir_lib.check_config(workdir, config, latest)
+    if diff and main:
+        print(f"vdm: resuming with changed {', '.join(diff)}", flush=True)
+    state = run.restore() if latest is not None else run.fresh_state()
     step = int(state.step)
-    writer = MetricWriter(workdir, resume_step=step)
-    if jax.process_index() == 0:
+    if main:
+        workdir_lib.record_config(workdir, config, step, diff)
+    writer = MetricWriter(workdir, resume_step=step, enabled=main)
+    if main:
         print(
             f"vdm: {config.data.name}, {count_params(state.params):,} parameters, "
             f"{jax.device_count()} device(s), starting at step {step}",
@@ -325,7 +364,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         jax.process_count(),
     )
     pbar = tqdm(total=tc.num_steps, initial=step, disable=jax.process_index() != 0)
-    pending, t_log, result = [], time.time(), {}
+    pending, t_log, result, first = [], time.time(), {}, step
     try:
         while step < tc.num_steps:
             n = tc.steps_per_call
@@ -335,12 +374,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
             pending.append(metrics)
             last = step >= tc.num_steps
             if _crossed(step, n, tc.log_every) or _crossed(step, n, tc.save_every) or last:
-                _check_finite(pending, step, run.ckpt)
+                _check_health(pending, first, n, run.ckpt)
                 m = _mean_metrics(pending)
                 m["steps_per_sec"] = len(pending) * n / (time.time() - t_log)
                 writer.write(step, m)
                 pbar.set_postfix(bpd=f"{m['bpd']:.3f}", steps_s=f"{m['steps_per_sec']:.1f}")
-                pending, t_log = [], time.time()
+                pending, t_log, first = [], time.time(), step
             pbar.update(n)
             if _crossed(step, n, tc.save_every) or last:
                 run.ckpt.save(step, state)
@@ -348,7 +387,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 params = state.ema_params if config.eval.use_ema else state.params
                 result = run.evaluate(params)
                 writer.write(step, {k: v for k, v in result.items() if k != "n"}, prefix="eval")
-                run.write_samples(params, step)
+                run.write_samples(params, step)  # every process samples; process 0 writes
                 t_log = time.time()
         if not result and step > 0:  # resumed a finished run: report it
             result = run.evaluate(state.ema_params if config.eval.use_ema else state.params)
@@ -359,6 +398,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.close()
         batches.close()
     result["step"] = step
-    with open(os.path.join(workdir, "eval_final.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    if main:
+        tmp = os.path.join(workdir, "eval_final.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, os.path.join(workdir, "eval_final.json"))
     return result

@@ -37,6 +37,7 @@ __all__ = [
     "encode",
     "example_keys",
     "guided",
+    "options_of",
     "sample",
     "to_integers",
 ]
@@ -52,6 +53,15 @@ def guided(eps_cond_fn, eps_uncond_fn, w: float):
     if w == 1:
         return eps_cond_fn
     return lambda z, g: eps_uncond_fn(z, g) + w * (eps_cond_fn(z, g) - eps_uncond_fn(z, g))
+
+
+def options_of(name: str) -> tuple[str, ...]:
+    """The keyword options sampler `name` takes (beyond key, eps_hat_fn, gamma_fn, shape)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sample.sampler must be one of {sorted(SAMPLERS)}, got {name!r}")
+    params = inspect.signature(SAMPLERS[name]).parameters.values()
+    skip = {"key", "eps_hat_fn", "gamma_fn", "shape", "z_init", "offset"}
+    return tuple(p.name for p in params if p.kind == p.KEYWORD_ONLY and p.name not in skip)
 
 
 def sample(
@@ -70,13 +80,13 @@ def sample(
     Returns (x, info): integers in [0, vocab_size) if `vocab_size` is given (the exact decoder
     on z₀, or the nearest bin of x̂ after the final Tweedie step), else z₀ or x̂.
     """
-    if name not in SAMPLERS:
-        raise ValueError(f"sample.sampler must be one of {sorted(SAMPLERS)}, got {name!r}")
-    fn = SAMPLERS[name]
-    accepted = inspect.signature(fn).parameters
-    z, info = fn(
-        key, eps_hat_fn, gamma_fn, shape, **{k: v for k, v in options.items() if k in accepted}
-    )
+    accepted = options_of(name)
+    unknown = sorted(set(options) - set(accepted) - {"z_init", "offset"})
+    if unknown:
+        raise ValueError(
+            f"sampler {name!r} takes no option {unknown[0]!r} (its options: {', '.join(accepted)})"
+        )
+    z, info = SAMPLERS[name](key, eps_hat_fn, gamma_fn, shape, **options)
     gamma_0 = jnp.broadcast_to(gamma_fn(jnp.zeros(())), shape[:1])
     if final_denoise:
         z = denoise(eps_hat_fn, z, gamma_0)
