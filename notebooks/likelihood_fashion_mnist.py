@@ -25,7 +25,9 @@
 # a small synthetic stand-in written in the same idx format, so it runs on machines without
 # the package; its numbers mean nothing.
 #
-# **Measured** at full size (2026-11-23, 2-core CPU shared with other jobs, 1,500 steps in
+# **Measured** at full size (2026-11-23 at commit fd91143, before the ScoreUNet's conditioning
+# projection and time embedding were aligned with the official code and the Fourier features
+# moved up one octave: to be rerun; 2-core CPU shared with other jobs, 1,500 steps in
 # 55 min, batch 32): test ELBO on all 10,000 images 4.639 ± 0.037 → 3.746 ± 0.031 → 3.476 ±
 # 0.029 bpd at steps 500 / 1,000 / 1,500 (recon 0.14, prior 0.004, diffusion 3.33 at the end),
 # still falling. PF-ODE (Hutchinson, Tsit5, rtol = atol = 1e-4) on the first 32 test images:

@@ -8,8 +8,8 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,10 +73,11 @@ def two_processes(*args):
 
 
 def params_at(workdir, step):
-    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-    restored = mngr.restore(step)
-    mngr.close()
-    return restored
+    """The saved state, resharded onto this test process's devices (as `Run.restore` does)."""
+    from configs import digits
+    from vdm import train
+
+    return train.Run(digits.get_config("smoke"), str(workdir)).restore(step=step)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +91,6 @@ def runs(tmp_path_factory):
 def test_two_hosts_train_like_two_local_devices(runs):
     single, multi = runs
     a, b = params_at(single, 6), params_at(multi, 6)
-    import jax
-
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
     ea = json.load(open(single / "eval_final.json"))

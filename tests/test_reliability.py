@@ -144,7 +144,9 @@ def test_tfds_dataset_not_prepared_offline(tmp_path):
     assert_one_clear_line(proc, "cifar10", "data.download=True")
 
 
-def test_unknown_sampler_option_is_named(run_dir):
+def test_sampler_option_the_sampler_does_not_take(run_dir):
+    proc = vdm_main(f"--workdir={run_dir}", "--mode=sample", "--config.sample.eta=0.5")
+    assert_one_clear_line(proc, "sample.eta=0.5", "sample.sampler='ancestral'", "steps")
     from vdm import samplers
 
     with pytest.raises(ValueError, match=r"sampler 'ancestral' takes no option 'eta'"):

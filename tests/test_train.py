@@ -207,7 +207,7 @@ def test_non_finite_loss_stops_clearly_and_keeps_last_good_checkpoint(tmp_path):
     c.training.log_every = 1
     with pytest.raises(
         train.NonFiniteLossError,
-        match=r"diverged at step .*non-finite loss.* stopped without saving",
+        match=r"diverged at step \d+ \((non-finite loss|γ₀ .* ≥ γ₁ .*)\); stopped without saving",
     ):
         train.train_and_evaluate(c, str(tmp_path))
     steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())

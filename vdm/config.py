@@ -39,6 +39,14 @@ def validate(config, n_devices: int | None = None) -> None:
     _choice(config.optimizer.decay, "optimizer.decay", DECAYS)
     _choice(config.sample.sampler, "sample.sampler", sorted(samplers.SAMPLERS))
     _choice(config.sample.grid, "sample.grid", samplers.GRIDS)
+    unused = samplers.unused_options(config.sample.sampler, dict(config.sample))
+    if unused:
+        k = unused[0]
+        raise ConfigError(
+            f"sample.{k}={config.sample[k]!r} is not an option of "
+            f"sample.sampler={config.sample.sampler!r} (its options: "
+            f"{', '.join(samplers.options_of(config.sample.sampler))})"
+        )
     _choice(config.sample.solver, "sample.solver", sorted(samplers.SOLVERS))
     _choice(config.eval.pf_ode_trace, "eval.pf_ode_trace", ["hutchinson", "exact"])
     _choice(config.eval.pf_ode_probe, "eval.pf_ode_probe", ["rademacher", "gaussian"])

@@ -38,6 +38,7 @@ __all__ = [
     "example_keys",
     "guided",
     "options_of",
+    "unused_options",
     "sample",
     "to_integers",
 ]
@@ -62,6 +63,23 @@ def options_of(name: str) -> tuple[str, ...]:
     params = inspect.signature(SAMPLERS[name]).parameters.values()
     skip = {"key", "eps_hat_fn", "gamma_fn", "shape", "z_init", "offset"}
     return tuple(p.name for p in params if p.kind == p.KEYWORD_ONLY and p.name not in skip)
+
+
+def unused_options(name: str, values: dict) -> list[str]:
+    """Options set to a value no sampler has as its default, that sampler `name` ignores.
+
+    The config carries every sampler's options; one changed for a sampler that does not take
+    it is a mistake (e.g. sample.eta with the ancestral sampler) and is reported, not dropped.
+    """
+    accepted = options_of(name)
+    defaults: dict[str, set] = {}
+    for fn in SAMPLERS.values():
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind == p.KEYWORD_ONLY and p.default is not p.empty:
+                defaults.setdefault(p.name, set()).add(p.default)
+    return [
+        k for k, v in values.items() if k in defaults and k not in accepted and v not in defaults[k]
+    ]
 
 
 def sample(
