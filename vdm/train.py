@@ -287,29 +287,6 @@ def _check_health(pending: list, first_step: int, n: int, ckpt: checkpoint.Check
     health.check(jax.device_get(pending), first_step, n, info)
 
 
-RESET_ENTRIES = (
-    "checkpoints",
-    "metrics.jsonl",
-    "config.json",
-    "config_history.jsonl",
-    "eval_final.json",
-    "samples",
-    "tb",
-)
-
-
-def _reset(workdir: str) -> None:
-    """Move everything a previous run wrote into `workdir/reset_<time>/`: nothing is deleted."""
-    present = [e for e in os.listdir(workdir) if e in RESET_ENTRIES or e.startswith("eval_step_")]
-    if not present:
-        return
-    dest = os.path.join(workdir, time.strftime("reset_%Y%m%d_%H%M%S"))
-    os.makedirs(dest)
-    for e in present:
-        os.replace(os.path.join(workdir, e), os.path.join(dest, e))
-    print(f"vdm: --reset moved the previous run to {dest}", flush=True)
-
-
 def _crossed(step: int, n: int, every: int) -> bool:
     return step // every > (step - n) // every
 
@@ -326,7 +303,7 @@ def train_and_evaluate(config, workdir: str, reset: bool = False) -> dict:
     main = jax.process_index() == 0  # the one process that writes files, and holds the lock
     with workdir_lib.Lock(workdir) if main else contextlib.nullcontext():
         if reset and main:
-            _reset(workdir)
+            workdir_lib.reset(workdir)
         return _train_locked(config, workdir)
 
 

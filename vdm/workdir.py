@@ -4,7 +4,8 @@
 `<workdir>/.lock` (released by the OS when the process dies, so a killed run never leaves a
 stale lock); `check_config` compares the requested config with the run's `config.json` and
 refuses changes that would not fit the saved parameters, listing the fields that differ.
-`config.json` holds the latest config; `config_history.jsonl` keeps every accepted change.
+`config.json` holds the latest config; `config_history.jsonl` keeps every accepted change;
+`reset` moves a previous run aside (never deletes it).
 """
 
 from __future__ import annotations
@@ -153,3 +154,26 @@ def record_config(workdir: str, config, step: int, diff: dict) -> None:
     entry["changes"] = {k: [v[0], v[1]] for k, v in diff.items()}
     with open(os.path.join(workdir, "config_history.jsonl"), "a") as f:
         f.write(json.dumps(entry, default=str) + "\n")
+
+
+RESET_ENTRIES = (
+    "checkpoints",
+    "metrics.jsonl",
+    "config.json",
+    "config_history.jsonl",
+    "eval_final.json",
+    "samples",
+    "tb",
+)
+
+
+def reset(workdir: str) -> None:
+    """Move everything a previous run wrote into `workdir/reset_<time>/`: nothing is deleted."""
+    present = [e for e in os.listdir(workdir) if e in RESET_ENTRIES or e.startswith("eval_step_")]
+    if not present:
+        return
+    dest = os.path.join(workdir, time.strftime("reset_%Y%m%d_%H%M%S"))
+    os.makedirs(dest)
+    for e in present:
+        os.replace(os.path.join(workdir, e), os.path.join(dest, e))
+    print(f"vdm: --reset moved the previous run to {dest}", flush=True)
