@@ -165,7 +165,8 @@ def write_report(rows: list[dict], out: str, command: str) -> None:
     lines = [
         f"Command: `{command}`",
         "",
-        "| cell | seeds | step | test bpd | ± SE (seeds) | recon | prior | diffusion | γ₀ | γ₁ |",
+        "| cell | seeds | step | test bpd | ± SE (over seeds; one seed: eval) | recon | prior | "
+        "diffusion | γ₀ | γ₁ |",
         "|" + "---|" * 10,
     ]
     for cell, s in summary.items():
