@@ -1,54 +1,89 @@
-"""Writing samples: PNG grids for images, scatter plots for 2-D data, and .npz arrays."""
+"""Writing samples: PNG grids for images, scatter plots for 2-D data, and .npz arrays.
+
+Grids are readable on screen: every image is upscaled by an integer factor to at least
+`MIN_TILE_PX` pixels (nearest neighbour, so pixels stay pixels), tiles are separated by a
+1-pixel white gutter, and an optional caption (class, sampler, NFE, step) goes under the grid.
+2-D samples are drawn as a scatter plot over the data they model.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import textwrap
 
 import numpy as np
 
 from vdm import elbo
 
+MIN_TILE_PX = 64
 
-def image_grid(x: np.ndarray, vocab_size: int) -> np.ndarray:
-    """Integer images (N, H, W, C) → one uint8 grid image (rows × cols tiles, 1-pixel gaps)."""
+
+def image_grid(x: np.ndarray, vocab_size: int, min_tile: int = MIN_TILE_PX) -> np.ndarray:
+    """Integer images (N, H, W, C) → one uint8 grid (rows × cols tiles, 1-pixel white gutters),
+    each image upscaled by the smallest integer factor that makes it ≥ `min_tile` pixels."""
     n, h, w, c = x.shape
+    s = max(1, math.ceil(min_tile / min(h, w)))
+    x = np.repeat(np.repeat(x, s, axis=1), s, axis=2)
+    h, w = h * s, w * s
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     scaled = (x.astype(np.float32) * (255.0 / max(vocab_size - 1, 1))).round().astype(np.uint8)
     grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, np.uint8)
     for i in range(n):
         r, q = divmod(i, cols)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = scaled[
-            i
-        ]
+        top, left = 1 + r * (h + 1), 1 + q * (w + 1)
+        grid[top : top + h, left : left + w] = scaled[i]
     return grid[..., 0] if c == 1 else grid
 
 
-def save_samples(path: str, x: np.ndarray, vocab_size) -> str:
-    """Save integer samples as a PNG (grid for images, scatter for 2-D points in model space).
+def save_samples(
+    path: str, x: np.ndarray, vocab_size, caption: str = "", reference: np.ndarray | None = None
+) -> str:
+    """Save integer samples as a PNG: a grid for images, a scatter for 2-D points.
 
-    `vocab_size` is an int (bin-centre encoding) or a `vdm.elbo.Encoding`.
+    `vocab_size` is an int (bin-centre encoding) or a `vdm.elbo.Encoding`; 2-D points are drawn
+    in model space, over `reference` (integer data points, grey) when given.
     """
-    enc = elbo.as_encoding(vocab_size)
-    vocab_size = enc.vocab_size
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    enc = elbo.as_encoding(vocab_size)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if x.ndim == 4:
-        grid = image_grid(x, vocab_size)
-        scale = max(1, 256 // max(grid.shape[:2]))
-        grid = np.kron(grid, np.ones((scale, scale) + (1,) * (grid.ndim - 2), np.uint8))
-        plt.imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
-    else:
-        centres = np.asarray(enc.encode(x))
-        lim = max(1.0, float(np.abs(centres).max()) * 1.05)
-        fig, ax = plt.subplots(figsize=(4, 4))
-        ax.scatter(centres[:, 0], centres[:, 1], s=2)
-        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
-        fig.savefig(path, dpi=100)
+        grid = image_grid(x, enc.vocab_size)
+        cmap = "gray" if grid.ndim == 2 else None
+        if not caption:
+            plt.imsave(path, grid, cmap=cmap, vmin=0, vmax=255)
+            return path
+        dpi, width = 100, grid.shape[1]
+        lines = textwrap.wrap(caption, max(12, width // 6))  # ≈ 6 px a character at 8 pt
+        text_px = 14 * len(lines) + 8
+        height = grid.shape[0] + text_px
+        fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+        ax = fig.add_axes((0, text_px / height, 1, grid.shape[0] / height))
+        ax.imshow(grid, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
+        ax.axis("off")
+        fig.text(
+            0.5, 0.5 * text_px / height, "\n".join(lines), ha="center", va="center", fontsize=8
+        )
+        fig.savefig(path, dpi=dpi)
         plt.close(fig)
+        return path
+    points = np.asarray(enc.encode(x))
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    lim = float(np.abs(points).max())
+    if reference is not None:
+        data = np.asarray(enc.encode(reference))
+        lim = max(lim, float(np.abs(data).max()))
+        ax.scatter(data[:, 0], data[:, 1], s=3, c="0.7", alpha=0.5, label="data")
+    ax.scatter(points[:, 0], points[:, 1], s=3, c="tab:blue", alpha=0.6, label="samples")
+    lim = max(1.0, 1.05 * lim)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=caption or None)
+    ax.legend(loc="lower right", fontsize=7, markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path

@@ -268,7 +268,16 @@ class Run:
             path, k = f"{stem}_{k}", k + 1
         os.makedirs(os.path.dirname(path), exist_ok=True)
         np.savez_compressed(path + ".npz", samples=x)
-        return images.save_samples(path + ".png", x, self.encoding)
+        s = cfg.sample
+        nfe = "adaptive" if s.sampler == "pf_ode" and not s.steps else f"{s.steps} steps"
+        caption = f"{cfg.data.name}: {s.sampler}, {nfe}, training step {step}"
+        if self.model.num_classes and s.guidance:
+            caption += f"; guidance {s.guidance:g}, class i mod {self.model.num_classes}"
+        reference = None
+        if len(self.x_shape) == 1:  # low-dimensional data: draw the samples over the data
+            n_ref = min(len(self.test_split), 4 * len(x))
+            reference = self.test_split.get(np.arange(n_ref))["image"]
+        return images.save_samples(path + ".png", x, self.encoding, caption, reference)
 
 
 def _mean_metrics(pending: list) -> dict[str, float]:
