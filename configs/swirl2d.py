@@ -15,31 +15,20 @@ wall time (189 s against 199 s). The data's own entropy, the floor for any model
 points, is 4.735 bpd (774 distinct points).
 """
 
-from configs import default, swirl2d_colab
+from configs import swirl2d_colab
 
 
 def get_config(arg: str = ""):
-    c = swirl2d_colab.get_config()
-    c.model.n_embd = 320
-    c.model.n_layer = 3
+    c = swirl2d_colab.get_config(arg)  # the colab's data, encoding, network family, smoke sizes
+    if arg != "smoke":
+        c.model.n_embd = 320
+        c.model.n_layer = 3
+        c.schedule.n_features = 256
     c.model.antithetic_time = True
     c.schedule.name = "learned_net"
     c.schedule.variance_min = True
-    c.schedule.n_features = 256
     c.optimizer.decay = "cosine"
     c.optimizer.warmup_steps = 200
     c.optimizer.ema_decay = 0.999
     c.eval.use_ema = True
-    if arg == "smoke":
-        default.smoke(
-            c,
-            model__n_embd=16,
-            schedule__n_features=16,
-            training__batch_size=32,
-            eval__batch_size=256,
-            eval__repeats=1,
-            sample__steps=4,
-            sample__n_samples=16,
-            sample__batch_size=16,
-        )
     return c
