@@ -39,14 +39,10 @@ GAMMA_GRID = (-13.0, 6.0, 39)  # the fixed γ grid of the per-noise-level loss
 
 
 def load_config(spec: str):
-    """`path/to/config.py[:arg]` → the config, as absl's config_flags would load it."""
-    import importlib.util
+    """`path/to/config.py[:arg]` → the config (`vdm.config.load_file`)."""
+    from vdm.config import load_file
 
-    path, _, arg = spec.partition(":")
-    mod_spec = importlib.util.spec_from_file_location("fourier_config", os.path.abspath(path))
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_file(spec)
 
 
 def cell_config(base, cell: str, seed: int, steps: int, every: int):

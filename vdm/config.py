@@ -10,6 +10,18 @@ from vdm.networks import FOURIER_GATES, NETWORKS
 DECAYS = ("none", "cosine")
 
 
+def load_file(spec: str):
+    """`path/to/config.py[:arg]` → the config, as absl's config_flags would load it."""
+    import importlib.util
+    import os
+
+    path, _, arg = spec.partition(":")
+    mod_spec = importlib.util.spec_from_file_location("vdm_config_file", os.path.abspath(path))
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
 class ConfigError(ValueError):
     """A config value that is not allowed; the message names the field and the choices."""
 
