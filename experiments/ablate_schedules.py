@@ -61,7 +61,7 @@ def run_cell(base, name: str, setting: dict, steps: int, out: str) -> dict:
     """Train and evaluate one cell (or read its finished result)."""
     import numpy as np
 
-    from vdm import train
+    from vdm import session, train
 
     workdir = os.path.join(out, "cells", name)
     done = os.path.join(workdir, "ablation_cell.json")
@@ -78,7 +78,7 @@ def run_cell(base, name: str, setting: dict, steps: int, out: str) -> dict:
     rows = [json.loads(ln) for ln in open(os.path.join(workdir, "metrics.jsonl"))]
     train_rows = [r for r in rows if r["split"] == "train"]
     tail = train_rows[-max(1, len(train_rows) // 4) :]
-    run = train.Run(config, workdir)
+    run = session.Run(config, workdir)
     params = run.restore().ema_params
     t_grid = np.linspace(0.0, 1.0, 101)
     gamma = np.asarray(run.model.gamma_fn(params)(t_grid))

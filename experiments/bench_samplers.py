@@ -89,15 +89,16 @@ def gmm_sweep(n: int) -> tuple[list[dict], dict]:
 
 def digits_time_per_nfe(workdir: str | None, n: int = 64, steps: int = 50) -> dict:
     """Wall time per network evaluation of the digits ScoreUNet (batch n), ancestral sampler."""
-    from configs import digits
-    from vdm import train
+    from vdm import session
+    from vdm.configs import digits
+    from vdm.samplers import generate
 
     c = digits.get_config()
     c.sample.steps, c.sample.n_samples, c.sample.batch_size = steps, n, n
-    run = train.Run(c, workdir or "/tmp/vdm_bench_samplers")
+    run = session.Run(c, workdir or "/tmp/vdm_bench_samplers")
     trained = bool(workdir) and run.ckpt.latest_step() is not None
     params = run.restore().ema_params if trained else run.fresh_state().ema_params
-    fn = train.make_sampler(run.model, c, run.x_shape, n)
+    fn = generate.make_sampler(run.model, c.sample, run.x_shape, n)
     args = (params, jax.random.key(0), jnp.asarray(0), jnp.zeros(n, jnp.int32))
     jax.block_until_ready(fn(*args))
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ CASES = ("digits", "fashion_mnist", "cifar_small")
 
 def case_config(name: str):
     sys.path.insert(0, ROOT)
-    from configs import cifar10, digits, fashion_mnist
+    from vdm.configs import cifar10, digits, fashion_mnist
 
     if name == "digits":
         return digits.get_config(), (8, 8, 1), 10
@@ -41,18 +41,18 @@ def run_case(name: str, steps: int) -> dict:
     import jax
     import numpy as np
 
-    from vdm import sharding, train
+    from vdm import sharding, train_step
     from vdm.model import VDM, count_params
 
     c, shape, num_classes = case_config(name)
     c.training.steps_per_call = 1
     model = VDM.from_config(c, num_classes)
-    optimizer = train.make_optimizer(c.optimizer, c.training.num_steps)
+    optimizer = train_step.make_optimizer(c.optimizer, c.training.num_steps)
     mesh = sharding.make_mesh()
     n_dims = int(np.prod(shape))
-    step = train.make_train_step(model, optimizer, c, n_dims, mesh)
+    step = train_step.make_train_step(model, optimizer, c, n_dims, mesh)
     init = jax.jit(
-        lambda k: train.init_state(model, optimizer, k, shape),
+        lambda k: train_step.init_state(model, optimizer, k, shape),
         out_shardings=sharding.replicated(mesh),
     )
     state = init(jax.random.key(0))

@@ -82,7 +82,7 @@ def run_cell(base, cell: str, seed: int, args) -> dict:
     import jax
     import numpy as np
 
-    from vdm import data, likelihood, train
+    from vdm import data, likelihood, session, train
 
     name = f"{cell}_seed{seed}"
     workdir = os.path.join(args.out, "cells", name)
@@ -98,7 +98,7 @@ def run_cell(base, cell: str, seed: int, args) -> dict:
     t0 = time.time()
     train.train_and_evaluate(config, workdir)
     wall = time.time() - t0
-    run = train.Run(config, workdir)
+    run = session.Run(config, workdir)
     test = run.test_split
     n = min(args.eval_examples, len(test))
     subset = data.in_memory(test.get(np.arange(n))["image"], None, 0)

@@ -44,8 +44,8 @@ import tensorflow_datasets as tfds
 
 ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
 sys.path.insert(0, ROOT)
-from configs import cifar10  # noqa: E402
-from vdm import train  # noqa: E402
+from vdm import session, train  # noqa: E402
+from vdm.configs import cifar10  # noqa: E402
 from vdm.model import count_params  # noqa: E402
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
@@ -81,7 +81,7 @@ print(
 config.eval.repeats = 2
 config.eval.pf_ode_examples = 4 if SMOKE else 1000
 with data_context():
-    run = train.Run(config, workdir)
+    run = session.Run(config, workdir)
     state = run.restore()
     print(f"{count_params(state.params['net']):,} network parameters at step {int(state.step)}")
     elbo = run.evaluate(state.ema_params)

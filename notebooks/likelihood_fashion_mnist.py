@@ -47,8 +47,8 @@ import numpy as np
 
 ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
 sys.path.insert(0, ROOT)
-from configs import fashion_mnist  # noqa: E402
-from vdm import train  # noqa: E402
+from vdm import session, train  # noqa: E402
+from vdm.configs import fashion_mnist  # noqa: E402
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 FULL_STEPS = 1500
@@ -112,7 +112,7 @@ plt.show()
 config.eval.pf_ode_examples = PF_ODE_EXAMPLES
 config.eval.pf_ode_batch_size = PF_ODE_EXAMPLES
 config.eval.pf_ode_rtol = config.eval.pf_ode_atol = 1e-4
-run = train.Run(config, workdir)
+run = session.Run(config, workdir)
 params = run.restore().ema_params
 pf = run.evaluate_pf_ode(params)
 print(

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import ablate_schedules  # noqa: E402
 import fourier_ablation  # noqa: E402
 
-from vdm import train  # noqa: E402
+from vdm import session  # noqa: E402
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 OUT = os.environ.get("WORKDIR") or (
@@ -147,13 +147,13 @@ base = ablate_schedules.cell_config(
     {k: cell[k] for k in ("schedule", "n_timesteps", "fourier", "seed")},
     cell["steps"],
 )
-params = train.Run(base, workdir).restore().ema_params
+params = session.Run(base, workdir).restore().ema_params
 invariance = {}
 for name in ("fixed_linear", "cosine"):
     c = base.copy_and_resolve_references()
     c.schedule.name = name
     c.eval.repeats = 2 if SMOKE else 10
-    invariance[name] = train.Run(c, workdir).evaluate(params)
+    invariance[name] = session.Run(c, workdir).evaluate(params)
     r = invariance[name]
     print(
         f"{name:12s} bpd {r['bpd']:.4f} ± {r['bpd_se']:.4f}   diffusion-term variance "

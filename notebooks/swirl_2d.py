@@ -51,8 +51,8 @@ import numpy as np
 
 ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
 sys.path.insert(0, ROOT)
-from configs import swirl2d, swirl2d_colab  # noqa: E402
-from vdm import data, diffusion, samplers, train  # noqa: E402
+from vdm import data, diffusion, samplers, session, train  # noqa: E402
+from vdm.configs import swirl2d, swirl2d_colab  # noqa: E402
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 arg = "smoke" if SMOKE else ""
@@ -87,7 +87,7 @@ for name in configs:
     axes[0].plot([r["step"] for r in tr], [r["bpd"] for r in tr], label=name)
     axes[1].plot([r["step"] for r in tr], [r["gamma_0"] for r in tr], label=f"{name} γ₀")
     axes[1].plot([r["step"] for r in tr], [r["gamma_1"] for r in tr], "--", label=f"{name} γ₁")
-    runs[name] = train.Run(configs[name], workdirs[name])
+    runs[name] = session.Run(configs[name], workdirs[name])
     state = runs[name].restore()
     params[name] = state.ema_params if configs[name].eval.use_ema else state.params
     g0, g1 = runs[name].model.endpoints(params[name])

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import cifar10, default, fashion_mnist, mnist, swirl2d
 from vdm import data
+from vdm.configs import cifar10, default, fashion_mnist, mnist, swirl2d
 
 
 def test_batches_are_a_pure_function_of_seed_and_step_and_cover_each_epoch():

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import swirl2d_colab
 from vdm import data, elbo, likelihood
 from vdm.config import ConfigError, validate
+from vdm.configs import swirl2d_colab
 from vdm.gmm import GaussianMixture
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from vdm.configs import default
 from vdm.networks import resolve_fourier_top_n
 from vdm.networks.layers import (
     fourier_features,

@@ -74,10 +74,10 @@ def two_processes(*args):
 
 def params_at(workdir, step):
     """The saved state, resharded onto this test process's devices (as `Run.restore` does)."""
-    from configs import digits
-    from vdm import train
+    from vdm import session
+    from vdm.configs import digits
 
-    return train.Run(digits.get_config("smoke"), str(workdir)).restore(step=step)
+    return session.Run(digits.get_config("smoke"), str(workdir)).restore(step=step)
 
 
 @pytest.fixture(scope="module")

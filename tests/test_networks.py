@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import cifar10, default, swirl2d, swirl2d_colab
 from vdm import diffusion
+from vdm.configs import cifar10, default, swirl2d, swirl2d_colab
 from vdm.model import VDM, count_params
 
 

@@ -14,9 +14,10 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import cifar10, digits
 from vdm import config as config_lib
-from vdm import train
+from vdm import session, train, train_step
+from vdm.configs import cifar10, digits
+from vdm.model import VDM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--config=configs/digits.py:smoke"]
@@ -189,9 +190,9 @@ def test_every_bad_config_value_errors_clearly(field, value, match):
 
 def test_weight_decay_mask_selects_network_kernels_only():
     c = digits.get_config("smoke")
-    run_model = train.VDM.from_config(c, 10)
+    run_model = VDM.from_config(c, 10)
     params = run_model.init(jax.random.key(0), (8, 8, 1))
-    mask = train.weight_decay_mask(params)
+    mask = train_step.weight_decay_mask(params)
     flat = jax.tree_util.tree_flatten_with_path(mask)[0]
     names = {jax.tree_util.keystr(p): m for p, m in flat}
     assert all(not m for k, m in names.items() if k.startswith("['schedule']"))
@@ -227,8 +228,8 @@ def test_cifar10_trains_under_mock_data_with_flips(tmp_path):
 
 def test_steps_per_call_equals_single_steps():
     c = digits.get_config("smoke")
-    run = train.Run(c, "/tmp/unused")
-    step_fn = train.make_train_step(run.model, run.optimizer, c, run.n_dims, run.mesh)
+    run = session.Run(c, "/tmp/unused")
+    step_fn = train_step.make_train_step(run.model, run.optimizer, c, run.n_dims, run.mesh)
     from vdm import data, sharding
 
     batches = [data.train_batch(run.train_split, 8, s, 0, False) for s in range(2)]

@@ -7,19 +7,19 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from configs import digits
-from vdm import data, sharding, train
+from vdm import data, session, sharding, train_step
+from vdm.configs import digits
 
 c = digits.get_config("smoke")
-run = train.Run(c, "/tmp/unused")
+run = session.Run(c, "/tmp/unused")
 batch = data.train_batch(run.train_split, 8, 0, 0, False)
 batch = {k: v[None] for k, v in batch.items()}
 out = {}
 for n in (1, 2):
     mesh = Mesh(np.asarray(jax.devices()[:n]), ("data",))
-    step = train.make_train_step(run.model, run.optimizer, c, run.n_dims, mesh)
+    step = train_step.make_train_step(run.model, run.optimizer, c, run.n_dims, mesh)
     init = jax.jit(
-        lambda k: train.init_state(run.model, run.optimizer, k, run.x_shape),
+        lambda k: train_step.init_state(run.model, run.optimizer, k, run.x_shape),
         out_shardings=sharding.replicated(mesh),
     )
     state, metrics = step(init(jax.random.key(0)), sharding.shard_batch(batch, mesh, 1), run.key)

@@ -1,6 +1,12 @@
-"""Checks on a config before anything runs: one clear error naming the field and the choices."""
+"""Config files and the checks on a config before anything runs.
+
+Config files are found by path or, for the ones shipped in vdm/configs/, by name (`digits`);
+`validate` raises one clear error naming the field and the allowed values.
+"""
 
 from __future__ import annotations
+
+import os
 
 import jax
 
@@ -10,12 +16,36 @@ from vdm.networks import FOURIER_GATES, NETWORKS
 DECAYS = ("none", "cosine")
 
 
-def load_file(spec: str):
-    """`path/to/config.py[:arg]` → the config, as absl's config_flags would load it."""
-    import importlib.util
-    import os
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
-    path, _, arg = spec.partition(":")
+
+def named_configs() -> list[str]:
+    """The configs that ship with the package (vdm/configs/<name>.py)."""
+    return sorted(
+        f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and not f.startswith("_")
+    )
+
+
+def resolve(spec: str) -> str:
+    """`path/to/config.py[:arg]` as given, or a shipped config's name (`digits[:arg]`) as the
+    path of vdm/configs/<name>.py[:arg], so a run can start from any directory."""
+    path, sep, arg = spec.partition(":")
+    if path.endswith(".py") or os.sep in path or os.path.exists(path):
+        return spec
+    if path not in named_configs():
+        raise ConfigError(
+            f"--config={spec}: no config file {path!r} and no shipped config of that name "
+            f"(shipped: {', '.join(named_configs())})"
+        )
+    return os.path.join(CONFIG_DIR, path + ".py") + sep + arg
+
+
+def load_file(spec: str):
+    """`path/to/config.py[:arg]` or `name[:arg]` → the config, as absl's config_flags would
+    load it."""
+    import importlib.util
+
+    path, _, arg = resolve(spec).partition(":")
     mod_spec = importlib.util.spec_from_file_location("vdm_config_file", os.path.abspath(path))
     module = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(module)
@@ -38,7 +68,17 @@ def _positive(value, field: str, allow_zero: bool = False) -> None:
 
 
 def validate(config, n_devices: int | None = None) -> None:
-    """Raise ConfigError for the first bad value in `config`."""
+    """Raise ConfigError for the first bad value in `config`: names, then sizes, ranges,
+    combinations of fields, and the batch sizes against the devices."""
+    _check_names(config)
+    _check_sizes(config)
+    _check_ranges(config)
+    _check_combinations(config)
+    _check_devices(config, jax.device_count() if n_devices is None else n_devices)
+
+
+def _check_names(config) -> None:
+    """Every field that names a choice (dataset, schedule, head, network, sampler, …)."""
     _choice(config.data.name, "data.name", data.DATASETS)
     try:
         data.check_vocab(config.data.name, config.data.vocab_size)
@@ -48,9 +88,79 @@ def validate(config, n_devices: int | None = None) -> None:
     _choice(config.schedule.name, "schedule.name", sorted(schedules.SCHEDULES))
     _choice(config.model.head, "model.head", diffusion.HEADS)
     _choice(config.model.network, "model.network", sorted(NETWORKS))
+    _choice(config.model.fourier_gate, "model.fourier_gate", FOURIER_GATES)
     _choice(config.optimizer.decay, "optimizer.decay", DECAYS)
     _choice(config.sample.sampler, "sample.sampler", sorted(samplers.SAMPLERS))
     _choice(config.sample.grid, "sample.grid", samplers.GRIDS)
+    _choice(config.sample.solver, "sample.solver", sorted(samplers.SOLVERS))
+    _choice(config.eval.pf_ode_trace, "eval.pf_ode_trace", ["hutchinson", "exact"])
+    _choice(config.eval.pf_ode_probe, "eval.pf_ode_probe", ["rademacher", "gaussian"])
+    _choice(config.eval.pf_ode_solver, "eval.pf_ode_solver", sorted(samplers.SOLVERS))
+
+
+_POSITIVE = (
+    "data.vocab_size",
+    "model.n_embd",
+    "model.fourier_octaves",
+    "training.batch_size",
+    "training.steps_per_call",
+    "training.log_every",
+    "training.eval_every",
+    "training.save_every",
+    "training.max_to_keep",
+    "eval.batch_size",
+    "eval.repeats",
+    "eval.pf_ode_batch_size",
+    "optimizer.learning_rate",
+    "sample.n_samples",
+    "sample.batch_size",
+)
+_NON_NEGATIVE = (
+    "model.n_timesteps",
+    "model.n_layer",
+    "training.num_steps",
+    "eval.pf_ode_examples",
+    "optimizer.weight_decay",
+    "optimizer.grad_clip",
+    "sample.n_corrector",
+)
+
+
+def _field(config, name: str):
+    section, key = name.split(".")
+    return config[section][key]
+
+
+def _check_sizes(config) -> None:
+    """Counts, sizes and rates that must be > 0 (or ≥ 0)."""
+    for name in _POSITIVE:
+        _positive(_field(config, name), name)
+    for name in _NON_NEGATIVE:
+        _positive(_field(config, name), name, allow_zero=True)
+    _positive(config.sample.steps, "sample.steps", allow_zero=config.sample.sampler == "pf_ode")
+
+
+def _check_ranges(config) -> None:
+    """Fractions and intervals: decay rates, dropout, η, the schedule's γ range."""
+    for name, low, high, closed in (
+        ("sample.eta", 0.0, 1.0, True),
+        ("optimizer.ema_decay", 0.0, 1.0, False),
+        ("model.dropout", 0.0, 1.0, False),
+        ("model.label_dropout", 0.0, 1.0, True),
+    ):
+        v = _field(config, name)
+        if not (low <= v <= high if closed else low <= v < high):
+            interval = f"[{low:g}, {high:g}{']' if closed else ')'}"
+            raise ConfigError(f"{name} must be in {interval}, got {v}")
+    if not config.schedule.gamma_min < config.schedule.gamma_max:
+        raise ConfigError(
+            "schedule.gamma_min must be < schedule.gamma_max, got "
+            f"{config.schedule.gamma_min} and {config.schedule.gamma_max}"
+        )
+
+
+def _check_combinations(config) -> None:
+    """Fields that are each allowed but not together."""
     unused = samplers.unused_options(config.sample.sampler, dict(config.sample))
     if unused:
         k = unused[0]
@@ -59,58 +169,13 @@ def validate(config, n_devices: int | None = None) -> None:
             f"sample.sampler={config.sample.sampler!r} (its options: "
             f"{', '.join(samplers.options_of(config.sample.sampler))})"
         )
-    _choice(config.sample.solver, "sample.solver", sorted(samplers.SOLVERS))
-    _choice(config.eval.pf_ode_trace, "eval.pf_ode_trace", ["hutchinson", "exact"])
-    _choice(config.eval.pf_ode_probe, "eval.pf_ode_probe", ["rademacher", "gaussian"])
-    _choice(config.eval.pf_ode_solver, "eval.pf_ode_solver", sorted(samplers.SOLVERS))
-    _positive(config.eval.repeats, "eval.repeats")
-    _positive(config.eval.pf_ode_examples, "eval.pf_ode_examples", allow_zero=True)
-    _positive(config.eval.pf_ode_batch_size, "eval.pf_ode_batch_size")
     if not (config.eval.elbo or config.eval.pf_ode):
         raise ConfigError("eval.elbo and eval.pf_ode are both False: nothing to evaluate")
-    _positive(config.data.vocab_size, "data.vocab_size")
-    _positive(config.model.n_timesteps, "model.n_timesteps", allow_zero=True)
-    _positive(config.model.n_embd, "model.n_embd")
-    _positive(config.model.n_layer, "model.n_layer", allow_zero=True)
-    _positive(config.training.batch_size, "training.batch_size")
-    _positive(config.training.num_steps, "training.num_steps", allow_zero=True)
-    _positive(config.training.steps_per_call, "training.steps_per_call")
-    _positive(config.training.log_every, "training.log_every")
-    _positive(config.training.eval_every, "training.eval_every")
-    _positive(config.training.save_every, "training.save_every")
-    _positive(config.training.max_to_keep, "training.max_to_keep")
-    _positive(config.eval.batch_size, "eval.batch_size")
-    _positive(config.optimizer.learning_rate, "optimizer.learning_rate")
-    _positive(config.optimizer.weight_decay, "optimizer.weight_decay", allow_zero=True)
-    _positive(config.optimizer.grad_clip, "optimizer.grad_clip", allow_zero=True)
-    _positive(config.sample.steps, "sample.steps", allow_zero=config.sample.sampler == "pf_ode")
-    _positive(config.sample.n_samples, "sample.n_samples")
-    _positive(config.sample.batch_size, "sample.batch_size")
-    _positive(config.sample.n_corrector, "sample.n_corrector", allow_zero=True)
-    if not 0.0 <= config.sample.eta <= 1.0:
-        raise ConfigError(f"sample.eta must be in [0, 1], got {config.sample.eta}")
     if config.sample.guidance and not config.model.class_conditional:
         raise ConfigError(
             "sample.guidance needs a class-conditional model (model.class_conditional=True), "
             f"got guidance={config.sample.guidance}"
         )
-    if not 0.0 <= config.optimizer.ema_decay < 1.0:
-        raise ConfigError(
-            f"optimizer.ema_decay must be in [0, 1), got {config.optimizer.ema_decay}"
-        )
-    if not 0.0 <= config.model.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
-    if not 0.0 <= config.model.label_dropout <= 1.0:
-        raise ConfigError(
-            f"model.label_dropout must be in [0, 1], got {config.model.label_dropout}"
-        )
-    if not config.schedule.gamma_min < config.schedule.gamma_max:
-        raise ConfigError(
-            "schedule.gamma_min must be < schedule.gamma_max, got "
-            f"{config.schedule.gamma_min} and {config.schedule.gamma_max}"
-        )
-    _positive(config.model.fourier_octaves, "model.fourier_octaves")
-    _choice(config.model.fourier_gate, "model.fourier_gate", FOURIER_GATES)
     if config.model.base_measure_skip and config.model.head != "eps":
         raise ConfigError(
             "model.base_measure_skip adds z to the output, the base measure of the ε head only; "
@@ -129,11 +194,13 @@ def validate(config, n_devices: int | None = None) -> None:
             )
     if config.data.random_flip and config.model.network != "unet":
         raise ConfigError("data.random_flip needs image data (model.network='unet')")
-    n_devices = jax.device_count() if n_devices is None else n_devices
-    for field in ("training.batch_size", "eval.batch_size"):
-        section, name = field.split(".")
-        if config[section][name] % n_devices:
+
+
+def _check_devices(config, n_devices: int) -> None:
+    """Batches split evenly over the devices."""
+    for name in ("training.batch_size", "eval.batch_size"):
+        if _field(config, name) % n_devices:
             raise ConfigError(
-                f"{field} must be divisible by the number of devices ({n_devices}), got "
-                f"{config[section][name]}"
+                f"{name} must be divisible by the number of devices ({n_devices}), got "
+                f"{_field(config, name)}"
             )

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from vdm.toy_data import SWIRL_N, gaussian_mixture, quantize, spiral, swirl_official
+from vdm.elbo import Encoding
+from vdm.toy_data import SWIRL_N, gaussian_mixture, spiral, swirl_official
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -193,7 +194,8 @@ def _swirl(cfg, split):
 def _generated(fn: Callable) -> Callable:
     def load(cfg, split):
         n = (cfg.n_examples or 50_000) if split == "train" else (cfg.n_test or 10_000)
-        x = quantize(fn(n, seed=0 if split == "train" else 1), cfg.vocab_size)
+        x = fn(n, seed=0 if split == "train" else 1)  # continuous, in [−1, 1]²
+        x = Encoding.bin_centres(cfg.vocab_size).to_integers(x).astype(np.uint8)
         return x, None, 0
 
     return load

@@ -152,3 +152,13 @@ def posterior_mean_var_eps(
     mean = alpha_s / alpha_t * (z_t - c * sigma_t * eps)
     var = c * jax.nn.sigmoid(gamma_s)
     return mean, var
+
+
+def pf_ode_drift(eps_hat_fn, z: jax.Array, gamma: jax.Array) -> jax.Array:
+    """dz/dγ of the probability-flow ODE of the VP process: ½ σ (ε̂ − σ z).
+
+    With f = −½ σ² γ′ and g² = σ² γ′ (VP SDE in t), dz/dt = f z − ½ g² ∇log p = ½ γ′ σ (ε̂ − σ z)
+    (Song et al. 2021, eq. 13, with the score −ε̂/σ); dividing by γ′ removes the time variable.
+    """
+    _, sigma = alpha_sigma(bcast(gamma, z))
+    return 0.5 * sigma * (eps_hat_fn(z, gamma) - sigma * z)

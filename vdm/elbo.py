@@ -19,6 +19,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vdm import diffusion
 
@@ -73,9 +74,14 @@ class Encoding:
         return self.encode(jnp.arange(self.vocab_size, dtype=jnp.float32)[:, None])
 
     def to_integers(self, f: jax.Array) -> jax.Array:
-        """Model-space values → the integer of the nearest value in [0, vocab_size)."""
-        x = jnp.round(f * jnp.asarray(self.scale) + jnp.asarray(self.shift))
-        return jnp.clip(x, 0, self.vocab_size - 1).astype(jnp.int32)
+        """Model-space values → the integer of the nearest value in [0, vocab_size).
+
+        The one quantizer of the project (samples, generated data). A numpy input is computed
+        in numpy at its own precision (float64 for generated 2-D data), a jax one in jax.
+        """
+        xp = np if isinstance(f, np.ndarray) else jnp
+        x = xp.round(f * xp.asarray(self.scale) + xp.asarray(self.shift))
+        return xp.clip(x, 0, self.vocab_size - 1).astype(xp.int32)
 
 
 def make_encoding(name: str, vocab_size: int, mean=None, std=None) -> Encoding:

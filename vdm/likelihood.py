@@ -18,6 +18,8 @@ import numpy as np
 
 from vdm import data, diffusion, elbo, sharding
 from vdm.model import VDM
+from vdm.samplers.common import example_keys
+from vdm.samplers.ode import EVALS_PER_STEP, SOLVERS
 
 TERMS = ("bpd", "recon", "prior", "diffusion")
 
@@ -90,9 +92,6 @@ def pf_ode_log_prob(
     small D) or Hutchinson's vᵀ(∂f/∂z)v with one probe v per example, fixed along the path.
     Each example is its own vmapped diffrax solve. Returns (log p₀ per example, info).
     """
-    from vdm.samplers.common import example_keys, pf_ode_drift
-    from vdm.samplers.ode import EVALS_PER_STEP, SOLVERS
-
     if trace not in ("hutchinson", "exact"):
         raise ValueError(f"eval.pf_ode_trace must be one of ['hutchinson', 'exact'], got {trace!r}")
     if solver not in SOLVERS:
@@ -105,7 +104,7 @@ def pf_ode_log_prob(
 
         def field(g, state, args):
             y, _ = state
-            f = lambda yy: pf_ode_drift(eps_hat_fn, yy[None], jnp.reshape(g, (1,)))[0]
+            f = lambda yy: diffusion.pf_ode_drift(eps_hat_fn, yy[None], jnp.reshape(g, (1,)))[0]
             if trace == "exact":
                 dy = f(y)
                 basis = jnp.eye(y.size).reshape((y.size, *y.shape))

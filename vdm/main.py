@@ -1,4 +1,8 @@
-"""Command line: python -m vdm.main --config=configs/<name>.py[:arg] --workdir=DIR [--mode=…].
+"""Command line: python -m vdm.main --config=configs/<name>.py[:arg] --workdir=DIR [--mode=…],
+or the console script: vdm train|eval|sample --config=<name or path>[:arg] --workdir=DIR.
+
+--config takes a config file's path or the name of one shipped in vdm/configs/ (`digits`),
+so a run can start from any directory.
 
   --mode=train   train (resuming from DIR if it holds checkpoints), evaluate, sample
   --mode=eval    ELBO bpd of the test split with the latest (or --checkpoint) parameters
@@ -49,8 +53,7 @@ def _load_params(run, checkpoint_path: str | None):
                 f"no checkpoint in {run.ckpt.directory}: train first or pass --checkpoint"
             )
         state = run.restore()
-    params = state.ema_params if run.config.eval.use_ema else state.params
-    return params, int(state.step)
+    return run.eval_params(state), int(state.step)
 
 
 def run_mode(
@@ -60,11 +63,12 @@ def run_mode(
 
     from vdm import train
     from vdm import workdir as workdir_lib
+    from vdm.session import Run
 
     if mode == "train":
         return train.train_and_evaluate(config, workdir, reset=reset)
     workdir = workdir_lib.prepare(workdir)
-    run = train.Run(config, workdir)
+    run = Run(config, workdir)
     params, step = _load_params(run, checkpoint_path)
     if mode == "eval":
         result = {"step": step}
@@ -110,8 +114,25 @@ def init_distributed() -> None:
         jax.distributed.initialize()  # SLURM / TPU pod / GKE: jax reads the cluster itself
 
 
+def _resolve_config_arg(argv: list[str]) -> list[str]:
+    """`--config=digits[:arg]` (a shipped config's name) → the path of its file."""
+    from vdm.config import ConfigError, resolve
+
+    out = list(argv)
+    for i, a in enumerate(out):
+        try:
+            if a.startswith("--config="):
+                out[i] = "--config=" + resolve(a.split("=", 1)[1])
+            elif a == "--config" and i + 1 < len(out):
+                out[i + 1] = resolve(out[i + 1])
+        except ConfigError as e:
+            sys.exit(f"error: {e}")
+    return out
+
+
 def parse_flags(argv):
     """absl's flag parsing, with every mistake (a config typo, a bad flag) as one line."""
+    argv = _resolve_config_arg(argv)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -138,6 +159,26 @@ def main(argv):
         run_mode(_CONFIG.value, _WORKDIR.value, _MODE.value, _CHECKPOINT.value, _RESET.value)
     except (ConfigError, FileNotFoundError, FloatingPointError, WorkdirError) as e:
         sys.exit(f"error: {e}")
+
+
+COMMANDS = ("train", "eval", "sample")
+
+
+def cli() -> None:
+    """The `vdm` console script: `vdm train|eval|sample [flags]` is `python -m vdm.main
+    --mode=… [flags]`; `vdm plot WORKDIR…` draws runs' metrics (vdm/plot.py)."""
+    argv = sys.argv
+    if len(argv) > 1 and argv[1] == "plot":
+        from vdm import plot
+
+        sys.exit(plot.main(argv[2:]))
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        sys.exit(
+            "usage: vdm {train,eval,sample} --config=<name or path>[:arg] --workdir=DIR "
+            "[--config.a.b=value …]\n       vdm plot WORKDIR [WORKDIR …] [--out=PNG]"
+        )
+    sys.argv = [argv[0], f"--mode={argv[1]}", *argv[2:]]
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

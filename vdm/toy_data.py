@@ -1,4 +1,5 @@
-"""Generated 2-D data: the official colab's swirl, a spiral and a Gaussian ring, as integers."""
+"""Generated 2-D data: the official colab's swirl (integers), a spiral and a Gaussian ring
+(continuous, in [−1, 1]²; vdm/data.py bins them with the bin-centre encoding)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,3 @@ def gaussian_mixture(n: int, seed: int, k: int = 8, radius: float = 0.6, std: fl
     angle = 2 * np.pi * comp / k
     centres = radius * np.stack([np.cos(angle), np.sin(angle)], -1)
     return centres + std * rng.normal(size=(n, 2))
-
-
-def quantize(x: np.ndarray, vocab_size: int) -> np.ndarray:
-    """Continuous values in [−1, 1] → integer bins in [0, vocab_size) (bin centres decode back)."""
-    return np.clip(np.floor((x + 1.0) / 2.0 * vocab_size), 0, vocab_size - 1).astype(np.uint8)

@@ -14,9 +14,9 @@ import inspect
 import jax.numpy as jnp
 
 from vdm import elbo
-from vdm.samplers.common import GRIDS, decode, denoise, example_keys, to_integers
+from vdm.samplers.common import GRIDS, decode, denoise, example_keys
 from vdm.samplers.discrete import ancestral, ddim, dpm_solver_pp_2m
-from vdm.samplers.ode import SOLVERS, encode, probability_flow
+from vdm.samplers.ode import SOLVERS, probability_flow, to_latent
 from vdm.samplers.sde import euler_maruyama, predictor_corrector
 
 SAMPLERS = {
@@ -34,13 +34,12 @@ __all__ = [
     "SOLVERS",
     "decode",
     "denoise",
-    "encode",
     "example_keys",
     "guided",
     "options_of",
     "unused_options",
     "sample",
-    "to_integers",
+    "to_latent",
 ]
 
 
@@ -109,5 +108,5 @@ def sample(
     if final_denoise:
         z = denoise(eps_hat_fn, z, gamma_0)
         info = dict(info, nfe=info["nfe"] + 1)
-        return (to_integers(z, vocab_size) if vocab_size else z), info
+        return (elbo.as_encoding(vocab_size).to_integers(z) if vocab_size else z), info
     return (decode(z, gamma_0, vocab_size) if vocab_size else z), info

@@ -1,4 +1,4 @@
-"""Pieces every sampler shares: per-example noise, time grids, the VP drift terms.
+"""Pieces every sampler shares: per-example noise, time grids, denoising and decoding.
 
 All samplers work on a decreasing grid of γ values (γ₁ → γ₀): the denoiser is conditioned on
 γ, so the time variable t only matters through the grid it induces.
@@ -43,19 +43,9 @@ def gamma_grid(gamma_fn, steps: int, grid: str = "uniform_t") -> jax.Array:
     return jnp.linspace(g1, g0, steps + 1)
 
 
-def bcast(v: jax.Array, n: int) -> jax.Array:
-    """A scalar γ as one value per example."""
+def per_example(v: jax.Array, n: int) -> jax.Array:
+    """A scalar γ as one value per example, shape (n,)."""
     return jnp.broadcast_to(v, (n,))
-
-
-def pf_ode_drift(eps_hat_fn, z: jax.Array, gamma: jax.Array) -> jax.Array:
-    """dz/dγ of the probability-flow ODE of the VP process: ½ σ (ε̂ − σ z).
-
-    With f = −½ σ² γ′ and g² = σ² γ′ (VP SDE in t), dz/dt = f z − ½ g² ∇log p = ½ γ′ σ (ε̂ − σ z)
-    (Song et al. 2021, eq. 13, with the score −ε̂/σ); dividing by γ′ removes the time variable.
-    """
-    _, sigma = diffusion.alpha_sigma(diffusion.bcast(gamma, z))
-    return 0.5 * sigma * (eps_hat_fn(z, gamma) - sigma * z)
 
 
 def denoise(eps_hat_fn, z: jax.Array, gamma: jax.Array) -> jax.Array:
@@ -66,8 +56,3 @@ def denoise(eps_hat_fn, z: jax.Array, gamma: jax.Array) -> jax.Array:
 def decode(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int | elbo.Encoding) -> jax.Array:
     """The most likely integers under the exact decoder p(x | z₀) (VDM eq. 8)."""
     return jnp.argmax(elbo.decoder_logprobs(z_0, gamma_0, vocab_size), axis=-1)
-
-
-def to_integers(x: jax.Array, vocab_size: int | elbo.Encoding) -> jax.Array:
-    """Model-space values → the integer of the nearest encoded value in [0, vocab_size)."""
-    return elbo.as_encoding(vocab_size).to_integers(x)

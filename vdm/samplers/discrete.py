@@ -6,10 +6,17 @@ import jax
 import jax.numpy as jnp
 
 from vdm import diffusion
-from vdm.samplers.common import bcast, example_keys, gamma_grid, initial_noise, step_normal
+from vdm.samplers.common import (
+    example_keys,
+    gamma_grid,
+    initial_noise,
+    per_example,
+    step_normal,
+)
 
 
-def _start(key, shape, steps, offset, z_init):
+def _start(key, shape, offset, z_init):
+    """Per-example keys, and z₁ ~ N(0, I) unless the caller gives `z_init`."""
     keys = example_keys(key, shape[0], offset)
     z_1 = initial_noise(keys, shape[1:]) if z_init is None else z_init
     return keys, z_1
@@ -17,12 +24,12 @@ def _start(key, shape, steps, offset, z_init):
 
 def ancestral(key, eps_hat_fn, gamma_fn, shape, *, steps, grid="uniform_t", z_init=None, offset=0):
     """Ancestral sampling z_s ~ p(z_s | z_t) = q(z_s | z_t, x = x̂(z_t)) (VDM eq. 34; DDPM)."""
-    keys, z = _start(key, shape, steps, offset, z_init)
+    keys, z = _start(key, shape, offset, z_init)
     gammas = gamma_grid(gamma_fn, steps, grid)
     n = shape[0]
 
     def step(z_t, i):
-        g_t, g_s = bcast(gammas[i], n), bcast(gammas[i + 1], n)
+        g_t, g_s = per_example(gammas[i], n), per_example(gammas[i + 1], n)
         mean, var = diffusion.posterior_mean_var_eps(z_t, eps_hat_fn(z_t, g_t), g_s, g_t)
         return mean + jnp.sqrt(var) * step_normal(keys, i, shape[1:]), None
 
@@ -35,12 +42,12 @@ def ddim(
 ):
     """DDIM (Song, Meng & Ermon 2021, eq. 12): z_s = α_s x̂ + √(σ_s² − c²) ε̂ + c ξ with
     c² = η² Var q(z_s | z_t, x). η = 0 is deterministic; η = 1 is the ancestral sampler."""
-    keys, z = _start(key, shape, steps, offset, z_init)
+    keys, z = _start(key, shape, offset, z_init)
     gammas = gamma_grid(gamma_fn, steps, grid)
     n = shape[0]
 
     def step(z_t, i):
-        g_t, g_s = bcast(gammas[i], n), bcast(gammas[i + 1], n)
+        g_t, g_s = per_example(gammas[i], n), per_example(gammas[i + 1], n)
         eps = eps_hat_fn(z_t, g_t)
         x0 = diffusion.eps_to_x0(z_t, eps, g_t)
         alpha_s, sigma_s = diffusion.alpha_sigma(diffusion.bcast(g_s, z_t))
@@ -64,13 +71,13 @@ def dpm_solver_pp_2m(
     z_s = (σ_s/σ_t) z_t − α_s expm1(−h) D, h = λ_s − λ_t, with D = x̂ on the first step and
     D = (1 + 1/2r) x̂_t − (1/2r) x̂_prev after it (r = h_prev / h).
     """
-    _, z = _start(key, shape, steps, offset, z_init)
+    _, z = _start(key, shape, offset, z_init)
     gammas = gamma_grid(gamma_fn, steps, grid)
     n = shape[0]
 
     def step(carry, i):
         z_t, x_prev, h_prev = carry
-        g_t, g_s = bcast(gammas[i], n), bcast(gammas[i + 1], n)
+        g_t, g_s = per_example(gammas[i], n), per_example(gammas[i + 1], n)
         x0 = diffusion.eps_to_x0(z_t, eps_hat_fn(z_t, g_t), g_t)
         h = 0.5 * (gammas[i] - gammas[i + 1])
         r = h_prev / h

@@ -1,6 +1,6 @@
 """The probability-flow ODE, solved with diffrax (jitted, no host round trip per step).
 
-dz/dγ = ½ σ (ε̂ − σ z) (see `common.pf_ode_drift`). Integrating from γ₁ down to γ₀ samples;
+dz/dγ = ½ σ (ε̂ − σ z) (see `diffusion.pf_ode_drift`). Integrating from γ₁ down to γ₀ samples;
 from γ₀ up to γ₁ encodes data into the latent. Adaptive steps (rtol, atol) or a fixed grid.
 """
 
@@ -10,7 +10,8 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from vdm.samplers.common import bcast, example_keys, gamma_grid, initial_noise, pf_ode_drift
+from vdm.diffusion import pf_ode_drift
+from vdm.samplers.common import example_keys, gamma_grid, initial_noise, per_example
 
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "heun": diffrax.Heun}
 # Network evaluations per step (first-same-as-last solvers reuse one).
@@ -42,7 +43,7 @@ def solve_pf_ode(
         raise ValueError(f"sample.solver must be one of {sorted(SOLVERS)}, got {solver!r}")
 
     def drift(g, y, args):
-        return pf_ode_drift(eps_hat_fn, y[None], bcast(g, 1))[0]
+        return pf_ode_drift(eps_hat_fn, y[None], per_example(g, 1))[0]
 
     if steps:
         ts = gamma_grid(gamma_fn, steps, grid)  # decreasing: γ₁ → γ₀
@@ -99,7 +100,7 @@ def probability_flow(
     )
 
 
-def encode(
+def to_latent(
     eps_hat_fn, gamma_fn, z_0, *, steps=0, solver="tsit5", grid="uniform_t", rtol=1e-5, atol=1e-5
 ):
     """Run the probability-flow ODE forward, z₀ (at γ₀) → z₁ (at γ₁): a deterministic latent."""

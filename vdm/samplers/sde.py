@@ -10,7 +10,13 @@ import jax
 import jax.numpy as jnp
 
 from vdm import diffusion
-from vdm.samplers.common import bcast, example_keys, gamma_grid, initial_noise, step_normal
+from vdm.samplers.common import (
+    example_keys,
+    gamma_grid,
+    initial_noise,
+    per_example,
+    step_normal,
+)
 
 
 def _em_step(eps_hat_fn, z, g_t, g_s, noise):
@@ -73,7 +79,7 @@ def predictor_corrector(
     n = shape[0]
 
     def step(z, i):
-        g_t, g_s = bcast(gammas[i], n), bcast(gammas[i + 1], n)
+        g_t, g_s = per_example(gammas[i], n), per_example(gammas[i + 1], n)
         base = i * (n_corrector + 1)
         z = _em_step(eps_hat_fn, z, g_t, g_s, step_normal(keys, base, shape[1:]))
         for j in range(n_corrector):

@@ -9,7 +9,7 @@ uniform; PF-ODE 1.97 ± 0.04 bpd on 64 test images (`--mode=eval --config.eval.p
 --config.eval.pf_ode_examples=64`).
 """
 
-from configs import default
+from vdm.configs import default
 
 
 def get_config(arg: str = ""):

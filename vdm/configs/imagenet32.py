@@ -6,7 +6,7 @@ n_embd 256, n_layer 32, no dropout, batch 128 (paper: 3.72 bpd). The data are re
 random access through `tfds.data_source`, never loaded whole into memory.
 """
 
-from configs import cifar10
+from vdm.configs import cifar10
 
 
 def get_config(arg: str = ""):

@@ -6,7 +6,7 @@ As configs/cifar10.py; the flag lets the model learn from flipped images while t
 is evaluated on the unflipped test set (flag 0).
 """
 
-from configs import cifar10
+from vdm.configs import cifar10
 
 
 def get_config(arg: str = ""):

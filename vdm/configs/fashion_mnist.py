@@ -8,7 +8,7 @@ Reads the Debian package's idx files (or data.data_dir), or tensorflow-datasets 
 See notebooks/likelihood_fashion_mnist.py for a measured CPU run.
 """
 
-from configs import mnist
+from vdm.configs import mnist
 
 
 def get_config(arg: str = ""):

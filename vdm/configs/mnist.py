@@ -11,7 +11,7 @@ no features 1.647, ungated official features 1.853 (± ≈ 0.05 each); see
 notebooks/likelihood_schedules.py. The paper's ungated features remain the default elsewhere.
 """
 
-from configs import default
+from vdm.configs import default
 
 
 def get_config(arg: str = ""):

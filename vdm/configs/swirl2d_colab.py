@@ -15,7 +15,7 @@ learned γ₀ −10.63, γ₁ 6.67, 201 s; the colab run headless in the same be
 5.117 ± 0.021 bpd, γ₀ −10.76, γ₁ 6.92, 250 s (this config: 0.81× its wall time).
 """
 
-from configs import default
+from vdm.configs import default
 
 
 def get_config(arg: str = ""):

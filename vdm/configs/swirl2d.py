@@ -15,7 +15,7 @@ wall time (189 s against 199 s). The data's own entropy, the floor for any model
 points, is 4.735 bpd (774 distinct points).
 """
 
-from configs import swirl2d_colab
+from vdm.configs import swirl2d_colab
 
 
 def get_config(arg: str = ""):

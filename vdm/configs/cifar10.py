@@ -11,7 +11,7 @@ block only (≈30.6M parameters), dropout 0.1, Fourier features, learned monoton
 AdamW lr 2e-4, β₂ 0.99, weight decay 0.01, EMA 0.9999, batch 128.
 """
 
-from configs import default
+from vdm.configs import default
 
 
 def get_config(arg: str = ""):

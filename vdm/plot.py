@@ -1,0 +1,124 @@
+"""A quick look at runs: `python -m vdm.plot WORKDIR [WORKDIR …] [--out=PNG]` (or `vdm plot`).
+
+Reads each run's `metrics.jsonl` (the source of truth) and draws, against training steps, one
+figure of four panels: the bound in bpd (train, and eval ± its standard error), its terms
+(recon, prior, diffusion), the schedule's endpoints γ₀ and γ₁, and the variance of the
+diffusion-loss estimator. Several workdirs share the axes, one colour each, so comparing
+runs takes one command. Written to `--out`, by default `<first workdir>/metrics.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+
+import numpy as np
+
+from vdm.metrics_writer import read_rows
+
+PANELS = (
+    ("bound (bpd)", ("bpd",)),
+    ("terms (bpd): recon ─, prior ┄, diffusion ─ ·", ("recon", "prior", "diffusion")),
+    ("schedule endpoints: γ₀ ─, γ₁ ┄", ("gamma_0", "gamma_1")),
+    ("diffusion-loss variance (nats²)", ("diffusion_var",)),
+)
+STYLES = ("-", "--", "-.")
+
+
+def series(rows: list[dict], split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of `key` in the rows of one split ('train' or 'eval'), by step."""
+    pts = sorted((r["step"], r[key]) for r in rows if r.get("split") == split and key in r)
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    steps, values = zip(*pts, strict=True)
+    return np.asarray(steps), np.asarray(values, dtype=float)
+
+
+def load(workdir: str) -> list[dict]:
+    """The rows of `workdir/metrics.jsonl`; a clear error if there is none."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{workdir}: no metrics.jsonl (is it a vdm workdir?)")
+    return read_rows(path)
+
+
+def plot_runs(workdirs: list[str], out: str, labels: list[str] | None = None) -> str:
+    """Draw the four panels for every workdir into `out` (PNG); returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [load(w) for w in workdirs]
+    labels = labels or [os.path.basename(os.path.normpath(w)) or w for w in workdirs]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (rows, label) in enumerate(zip(runs, labels, strict=True)):
+        c = colours[i % len(colours)]
+        for ax, (title, keys) in zip(axes.flat, PANELS, strict=True):
+            for key, ls in zip(keys, STYLES, strict=False):
+                x, y = series(rows, "train", key)
+                first = key == keys[0]  # one legend entry per run and split
+                ax.plot(x, y, ls, color=c, alpha=0.45, lw=1, label=f"{label} train" * first)
+                x, y = series(rows, "eval", key)
+                if len(x):
+                    _, se = series(rows, "eval", key + "_se")
+                    ax.plot(
+                        x, y, ls, color=c, marker="o", ms=3, lw=1.8, label=f"{label} eval" * first
+                    )
+                    if len(se) == len(y):
+                        ax.fill_between(x, y - se, y + se, color=c, alpha=0.2)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("training step")
+    axes[0, 0].legend(fontsize=8)
+    axes[1, 1].set_yscale("log")
+    for ax in axes.flat[:2]:
+        lo, hi = _robust_limits(ax)
+        if lo is not None:
+            ax.set_ylim(lo, hi)
+    command = "vdm plot " + " ".join(os.path.relpath(w) for w in workdirs)
+    fig.suptitle("\n".join(textwrap.wrap(command, 150)), fontsize=8)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _robust_limits(ax):
+    """y-limits that ignore the first steps' very large values (the bound starts far above)."""
+    ys = np.concatenate([ln.get_ydata() for ln in ax.get_lines()] or [np.zeros(0)])
+    ys = ys[np.isfinite(ys)]
+    if len(ys) < 4:
+        return None, None
+    lo, hi = np.min(ys), np.percentile(ys, 95)
+    pad = 0.05 * (hi - lo or 1.0)
+    return lo - pad, hi + pad
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vdm plot", description=__doc__.splitlines()[0])
+    p.add_argument("workdirs", nargs="+", help="run directories holding metrics.jsonl")
+    p.add_argument("--out", help="PNG to write (default: <first workdir>/metrics.png)")
+    p.add_argument("--labels", help="comma-separated legend labels, one per workdir")
+    args = p.parse_args(argv)
+    labels = args.labels.split(",") if args.labels else None
+    if labels and len(labels) != len(args.workdirs):
+        print(
+            f"error: --labels has {len(labels)} names for {len(args.workdirs)} workdirs",
+            file=sys.stderr,
+        )
+        return 2
+    out = args.out or os.path.join(args.workdirs[0], "metrics.png")
+    try:
+        path = plot_runs(args.workdirs, out, labels)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"→ {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

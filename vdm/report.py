@@ -1,0 +1,207 @@
+"""Render the notebooks: `python -m vdm.report [--only NAME,…] [--smoke] [--out docs/notebooks]`.
+
+Each jupytext notebook under notebooks/ is executed headless (nbclient, a fresh kernel, the
+notebooks/ directory as its working directory) and written to `--out` as
+- `<name>.ipynb`: the notebook with its outputs, which GitHub renders with every figure;
+- `<name>.md` and `<name>_files/*.png`: the same as Markdown with the figures as files, for
+  the README and for reading without Jupyter.
+A first cell records how it was made: the command, the commit, the date, the machine, the
+wall time, and whether it ran at full or SMOKE size. Progress bars (stderr) are dropped.
+
+Notebooks resume from their run directories (runs/, results/), so a re-render after a small
+change only redraws. `--smoke` runs every notebook at CI size; `--smoke_only` picks the ones
+that cannot run at full size here (e.g. cifar10_bpd offline) and says so in their first cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime
+import glob
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
+OUT_DIR = os.path.join(ROOT, "docs", "notebooks")
+MAX_TEXT_LINES = 60
+
+
+def notebooks() -> dict[str, str]:
+    """name → path of every jupytext notebook (percent-format .py) under notebooks/."""
+    paths = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "*.py")))
+    return {os.path.basename(p)[:-3]: p for p in paths}
+
+
+@contextlib.contextmanager
+def _environment(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return out.stdout.strip() + (" + uncommitted changes" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def _is_progress(output) -> bool:
+    return output.get("output_type") == "stream" and output.get("name") == "stderr"
+
+
+def execute(path: str, smoke: bool, timeout: int = 4 * 3600):
+    """Run notebook `path` in a fresh kernel; returns (executed notebook, seconds)."""
+    import jupytext
+    import nbclient
+
+    nb = jupytext.read(path)
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    t0 = time.time()
+    with _environment(SMOKE="1" if smoke else "0", VDM_ROOT=ROOT, MPLBACKEND=None):
+        client = nbclient.NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": os.path.dirname(path)}},
+        )
+        client.execute()
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not _is_progress(o)]
+    return nb, time.time() - t0
+
+
+def provenance(name: str, smoke: bool, seconds: float, reason: str = "") -> str:
+    size = "SMOKE size (CI's tiny models: the pipeline, not the claims)" if smoke else "full size"
+    command = f"python -m vdm.report --only={name}" + (" --smoke" if smoke else "")
+    lines = [
+        f"*Rendered by `{command}` at commit {_commit()}, "
+        f"{datetime.date.today().isoformat()}, on {platform.machine()} "
+        f"({os.cpu_count()} CPU cores, no accelerator) in {seconds / 60:.1f} min, at {size}.*",
+    ]
+    if reason:
+        lines.append(f"*{reason}*")
+    lines.append(f"*Source: `notebooks/{name}.py` (jupytext); outputs below are from that run.*")
+    return "\n\n".join(lines)
+
+
+def to_markdown(nb, name: str, files_dir: str) -> str:
+    """The executed notebook as Markdown; image outputs written to `files_dir` as PNGs."""
+    os.makedirs(files_dir, exist_ok=True)
+    for old in glob.glob(os.path.join(files_dir, "*.png")):
+        os.remove(old)
+    parts, k = [], 0
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            parts.append(cell.source)
+            continue
+        if cell.cell_type != "code" or not cell.source.strip():
+            continue
+        parts.append(f"```python\n{cell.source}\n```")
+        for out in cell.outputs:
+            data = out.get("data", {})
+            if "image/png" in data:
+                k += 1
+                fname = f"{name}_{k}.png"
+                with open(os.path.join(files_dir, fname), "wb") as f:
+                    f.write(base64.b64decode(data["image/png"]))
+                parts.append(f"![{name} figure {k}]({os.path.basename(files_dir)}/{fname})")
+            elif out.get("output_type") == "stream" or "text/plain" in data:
+                text = out.get("text") or data.get("text/plain", "")
+                lines = text.rstrip("\n").splitlines()
+                if len(lines) > MAX_TEXT_LINES:
+                    lines = [
+                        *lines[:MAX_TEXT_LINES],
+                        f"… ({len(lines) - MAX_TEXT_LINES} more lines)",
+                    ]
+                if lines:
+                    parts.append("```text\n" + "\n".join(lines) + "\n```")
+            elif out.get("output_type") == "error":
+                parts.append(f"```text\n{out.get('ename')}: {out.get('evalue')}\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def render(name: str, path: str, out_dir: str, smoke: bool, reason: str = "") -> dict:
+    """Execute one notebook and write `<name>.ipynb`, `<name>.md` and `<name>_files/`."""
+    import nbformat
+
+    nb, seconds = execute(path, smoke)
+    header = nbformat.v4.new_markdown_cell(provenance(name, smoke, seconds, reason))
+    nb.cells.insert(0, header)
+    os.makedirs(out_dir, exist_ok=True)
+    nbformat.write(nb, os.path.join(out_dir, f"{name}.ipynb"))
+    md = to_markdown(nb, name, os.path.join(out_dir, f"{name}_files"))
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write(md)
+    figures = md.count("](" + f"{name}_files/")
+    return {"name": name, "smoke": smoke, "seconds": round(seconds, 1), "figures": figures}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vdm.report", description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="", help="comma-separated notebook names (default: all)")
+    p.add_argument("--smoke", action="store_true", help="run every notebook at SMOKE size")
+    p.add_argument(
+        "--smoke_only",
+        default="cifar10_bpd",
+        help="notebooks run at SMOKE size even without --smoke (their data or compute is not "
+        "available here); their first cell says so",
+    )
+    p.add_argument("--out", default=OUT_DIR)
+    args = p.parse_args(argv)
+    available = notebooks()
+    names = [n for n in args.only.split(",") if n] or list(available)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        print(
+            f"error: --only: no notebook {unknown[0]!r} (have: {', '.join(available)})",
+            file=sys.stderr,
+        )
+        return 2
+    smoke_only = {n for n in args.smoke_only.split(",") if n}
+    for name in names:
+        smoke = args.smoke or name in smoke_only
+        reason = (
+            "Run at SMOKE size by `--smoke_only`: this notebook's full run needs data or "
+            "compute this machine does not have (see the notebook's first section)."
+            if smoke and not args.smoke
+            else ""
+        )
+        print(f"vdm.report: {name} ({'smoke' if smoke else 'full'}) …", flush=True)
+        info = render(name, available[name], args.out, smoke, reason)
+        print(
+            f"  → {args.out}/{name}.ipynb, .md, {info['figures']} figures, "
+            f"{info['seconds'] / 60:.1f} min",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""One session: everything a config needs to train, evaluate or sample, built once.
+
+`Run(config, workdir)` holds the data splits, the encoding, the model, the optimizer, the
+mesh, the checkpointer and the jitted functions; the train loop (vdm/train.py), the eval and
+sample modes (vdm/main.py), the notebooks and the experiments all use this one surface.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import jax
+import numpy as np
+
+from vdm import checkpoint, data, elbo, likelihood, sharding
+from vdm import config as config_lib
+from vdm.model import VDM
+from vdm.samplers import generate
+from vdm.train_step import TrainState, init_state, make_optimizer, make_train_step
+
+
+class Run:
+    """Data, model, optimizer, mesh, checkpointer and jitted functions of one config."""
+
+    def __init__(self, config, workdir: str):
+        config_lib.validate(config)
+        self.config, self.workdir = config, workdir
+        self.train_split = data.load_split(config.data, "train")
+        self.test_split = data.load_split(config.data, "test")
+        self.x_shape = tuple(self.train_split.shape)
+        self.n_dims = int(math.prod(self.x_shape))
+        stats = (
+            data.channel_stats(self.train_split)
+            if config.data.encoding == "standardize"
+            else (None, None)
+        )
+        self.encoding = elbo.make_encoding(config.data.encoding, config.data.vocab_size, *stats)
+        self.model = VDM.from_config(
+            config,
+            self.train_split.num_classes,
+            n_cond_flags=int(config.data.random_flip),
+            encoding=self.encoding,
+        )
+        self.optimizer = make_optimizer(config.optimizer, config.training.num_steps)
+        self.mesh = sharding.make_mesh()
+        self.rep = sharding.replicated(self.mesh)
+        self.key = jax.random.key(config.seed)
+        self.ckpt = checkpoint.Checkpointer(
+            os.path.join(workdir, "checkpoints"), config.training.max_to_keep
+        )
+
+    # ---- state ----
+
+    def fresh_state(self) -> TrainState:
+        init = jax.jit(
+            lambda k: init_state(self.model, self.optimizer, k, self.x_shape),
+            out_shardings=self.rep,
+        )
+        return init(jax.random.fold_in(self.key, 0))
+
+    def restore(self, ckpt=None, step=None) -> TrainState:
+        abstract = jax.eval_shape(
+            lambda k: init_state(self.model, self.optimizer, k, self.x_shape), self.key
+        )
+        return (ckpt or self.ckpt).restore(checkpoint.abstract_like(abstract, self.rep), step)
+
+    def eval_params(self, state: TrainState):
+        """The parameters eval and sampling use: the EMA ones if `eval.use_ema`."""
+        return state.ema_params if self.config.eval.use_ema else state.params
+
+    # ---- jitted functions ----
+
+    @functools.cached_property
+    def train_step(self):
+        """Jitted (state, batches, key) → (state, metrics) (vdm/train_step.py)."""
+        return make_train_step(self.model, self.optimizer, self.config, self.n_dims, self.mesh)
+
+    @functools.cached_property
+    def eval_step(self):
+        return likelihood.make_eval_step(self.model, self.n_dims, self.mesh)
+
+    # ---- evaluation and samples ----
+
+    def evaluate(self, params) -> dict:
+        """ELBO bpd of the test split: every example once per `eval.repeats`, mean ± SE."""
+        key = jax.random.fold_in(self.key, 2)
+        return likelihood.elbo_bpd(
+            self.eval_step,
+            params,
+            self.test_split,
+            self.config.eval.batch_size,
+            key,
+            self.mesh,
+            self.config.eval.repeats,
+        )
+
+    def evaluate_pf_ode(self, params) -> dict:
+        """PF-ODE bpd (dequantized) of the first `eval.pf_ode_examples` test examples."""
+        e = self.config.eval
+        return likelihood.pf_ode_bpd(
+            self.model,
+            params,
+            self.test_split,
+            e.pf_ode_batch_size,
+            jax.random.fold_in(self.key, 4),
+            e.pf_ode_examples,
+            trace=e.pf_ode_trace,
+            probe=e.pf_ode_probe,
+            solver=e.pf_ode_solver,
+            rtol=e.pf_ode_rtol,
+            atol=e.pf_ode_atol,
+        )
+
+    def sample(self, params, n: int | None = None, progress: bool = False) -> np.ndarray:
+        """`n` (default `sample.n_samples`) integer samples from the configured sampler."""
+        s = self.config.sample
+        key = jax.random.fold_in(self.key, 3)
+        n = s.n_samples if n is None else n
+        return generate.generate(self.model, params, s, key, self.x_shape, n, progress)
+
+    def write_samples(self, params, step: int, progress: bool = False, tag: str = "") -> str:
+        """Sample and write `samples/<tag>step_<N>.png` and `.npz`, never overwriting a file."""
+        x = self.sample(params, progress=progress)  # every process samples; process 0 writes
+        if jax.process_index() != 0:
+            return ""
+        cfg = self.config
+        text = generate.caption(cfg.data.name, cfg.sample, step, self.model.num_classes)
+        reference = None
+        if len(self.x_shape) == 1:  # low-dimensional data: draw the samples over the data
+            n_ref = min(len(self.test_split), 4 * len(x))
+            reference = self.test_split.get(np.arange(n_ref))["image"]
+        stem = os.path.join(self.workdir, "samples", f"{tag}step_{step:08d}")
+        return generate.save(stem, x, self.encoding, text, reference)
