@@ -111,11 +111,8 @@ def label(r: dict) -> str:
 
 
 def write_report(rows: list[dict], out: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(rows, f, indent=2)
@@ -135,16 +132,17 @@ def write_report(rows: list[dict], out: str) -> None:
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
+    fig = Figure(figsize=(8, 0.35 * len(rows) + 1.5))
+    ax = fig.subplots()
     y = np.arange(len(rows))
     ax.errorbar([r["bpd"] for r in rows], y, xerr=[2 * r["bpd_se"] for r in rows], fmt="o")
     ax.set_yticks(y, [f"{label(r)}, seed {r['seed']}" for r in rows], fontsize=8)
     ax.set_xlabel("test bpd (± 2 SE)")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "bpd.png"), dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     t_grid = np.linspace(0.0, 1.0, 101)
     for r in rows:
         if r["seed"] == rows[0]["seed"]:
@@ -153,7 +151,6 @@ def write_report(rows: list[dict], out: str) -> None:
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "gamma.png"), dpi=110)
-    plt.close(fig)
 
 
 def _csv(s: str, cast=str):

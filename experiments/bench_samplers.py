@@ -117,10 +117,7 @@ def digits_time_per_nfe(workdir: str | None, n: int = 64, steps: int = 50) -> di
 
 
 def write_report(rows, ref, timing, out: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + ".json", "w") as f:
@@ -135,7 +132,8 @@ def write_report(rows, ref, timing, out: str) -> None:
     lines.append(f"| data | — | — | {ref['data_logp']:.3f} | {ref['data_sw']:.4f} |")
     with open(out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for label in SWEEP:
         rs = [r for r in rows if r["sampler"] == label]
         axes[0].plot([r["nfe"] for r in rs], [r["logp"] for r in rs], "o-", label=label)

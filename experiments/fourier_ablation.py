@@ -149,11 +149,8 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def write_report(rows: list[dict], out: str, command: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     summary = summarise(rows)
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -176,7 +173,8 @@ def write_report(rows: list[dict], out: str, command: str) -> None:
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig = Figure(figsize=(14, 4))
+    axes = fig.subplots(1, 3)
     for cell, s in summary.items():
         se = np.array(s["bpd_se_seeds"] or s["bpd_se_eval"])
         axes[0].errorbar(s["steps"], s["bpd"], yerr=2 * se, label=cell, capsize=2)
@@ -190,9 +188,9 @@ def write_report(rows: list[dict], out: str, command: str) -> None:
     fig.suptitle(command, fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "curves.png"), dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for cell, s in summary.items():
         ax.plot(s["gammas"], s["by_gamma"], label=cell)
     ax.set(
@@ -202,7 +200,6 @@ def write_report(rows: list[dict], out: str, command: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "by_gamma.png"), dpi=110)
-    plt.close(fig)
 
 
 def _csv(s: str, cast=str):

@@ -75,6 +75,7 @@ if SMOKE:  # a synthetic stand-in in the idx format, so CI needs no package
 else:
     config.training.num_steps = FULL_STEPS
     config.training.eval_every = 500
+    config.training.save_every = 500  # resumable: an interrupted render continues from here
 print(workdir)
 
 # %% [markdown]

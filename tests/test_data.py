@@ -72,12 +72,24 @@ def test_digits_and_mnist_are_offline_validated_and_held_out():
     assert len(np.unique(labels)) == 10 and not np.all(np.diff(labels) >= 0)  # shuffled
 
 
-def test_spiral_is_quantised_2d():
+def test_generated_2d_data_are_the_generator_binned_to_the_nearest_centre():
+    """Each integer's bin centre is within half a bin of the continuous point it came from
+    (inside [−1, 1]; outside, the nearest end bin), for the spiral and the Gaussian ring."""
+    from vdm import toy_data
+
     c = swirl2d.get_config("smoke")
-    c.data.name, c.data.n_examples = "spiral2d", 256
-    split = data.load_split(c.data, "train")
-    x = split.get(np.arange(len(split)))["image"]
-    assert x.shape == (256, 2) and x.dtype == np.uint8 and x.max() > 200 and x.min() < 50
+    vocab = c.data.vocab_size = 256
+    c.data.n_examples = 2000
+    for name, fn in (
+        ("spiral2d", toy_data.spiral),
+        ("gaussian_mixture", toy_data.gaussian_mixture),
+    ):
+        c.data.name = name
+        x = data.load_split(c.data, "train").get(np.arange(2000))["image"]
+        y = np.clip(fn(2000, seed=0), -1, 1)
+        centres = (2 * x.astype(np.float64) + 1) / vocab - 1
+        assert np.all(np.abs(centres - y) <= 1 / vocab + 1e-12)
+        assert len(np.unique(x)) > vocab // 2  # the data spread over the range
 
 
 def _write_idx(path, arr):

@@ -83,17 +83,28 @@ def test_pf_ode_encode_then_decode_returns_the_input():
 
 
 @pytest.mark.parametrize(
-    "name,opts",
+    "name,opts,deterministic",
     [
-        ("ddim", dict(steps=20, eta=0.0)),
-        ("pf_ode", dict(steps=0)),
-        ("dpm_solver_pp_2m", dict(steps=10)),
+        ("ddim", dict(steps=20, eta=0.0), True),
+        ("pf_ode", dict(steps=0), True),
+        ("dpm_solver_pp_2m", dict(steps=10), True),
+        ("ddim", dict(steps=20, eta=0.5), False),
+        ("ancestral", dict(steps=20), False),
+        ("pc", dict(steps=20), False),
     ],
 )
-def test_deterministic_samplers_are_repeatable_and_ignore_noise_after_the_start(name, opts):
-    a, _ = _run(name, jax.random.key(5), n=16, **opts)
-    b, _ = _run(name, jax.random.key(5), n=16, **opts)
+def test_deterministic_samplers_depend_only_on_the_start(name, opts, deterministic):
+    """From one z₁, a deterministic sampler gives the same samples whatever the key (it draws
+    no noise after the start); a stochastic one gives different samples for different keys."""
+    z1 = jax.random.normal(jax.random.key(11), (16, 2))
+    a, _ = _run(name, jax.random.key(5), n=16, z_init=z1, **opts)
+    b, _ = _run(name, jax.random.key(6), n=16, z_init=z1, **opts)
+    if not deterministic:
+        assert np.min(np.abs(a - b).max(axis=1)) > 1e-3  # every example moved
+        return
     np.testing.assert_array_equal(a, b)
+    c, _ = _run(name, jax.random.key(5), n=16, **opts)  # without z_init the key draws z₁
+    assert np.min(np.abs(a - c).max(axis=1)) > 1e-3  # ... which the samples follow
 
 
 @pytest.mark.parametrize(

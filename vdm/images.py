@@ -45,10 +45,8 @@ def save_samples(
     `vocab_size` is an int (bin-centre encoding) or a `vdm.elbo.Encoding`; 2-D points are drawn
     in model space, over `reference` (integer data points, grey) when given.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.image
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     enc = elbo.as_encoding(vocab_size)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -56,13 +54,13 @@ def save_samples(
         grid = image_grid(x, enc.vocab_size)
         cmap = "gray" if grid.ndim == 2 else None
         if not caption:
-            plt.imsave(path, grid, cmap=cmap, vmin=0, vmax=255)
+            matplotlib.image.imsave(path, grid, cmap=cmap, vmin=0, vmax=255)
             return path
         dpi, width = 100, grid.shape[1]
         lines = textwrap.wrap(caption, max(12, width // 6))  # ≈ 6 px a character at 8 pt
         text_px = 14 * len(lines) + 8
         height = grid.shape[0] + text_px
-        fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+        fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
         ax = fig.add_axes((0, text_px / height, 1, grid.shape[0] / height))
         ax.imshow(grid, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
         ax.axis("off")
@@ -70,10 +68,10 @@ def save_samples(
             0.5, 0.5 * text_px / height, "\n".join(lines), ha="center", va="center", fontsize=8
         )
         fig.savefig(path, dpi=dpi)
-        plt.close(fig)
         return path
     points = np.asarray(enc.encode(x))
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
     lim = float(np.abs(points).max())
     if reference is not None:
         data = np.asarray(enc.encode(reference))
@@ -85,5 +83,4 @@ def save_samples(
     ax.legend(loc="lower right", fontsize=7, markerscale=3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -47,14 +47,13 @@ def load(workdir: str) -> list[dict]:
 def plot_runs(workdirs: list[str], out: str, labels: list[str] | None = None) -> str:
     """Draw the four panels for every workdir into `out` (PNG); returns its path."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     runs = [load(w) for w in workdirs]
     labels = labels or [os.path.basename(os.path.normpath(w)) or w for w in workdirs]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(11, 7.5), layout="constrained")
+    axes = fig.subplots(2, 2)
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (rows, label) in enumerate(zip(runs, labels, strict=True)):
         c = colours[i % len(colours)]
         for ax, (title, keys) in zip(axes.flat, PANELS, strict=True):
@@ -82,7 +81,6 @@ def plot_runs(workdirs: list[str], out: str, labels: list[str] | None = None) ->
     fig.suptitle("\n".join(textwrap.wrap(command, 150)), fontsize=8)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 

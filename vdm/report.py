@@ -40,16 +40,21 @@ def notebooks() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _environment(**values):
+    """Set (or, for a None value, remove) environment variables for the kernel, then restore."""
     old = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: v for k, v in values.items() if v is not None})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
+
+    def apply(vals):
+        for k, v in vals.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+    apply(values)
+    try:
+        yield
+    finally:
+        apply(old)
 
 
 def _commit() -> str:
@@ -83,7 +88,9 @@ def execute(path: str, smoke: bool, timeout: int = 4 * 3600):
         "language": "python",
     }
     t0 = time.time()
-    with _environment(SMOKE="1" if smoke else "0", VDM_ROOT=ROOT, MPLBACKEND=None):
+    # The kernel's own inline backend captures figures: no MPLBACKEND; no WORKDIR from outside.
+    env = dict(SMOKE="1" if smoke else "0", VDM_ROOT=ROOT, MPLBACKEND=None, WORKDIR=None)
+    with _environment(**env):
         client = nbclient.NotebookClient(
             nb,
             timeout=timeout,
