@@ -88,3 +88,18 @@ with data_context():
     pf = run.evaluate_pf_ode(state.ema_params)
 print(f"ELBO   {elbo['bpd']:.4f} ± {elbo['bpd_se']:.4f} bpd ({elbo['n']} example-passes)")
 print(f"PF-ODE {pf['pf_ode_bpd']:.4f} ± {pf['pf_ode_bpd_se']:.4f} bpd ({pf['pf_ode_n']} images)")
+
+# %% [markdown]
+# ## The run at a glance: `vdm plot` and the last sample grid
+# The same figure as `vdm plot runs/cifar10` (bpd, its terms, γ₀/γ₁ and the diffusion-loss
+# variance against steps), and the samples written at the last eval.
+
+# %%
+import glob  # noqa: E402
+
+from IPython.display import Image, display  # noqa: E402
+
+from vdm import plot  # noqa: E402
+
+display(Image(plot.plot_runs([workdir], os.path.join(workdir, "metrics.png"), ["cifar10"])))
+display(Image(sorted(glob.glob(os.path.join(workdir, "samples", "*.png")))[-1]))

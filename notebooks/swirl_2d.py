@@ -23,8 +23,9 @@
 #   full batch, i.i.d. t, 20,000 steps, no EMA).
 # - `configs/swirl2d.py`: the project's best settings on the same data and network size.
 #
-# `SMOKE=1` (what CI runs) trains tiny models for a few steps; unset it for the full runs, or
-# point `WORKDIR_COLAB` / `WORKDIR_BEST` at finished runs to only draw the figures.
+# `SMOKE=1` (what CI runs) trains tiny models for a few steps; unset it for the full runs (in
+# `runs/swirl2d_colab` and `runs/swirl2d_best`, resumed if they exist), or point
+# `WORKDIR_COLAB` / `WORKDIR_BEST` at finished runs to only draw the figures.
 #
 # **Measured** 2026-11-24 at full size on a shared 2-core CPU, beside the colab notebook run
 # headless (`python experiments/bench_swirl.py --official=<google-research/vdm checkout>`;
@@ -57,8 +58,13 @@ from vdm.configs import swirl2d, swirl2d_colab  # noqa: E402
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 arg = "smoke" if SMOKE else ""
 configs = {"colab": swirl2d_colab.get_config(arg), "best": swirl2d.get_config(arg)}
-workdirs = {
-    name: os.environ.get(f"WORKDIR_{name.upper()}") or tempfile.mkdtemp(prefix=f"swirl_{name}_")
+workdirs = {  # full size: runs/ under the repository, so a re-render only redraws
+    name: os.environ.get(f"WORKDIR_{name.upper()}")
+    or (
+        tempfile.mkdtemp(prefix=f"swirl_{name}_")
+        if SMOKE
+        else os.path.join(ROOT, "runs", f"swirl2d_{name}")
+    )
     for name in configs
 }
 print("smoke" if SMOKE else "full", "runs in", workdirs)
@@ -89,7 +95,7 @@ for name in configs:
     axes[1].plot([r["step"] for r in tr], [r["gamma_1"] for r in tr], "--", label=f"{name} γ₁")
     runs[name] = session.Run(configs[name], workdirs[name])
     state = runs[name].restore()
-    params[name] = state.ema_params if configs[name].eval.use_ema else state.params
+    params[name] = runs[name].eval_params(state)
     g0, g1 = runs[name].model.endpoints(params[name])
     print(f"{name:6s} learned gamma_0 = {float(g0):.3f}, gamma_1 = {float(g1):.3f}")
 axes[0].set(xlabel="step", ylabel="train bpd (batch mean)", title="ELBO during training")

@@ -182,7 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default=OUT_DIR)
     args = p.parse_args(argv)
+    try:
+        import jupytext  # noqa: F401
+        import nbclient  # noqa: F401
+    except ImportError as e:
+        print(f"error: {e.name} is missing: pip install -e '.[notebooks]'", file=sys.stderr)
+        return 2
     available = notebooks()
+    if not available:
+        print(
+            f"error: no notebooks under {NOTEBOOK_DIR} (vdm.report runs from a checkout of "
+            "the repository)",
+            file=sys.stderr,
+        )
+        return 2
     names = [n for n in args.only.split(",") if n] or list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
