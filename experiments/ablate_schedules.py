@@ -141,14 +141,21 @@ def write_report(rows: list[dict], out: str) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(out, "bpd.png"), dpi=110)
 
-    fig = Figure(figsize=(6, 4))
+    # One colour per schedule, one line style per time discretisation.
+    fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     t_grid = np.linspace(0.0, 1.0, 101)
+    names = sorted({r["schedule"] for r in rows})
+    times = sorted({r["n_timesteps"] for r in rows}, key=lambda t: t or 1e9)
+    colours = [f"C{i}" for i in range(10)]
+    styles = ["-", "--", ":", "-."]
     for r in rows:
         if r["seed"] == rows[0]["seed"]:
-            ax.plot(t_grid, r["gamma_curve"], label=label(r))
-    ax.set(xlabel="t", ylabel="γ(t) = −log SNR")
-    ax.legend(fontsize=6)
+            c = colours[names.index(r["schedule"]) % len(colours)]
+            ls = styles[times.index(r["n_timesteps"]) % len(styles)]
+            ax.plot(t_grid, r["gamma_curve"], ls, color=c, label=label(r))
+    ax.set(xlabel="t", ylabel="γ(t) = −log SNR", title="learned and fixed schedules at the end")
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "gamma.png"), dpi=110)
 

@@ -34,6 +34,7 @@ import tempfile
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import Image, display
 
 ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
 sys.path.insert(0, ROOT)
@@ -41,7 +42,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import ablate_schedules  # noqa: E402
 import fourier_ablation  # noqa: E402
 
-from vdm import session  # noqa: E402
+from vdm import plot, session  # noqa: E402
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 OUT = os.environ.get("WORKDIR") or (
@@ -82,6 +83,23 @@ print(OUT)
 # %%
 rows = ablate_schedules.main([*GRID, "--out", OUT])
 print(open(os.path.join(OUT, "results.md")).read())
+
+# %% [markdown]
+# ### The continuous-time cells against steps, and the schedules they ended with
+# `vdm plot` over the cells' `metrics.jsonl` (the same figure as
+# `vdm plot results/ablation/cells/*_T0_*`): the bound, its terms, γ₀ and γ₁, and the
+# variance of the diffusion-loss estimator; then γ(t) of every cell at the end of training
+# (`gamma.png` of `experiments/ablate_schedules.py`).
+
+# %%
+cont = [r for r in rows if r["n_timesteps"] == 0 and not r["fourier"]]
+png = plot.plot_runs(
+    [os.path.join(OUT, "cells", r["name"]) for r in cont],
+    os.path.join(OUT, "continuous_cells.png"),
+    [r["schedule"] for r in cont],
+)
+display(Image(png))
+display(Image(os.path.join(OUT, "gamma.png")))
 
 
 # %% [markdown]

@@ -8,7 +8,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -135,7 +134,7 @@ def test_sigkill_mid_training_resumes_and_leaves_no_corrupt_checkpoint(tmp_path)
     assert int(load_params(tmp_path, target)["step"]) == target
 
 
-def test_two_devices_give_the_same_loss_and_update_as_one():
+def test_two_devices_give_the_same_loss_update_samples_and_likelihood_as_one():
     script = os.path.join(ROOT, "tests", "two_devices.py")
     env = dict(
         os.environ,
@@ -150,6 +149,11 @@ def test_two_devices_give_the_same_loss_and_update_as_one():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["n_devices"] == 2
     assert out["loss_diff"] < 1e-5 and out["param_diff"] < 1e-6, out
+    # Sampling and the PF-ODE split over 2 devices: the same answers, each compiled once.
+    assert out["sample_mismatch"] <= 0.01, out
+    assert out["pf_ode_diff"] < 1e-3 and out["pf_ode_repeat_diff"] == 0.0, out
+    for n in ("1", "2"):
+        assert out["compiles"][n] == {"samplers": 1, "sampler": 1, "pf_ode": 1, "eval": 1}, out
 
 
 def test_cli_bad_value_is_one_clear_line(tmp_path):
@@ -226,20 +230,32 @@ def test_cifar10_trains_under_mock_data_with_flips(tmp_path):
     assert os.path.exists(tmp_path / "samples" / "step_00000002.png")
 
 
-def test_steps_per_call_equals_single_steps():
-    c = digits.get_config("smoke")
-    run = session.Run(c, "/tmp/unused")
-    step_fn = train_step.make_train_step(run.model, run.optimizer, c, run.n_dims, run.mesh)
+@pytest.mark.parametrize("loop", ["scan", "host"])
+def test_steps_per_call_equals_single_steps(loop):
+    """Three steps in one call give the same state as three calls of one step, for the
+    jitted scan and for the host loop; the host loop compiles one step, whatever the count."""
     from vdm import data, sharding
 
-    batches = [data.train_batch(run.train_split, 8, s, 0, False) for s in range(2)]
+    c = digits.get_config("smoke")
+    c.training.loop = loop
+    run = session.Run(c, "/tmp/unused")
+    step_fn = train_step.make_train_step(run.model, run.optimizer, c, run.n_dims, run.mesh)
+    batches = [data.train_batch(run.train_split, 8, s, 0, False) for s in range(3)]
     stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-    s2, m2 = step_fn(run.fresh_state(), sharding.shard_batch(stacked, run.mesh, 1), run.key)
+    s3, m3 = step_fn(run.fresh_state(), sharding.shard_batch(stacked, run.mesh, 1), run.key)
     s1 = run.fresh_state()
     for b in batches:
         one = {k: v[None] for k, v in b.items()}
         s1, _ = step_fn(s1, sharding.shard_batch(one, run.mesh, 1), run.key)
-    assert m2["bpd"].shape == (2,)
-    for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params), strict=True):
+    assert m3["bpd"].shape == (3,) and int(s3.step) == 3
+    for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s3.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
-    assert jnp.all(s2.step == 2)
+    assert step_fn._cache_size() == (1 if loop == "host" else 2)
+
+
+def test_training_loop_default_and_bad_value():
+    assert train_step.resolve_loop("auto") == ("host" if jax.default_backend() == "cpu" else "scan")
+    c = digits.get_config("smoke")
+    c.training.loop = "unrolled"
+    with pytest.raises(config_lib.ConfigError, match=r"training.loop must be one of \['auto'"):
+        config_lib.validate(c)

@@ -1,5 +1,6 @@
-"""Run by test_train.py in a subprocess with two CPU devices: one train step on a 2-device
-mesh and on a 1-device mesh, same global batch; prints the differences as JSON."""
+"""Run by test_train.py in a subprocess with two CPU devices: one train step, sampling and the
+PF-ODE likelihood on a 2-device mesh and on a 1-device mesh, same global batch; prints the
+differences, and how often each jitted function compiled, as JSON."""
 
 import json
 
@@ -28,12 +29,39 @@ diffs = [
     np.max(np.abs(a - b))
     for a, b in zip(jax.tree.leaves(out[1][1]), jax.tree.leaves(out[2][1]), strict=True)
 ]
+
+# Sampling and PF-ODE likelihood: the batch split over the mesh, each built once per run.
+c.sample.sampler, c.sample.steps, c.sample.batch_size = "ddim", 4, 6
+c.eval.pf_ode_examples, c.eval.pf_ode_batch_size = 6, 4  # two batches, the last one padded
+params = out[1][1]
+samples, pf, compiles = {}, {}, {}
+for n in (1, 2):
+    r = session.Run(c, "/tmp/unused")
+    r.mesh = Mesh(np.asarray(jax.devices()[:n]), ("data",))
+    first = r.sample(params, n=6)
+    again = r.sample(params, n=6)
+    assert np.array_equal(first, again)
+    samples[n] = first
+    pf[n] = [r.evaluate_pf_ode(params)["pf_ode_bpd"] for _ in range(2)]
+    r.evaluate(params)
+    r.evaluate(params)
+    fn, _ = r.sampler(6)
+    compiles[n] = {
+        "samplers": len(r._samplers),
+        "sampler": fn._cache_size(),
+        "pf_ode": r.pf_ode_step()._cache_size(),
+        "eval": r.eval_step._cache_size(),
+    }
 print(
     json.dumps(
         {
             "n_devices": jax.device_count(),
             "loss_diff": abs(out[1][0] - out[2][0]),
             "param_diff": float(max(diffs)),
+            "sample_mismatch": float(np.mean(samples[1] != samples[2])),
+            "pf_ode_diff": abs(pf[1][0] - pf[2][0]),
+            "pf_ode_repeat_diff": abs(pf[2][0] - pf[2][1]),
+            "compiles": compiles,
         }
     )
 )

@@ -10,7 +10,7 @@ import os
 
 import jax
 
-from vdm import data, diffusion, elbo, samplers, schedules
+from vdm import data, diffusion, elbo, samplers, schedules, train_step
 from vdm.networks import FOURIER_GATES, NETWORKS
 
 DECAYS = ("none", "cosine")
@@ -90,6 +90,7 @@ def _check_names(config) -> None:
     _choice(config.model.network, "model.network", sorted(NETWORKS))
     _choice(config.model.fourier_gate, "model.fourier_gate", FOURIER_GATES)
     _choice(config.optimizer.decay, "optimizer.decay", DECAYS)
+    _choice(config.training.loop, "training.loop", train_step.LOOPS)
     _choice(config.sample.sampler, "sample.sampler", sorted(samplers.SAMPLERS))
     _choice(config.sample.grid, "sample.grid", samplers.GRIDS)
     _choice(config.sample.solver, "sample.solver", sorted(samplers.SOLVERS))

@@ -173,6 +173,22 @@ def pf_ode_bpd_terms(key, model: VDM, params, x_int, *, offset=0, **ode_options)
     return bpd, info
 
 
+def make_pf_ode_step(model: VDM, key: jax.Array, mesh=None, **ode_options):
+    """Jitted (params, x_int, offset) → (per-example PF-ODE bpd, solver info), built once.
+
+    With a `mesh` the examples are split over its devices (each solve is one example's, so
+    they are independent); the results are gathered on every process.
+    """
+
+    def step(params, x_int, offset):
+        if mesh is not None:
+            x_int = jax.lax.with_sharding_constraint(x_int, sharding.data_sharded(mesh))
+        return pf_ode_bpd_terms(key, model, params, x_int, offset=offset, **ode_options)
+
+    rep = sharding.replicated(mesh) if mesh is not None else None
+    return jax.jit(step, out_shardings=rep)
+
+
 def pf_ode_bpd(
     model: VDM,
     params,
@@ -180,16 +196,25 @@ def pf_ode_bpd(
     batch_size: int,
     key: jax.Array,
     n_examples: int = 0,
+    step_fn=None,
+    n_devices: int = 1,
     **ode_options,
 ) -> dict:
-    """PF-ODE bpd over the first `n_examples` of a split (0 = all): mean ± standard error."""
+    """PF-ODE bpd over the first `n_examples` of a split (0 = all): mean ± standard error.
+
+    Every call of `step_fn` (from `make_pf_ode_step`; built here if not given) sees a batch of
+    the same size, `batch_size` rounded up to a multiple of `n_devices`, so it compiles once;
+    the last batch is padded by repeating its last example, and the padding is dropped.
+    """
     n = len(split) if not n_examples else min(n_examples, len(split))
-    fn = jax.jit(lambda p, x, o: pf_ode_bpd_terms(key, model, p, x, offset=o, **ode_options))
+    batch = -(-min(batch_size, n) // n_devices) * n_devices
+    fn = step_fn or make_pf_ode_step(model, key, **ode_options)
     bpds, nfes = [], []
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, min(start + batch_size, n))
+    for start in range(0, n, batch):
+        real = np.arange(start, min(start + batch, n))
+        idx = np.concatenate([real, np.full(batch - len(real), real[-1])])
         bpd, info = fn(params, jnp.asarray(split.get(idx)["image"]), jnp.asarray(start))
-        bpds.append(np.asarray(bpd, np.float64))
+        bpds.append(np.asarray(bpd, np.float64)[: len(real)])
         nfes.append(int(info["nfe"]))
     bpds = np.concatenate(bpds)
     return {

@@ -8,6 +8,7 @@ sample modes (vdm/main.py), the notebooks and the experiments all use this one s
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 
@@ -50,6 +51,8 @@ class Run:
         self.ckpt = checkpoint.Checkpointer(
             os.path.join(workdir, "checkpoints"), config.training.max_to_keep
         )
+        self._samplers: dict = {}
+        self._pf_ode_steps: dict = {}
 
     # ---- state ----
 
@@ -96,6 +99,25 @@ class Run:
             self.config.eval.repeats,
         )
 
+    def pf_ode_step(self):
+        """The PF-ODE likelihood step of the `eval` section's solver options, jitted once per
+        run (per set of options), its batch split over the mesh."""
+        e = self.config.eval
+        options = dict(
+            trace=e.pf_ode_trace,
+            probe=e.pf_ode_probe,
+            solver=e.pf_ode_solver,
+            rtol=e.pf_ode_rtol,
+            atol=e.pf_ode_atol,
+        )
+        cache_key = json.dumps(options, sort_keys=True)
+        if cache_key not in self._pf_ode_steps:
+            key = jax.random.fold_in(self.key, 4)
+            self._pf_ode_steps[cache_key] = likelihood.make_pf_ode_step(
+                self.model, key, self.mesh, **options
+            )
+        return self._pf_ode_steps[cache_key]
+
     def evaluate_pf_ode(self, params) -> dict:
         """PF-ODE bpd (dequantized) of the first `eval.pf_ode_examples` test examples."""
         e = self.config.eval
@@ -106,19 +128,31 @@ class Run:
             e.pf_ode_batch_size,
             jax.random.fold_in(self.key, 4),
             e.pf_ode_examples,
-            trace=e.pf_ode_trace,
-            probe=e.pf_ode_probe,
-            solver=e.pf_ode_solver,
-            rtol=e.pf_ode_rtol,
-            atol=e.pf_ode_atol,
+            step_fn=self.pf_ode_step(),
+            n_devices=self.mesh.size,
         )
+
+    def sampler(self, n: int):
+        """The configured sampler, jitted once per run (per batch size), its batch split over
+        the mesh; returns (fn, batch). Config fields changed after the first call are seen:
+        the cache is keyed by the `sample` section's values."""
+        s = self.config.sample
+        batch = generate.sampler_batch(s, n, self.mesh.size)
+        key = (json.dumps(s.to_dict(), sort_keys=True, default=str), batch)
+        if key not in self._samplers:
+            fn = generate.make_sampler(self.model, s, self.x_shape, batch, self.mesh)
+            self._samplers[key] = fn
+        return self._samplers[key], batch
 
     def sample(self, params, n: int | None = None, progress: bool = False) -> np.ndarray:
         """`n` (default `sample.n_samples`) integer samples from the configured sampler."""
         s = self.config.sample
-        key = jax.random.fold_in(self.key, 3)
         n = s.n_samples if n is None else n
-        return generate.generate(self.model, params, s, key, self.x_shape, n, progress)
+        fn, batch = self.sampler(n)
+        key = jax.random.fold_in(self.key, 3)
+        return generate.generate(
+            self.model, params, s, key, self.x_shape, n, progress, sampler=fn, batch=batch
+        )
 
     def write_samples(self, params, step: int, progress: bool = False, tag: str = "") -> str:
         """Sample and write `samples/<tag>step_<N>.png` and `.npz`, never overwriting a file."""

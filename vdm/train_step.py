@@ -6,6 +6,7 @@ state and key replicated, the state donated. The loop that calls it is `vdm/trai
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -68,8 +69,9 @@ def init_state(model: VDM, optimizer, key: jax.Array, x_shape) -> TrainState:
 
 
 def make_train_step(model: VDM, optimizer, cfg, n_dims: int, mesh):
-    """Jitted (state, batches, key) → (state, metrics): a `lax.scan` over the leading
-    steps-per-call axis of `batches`; per-step randomness is fold_in(key, step)."""
+    """(state, batches, key) → (state, metrics) over the leading steps-per-call axis of
+    `batches`, as one jitted `lax.scan` or a host loop over one compiled step
+    (`training.loop`, see `resolve_loop`); per-step randomness is fold_in(key, step)."""
     ema_decay = cfg.optimizer.ema_decay
 
     def loss_fn(params, batch, key):
@@ -99,24 +101,63 @@ def make_train_step(model: VDM, optimizer, cfg, n_dims: int, mesh):
         new = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
         return new, metrics
 
-    # XLA:CPU runs this step ~10x slower inside a loop (lax.scan, even with unroll=True) than
-    # straight-line (measured with jax 0.10.2), so on CPU the steps are traced one after another;
-    # accelerators keep the compact scan.
-    unrolled = jax.default_backend() == "cpu"
-
-    def train_steps(state, batches, key):
-        if not unrolled:
-            return jax.lax.scan(lambda s, b: one_step(s, b, key), state, batches)
-        metrics = []
-        for i in range(jax.tree.leaves(batches)[0].shape[0]):
-            state, m = one_step(state, jax.tree.map(lambda x, i=i: x[i], batches), key)
-            metrics.append(m)
-        return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
+    def scan_steps(state, batches, key):
+        return jax.lax.scan(lambda s, b: one_step(s, b, key), state, batches)
 
     rep = sharding.replicated(mesh)
-    return jax.jit(
-        train_steps,
+    jit = functools.partial(
+        jax.jit,
         in_shardings=(rep, sharding.data_sharded(mesh, leading=1), rep),
         out_shardings=(rep, rep),
         donate_argnums=(0,),
     )
+    if resolve_loop(cfg.training.loop) == "scan":
+        return jit(scan_steps)
+    return HostLoop(jit(scan_steps))
+
+
+LOOPS = ("auto", "scan", "host")
+
+
+def resolve_loop(loop: str) -> str:
+    """`training.loop`: 'scan' runs the steps of one call as a `lax.scan` inside one jitted
+    function; 'host' compiles one step and calls it once per step of the call; 'auto' is
+    'host' on CPU and 'scan' on accelerators.
+
+    On XLA:CPU a train step inside a while loop (which `lax.scan` lowers to, unrolled or not)
+    runs tens of times slower than the same step straight-line, and unrolling the steps in
+    the trace makes compile time grow with `steps_per_call`
+    (`python experiments/bench_steps_per_call.py`); the host loop costs one dispatch per step
+    and compiles once, whatever `steps_per_call` is.
+    """
+    if loop not in LOOPS:
+        raise ValueError(f"training.loop must be one of {list(LOOPS)}, got {loop!r}")
+    if loop == "auto":
+        return "host" if jax.default_backend() == "cpu" else "scan"
+    return loop
+
+
+class HostLoop:
+    """(state, batches, key) → (state, metrics) like the scan, by calling one compiled step
+    (a scan of length 1) for each step along the leading axis of `batches`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __call__(self, state, batches, key):
+        k = jax.tree.leaves(batches)[0].shape[0]
+        if k == 1:
+            return self.step(state, batches, key)
+        metrics = []
+        for i in range(k):
+            one = jax.tree.map(lambda x, i=i: x[i : i + 1], batches)
+            state, m = self.step(state, one, key)
+            metrics.append(m)
+        return state, jax.tree.map(lambda *ms: jnp.concatenate(ms), *metrics)
+
+    def lower(self, state, batches, key):
+        """The compiled single step's lowering, for one step of `batches` (benchmarks)."""
+        return self.step.lower(state, jax.tree.map(lambda x: x[:1], batches), key)
+
+    def _cache_size(self) -> int:
+        return self.step._cache_size()

@@ -62,7 +62,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.training = ml_collections.ConfigDict()
     c.training.batch_size = 128  # global, over all devices and hosts
     c.training.num_steps = 10_000_000
-    c.training.steps_per_call = 1  # train steps fused into one jitted call (lax.scan)
+    c.training.steps_per_call = 1  # train steps per call of the train step (and per batch fetch)
+    # How a call runs its steps: "scan" (one jitted lax.scan), "host" (one compiled step called
+    # per step), "auto" (host on CPU, where XLA runs a step inside a loop far slower; else scan).
+    c.training.loop = "auto"
     c.training.log_every = 100
     c.training.eval_every = 10_000
     c.training.save_every = 10_000

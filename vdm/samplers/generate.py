@@ -14,21 +14,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import images
+from vdm import images, sharding
 from vdm.samplers import guided, options_of, sample
+from vdm.samplers.common import example_keys, initial_noise
 
 if TYPE_CHECKING:
     from vdm.model import VDM
 
 
-def make_sampler(model: VDM, sample_cfg, x_shape, batch: int):
+def make_sampler(model: VDM, sample_cfg, x_shape, batch: int, mesh=None):
     """Jitted (params, key, offset, labels) → (integer samples, NFE), with the configured
-    sampler and classifier-free guidance weight (`sample_cfg` is the config's `sample`)."""
+    sampler and classifier-free guidance weight (`sample_cfg` is the config's `sample`).
+
+    With a `mesh` the batch is split over its devices (every example's chain on one device,
+    `batch` a multiple of the device count) and the samples are gathered on every process.
+    """
     s = sample_cfg
     options = {k: s[k] for k in options_of(s.sampler)}
+    rep = sharding.replicated(mesh) if mesh is not None else None
 
-    @jax.jit
     def run(params, key, offset, labels):
+        z_1 = initial_noise(example_keys(key, batch, offset), tuple(x_shape))
+        if mesh is not None:  # the chains split over devices; XLA follows from z₁
+            z_1 = jax.lax.with_sharding_constraint(z_1, sharding.data_sharded(mesh))
+            labels = jax.lax.with_sharding_constraint(labels, sharding.data_sharded(mesh))
         eps_uncond = model.eps_hat_fn(params)  # the null label for a class-conditional model
         eps = eps_uncond
         if model.num_classes and s.guidance:
@@ -42,26 +51,46 @@ def make_sampler(model: VDM, sample_cfg, x_shape, batch: int):
             vocab_size=model.encoding,
             final_denoise=s.final_denoise,
             offset=offset,
+            z_init=z_1,
             **options,
         )
         return x, info["nfe"]
 
-    return run
+    return jax.jit(run, out_shardings=(rep, rep) if rep is not None else None)
+
+
+def sampler_batch(sample_cfg, n: int, n_devices: int = 1) -> int:
+    """The batch one sampler call draws: `sample.batch_size` (at most n), rounded up to a
+    multiple of the device count (the extra samples are dropped)."""
+    b = min(sample_cfg.batch_size, n)
+    return -(-b // n_devices) * n_devices
 
 
 def generate(
-    model: VDM, params, sample_cfg, key, x_shape, n: int, progress: bool = False
+    model: VDM,
+    params,
+    sample_cfg,
+    key,
+    x_shape,
+    n: int,
+    progress: bool = False,
+    sampler=None,
+    batch: int | None = None,
 ) -> np.ndarray:
-    """`n` integer samples in batches of `sample_cfg.batch_size`; example i always gets the
-    same noise (fold_in by global index) and, for class-conditional models, label i mod classes."""
+    """`n` integer samples in batches; example i always gets the same noise (fold_in by
+    global index) and, for class-conditional models, label i mod classes. `sampler` is one
+    from `make_sampler` for batches of `batch` (built here, on one device, if not given)."""
     from tqdm.auto import tqdm
 
-    batch = min(sample_cfg.batch_size, n)
-    run = make_sampler(model, sample_cfg, x_shape, batch)
+    if sampler is None:
+        batch = sampler_batch(sample_cfg, n)
+        sampler = make_sampler(model, sample_cfg, x_shape, batch)
+    elif batch is None:
+        raise ValueError("generate: a prebuilt sampler needs the batch it was built for")
     out = []
     for start in tqdm(range(0, n, batch), disable=not progress, desc="sampling"):
         labels = (start + jnp.arange(batch)) % max(model.num_classes, 1)
-        x, _ = run(params, key, jnp.asarray(start), labels)
+        x, _ = sampler(params, key, jnp.asarray(start), labels)
         out.append(np.asarray(x))
     return np.concatenate(out)[:n]
 
