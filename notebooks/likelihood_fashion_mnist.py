@@ -25,14 +25,16 @@
 # a small synthetic stand-in written in the same idx format, so it runs on machines without
 # the package; its numbers mean nothing.
 #
-# **Measured** at full size (2026-11-23 at commit fd91143, before the ScoreUNet's conditioning
-# projection and time embedding were aligned with the official code and the Fourier features
-# moved up one octave: to be rerun; 2-core CPU shared with other jobs, 1,500 steps in
-# 55 min, batch 32): test ELBO on all 10,000 images 4.639 ± 0.037 → 3.746 ± 0.031 → 3.476 ±
-# 0.029 bpd at steps 500 / 1,000 / 1,500 (recon 0.14, prior 0.004, diffusion 3.33 at the end),
-# still falling. PF-ODE (Hutchinson, Tsit5, rtol = atol = 1e-4) on the first 32 test images:
-# 4.51 ± 0.26 bpd, NFE ≤ 702 — well above the ELBO this early in training: the ODE's density
-# is only as good as the score is everywhere along the path, and dequantization costs more.
+# **Measured** at full size (2026-11-24, `python -m vdm.report --only=likelihood_fashion_mnist`
+# at commit 14b4ba7; 2-core CPU shared with other jobs, 1,500 steps of batch 32 in about
+# 25 min): test ELBO on all 10,000 images 3.936 ± 0.034 → 3.521 ± 0.030 → 3.358 ± 0.029 bpd
+# at steps 500 / 1,000 / 1,500 (recon 0.060, prior 0.004, diffusion 3.294 at the end), still
+# falling. PF-ODE (Hutchinson, Tsit5, rtol = atol = 1e-4) on the first 32 test images:
+# 3.54 ± 0.18 bpd, NFE ≤ 90 — above the ELBO this early in training: the ODE's density is
+# only as good as the score is everywhere along the path, and dequantization costs more.
+# (The run at commit fd91143, before the ScoreUNet's conditioning projection and time
+# embedding were aligned with the official code and the Fourier features were gated, gave
+# 4.64 → 3.75 → 3.48 bpd and PF-ODE 4.51 ± 0.26 with NFE ≤ 702.)
 
 # %%
 import gzip

@@ -11,7 +11,7 @@ import os
 import jax
 
 from vdm import data, diffusion, elbo, samplers, schedules, train_step
-from vdm.networks import FOURIER_GATES, NETWORKS
+from vdm.networks import DTYPES, FOURIER_GATES, NETWORKS
 
 DECAYS = ("none", "cosine")
 
@@ -89,6 +89,7 @@ def _check_names(config) -> None:
     _choice(config.model.head, "model.head", diffusion.HEADS)
     _choice(config.model.network, "model.network", sorted(NETWORKS))
     _choice(config.model.fourier_gate, "model.fourier_gate", FOURIER_GATES)
+    _choice(config.model.dtype, "model.dtype", list(DTYPES))
     _choice(config.optimizer.decay, "optimizer.decay", DECAYS)
     _choice(config.training.loop, "training.loop", train_step.LOOPS)
     _choice(config.sample.sampler, "sample.sampler", sorted(samplers.SAMPLERS))
@@ -192,6 +193,12 @@ def _check_combinations(config) -> None:
             raise ConfigError(
                 "schedule.variance_min needs continuous time, model.n_timesteps=0, got "
                 f"{config.model.n_timesteps}"
+            )
+    for field, off in (("dtype", "float32"), ("remat", False)):
+        if config.model[field] != off and config.model.network != "unet":
+            raise ConfigError(
+                f"model.{field}={config.model[field]!r} is implemented for the ScoreUNet "
+                f"(model.network='unet'), got model.network={config.model.network!r}"
             )
     if config.data.random_flip and config.model.network != "unet":
         raise ConfigError("data.random_flip needs image data (model.network='unet')")

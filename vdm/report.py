@@ -104,11 +104,11 @@ def execute(path: str, smoke: bool, timeout: int = 4 * 3600):
     return nb, time.time() - t0
 
 
-def provenance(name: str, smoke: bool, seconds: float, reason: str = "") -> str:
+def provenance(name: str, smoke: bool, seconds: float, reason: str = "", commit: str = "") -> str:
     size = "SMOKE size (CI's tiny models: the pipeline, not the claims)" if smoke else "full size"
     command = f"python -m vdm.report --only={name}" + (" --smoke" if smoke else "")
     lines = [
-        f"*Rendered by `{command}` at commit {_commit()}, "
+        f"*Rendered by `{command}` at commit {commit or _commit()}, "
         f"{datetime.date.today().isoformat()}, on {platform.machine()} "
         f"({os.cpu_count()} CPU cores, no accelerator) in {seconds / 60:.1f} min, at {size}.*",
     ]
@@ -158,8 +158,9 @@ def render(name: str, path: str, out_dir: str, smoke: bool, reason: str = "") ->
     """Execute one notebook and write `<name>.ipynb`, `<name>.md` and `<name>_files/`."""
     import nbformat
 
+    commit = _commit()  # the code the kernel imports, before anything is committed meanwhile
     nb, seconds = execute(path, smoke)
-    header = nbformat.v4.new_markdown_cell(provenance(name, smoke, seconds, reason))
+    header = nbformat.v4.new_markdown_cell(provenance(name, smoke, seconds, reason, commit))
     nb.cells.insert(0, header)
     os.makedirs(out_dir, exist_ok=True)
     nbformat.write(nb, os.path.join(out_dir, f"{name}.ipynb"))

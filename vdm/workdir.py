@@ -33,6 +33,8 @@ SAFE_FIELDS = (
     "model.label_dropout",
     "model.dropout",
     "model.antithetic_time",
+    "model.dtype",
+    "model.remat",
 )
 
 

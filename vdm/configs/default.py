@@ -28,6 +28,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.n_embd = 128
     c.model.n_layer = 32
     c.model.with_attention = False  # attention after every block (always in the middle)
+    # Accelerator paths (ScoreUNet): "bfloat16" computes convolutions and matmuls in bf16 with
+    # float32 parameters, optimizer, loss and γ; remat recomputes each residual block in the
+    # backward pass (less activation memory, same gradients).
+    c.model.dtype = "float32"
+    c.model.remat = False
     c.model.dropout = 0.1
     c.model.fourier_features = True
     # Features at 2ⁿ · 2π for n = top − octaves + 1 … top (the official convention); top None =

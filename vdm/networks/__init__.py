@@ -3,19 +3,39 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from vdm.networks.layers import FOURIER_GATES, fourier_top_n
 from vdm.networks.mlp import MLP, ConcatMLP
 from vdm.networks.unet import ScoreUNet
 
 NETWORKS = {"unet": ScoreUNet, "mlp": MLP, "concat_mlp": ConcatMLP}
-__all__ = ["FOURIER_GATES", "NETWORKS", "fourier_top_n", "make_network", "resolve_fourier_top_n"]
+__all__ = [
+    "DTYPES",
+    "FOURIER_GATES",
+    "NETWORKS",
+    "fourier_top_n",
+    "make_network",
+    "resolve_fourier_top_n",
+]
 
 
 def resolve_fourier_top_n(model_cfg, vocab_size: int) -> float:
     """`model.fourier_top_n`, or (None) the exponent whose period is one bin of the vocab."""
     n = model_cfg.get("fourier_top_n")
     return fourier_top_n(vocab_size) if n is None else float(n)
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def unet_options(model_cfg) -> dict:
+    """The ScoreUNet's own fields: attention, compute dtype, rematerialisation."""
+    return {
+        "with_attention": model_cfg.with_attention,
+        "dtype": DTYPES[model_cfg.get("dtype", "float32")],
+        "remat": bool(model_cfg.get("remat", False)),
+    }
 
 
 def make_network(
@@ -39,5 +59,5 @@ def make_network(
         base_measure_skip=model_cfg.base_measure_skip,
         num_classes=num_classes,
         n_cond_flags=n_cond_flags,
-        **({"with_attention": model_cfg.with_attention} if model_cfg.network == "unet" else {}),
+        **(unet_options(model_cfg) if model_cfg.network == "unet" else {}),
     )

@@ -6,6 +6,8 @@ depth (n_layer residual blocks down, n_layer + 1 up) buys receptive field instea
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,39 +24,50 @@ def _groups(channels: int) -> int:
 
 
 class ResnetBlock(nn.Module):
-    """GN → swish → conv → + cond → GN → swish → dropout → conv(zero-init), with a skip."""
+    """GN → swish → conv → + cond → GN → swish → dropout → conv(zero-init), with a skip.
+
+    Convolutions and dense layers compute in `dtype` (parameters stay float32); GroupNorm
+    reduces in float32 whatever the input.
+    """
 
     out_ch: int
     dropout: float
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, cond, train: bool):
-        h = nn.swish(nn.GroupNorm(_groups(x.shape[-1]))(x))
-        h = nn.Conv(self.out_ch, (3, 3))(h)
+        h = nn.swish(nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
+        h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(h)
         # Zero-initialised and without bias, as the official ScoreUNet: every block starts as
         # the identity whatever the conditioning.
         cond_proj = nn.Dense(
-            self.out_ch, use_bias=False, kernel_init=nn.initializers.zeros, name="cond_proj"
+            self.out_ch,
+            use_bias=False,
+            kernel_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            name="cond_proj",
         )
         h = h + cond_proj(cond)[:, None, None, :]
-        h = nn.swish(nn.GroupNorm(_groups(self.out_ch))(h))
+        h = nn.swish(nn.GroupNorm(_groups(self.out_ch), dtype=self.dtype)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
         if x.shape[-1] != self.out_ch:
-            x = nn.Conv(self.out_ch, (1, 1), name="skip")(x)
+            x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype, name="skip")(x)
         return x + h
 
 
 class AttnBlock(nn.Module):
     """Single-head self-attention over all pixels, residual, zero-initialised output."""
 
+    dtype: Any = jnp.float32
+
     @nn.compact
     def __call__(self, x):
         b, hh, ww, c = x.shape
-        h = nn.GroupNorm(_groups(c))(x).reshape(b, hh * ww, c)
-        q, k, v = (nn.Dense(c, name=n)(h) for n in ("q", "k", "v"))
+        h = nn.GroupNorm(_groups(c), dtype=self.dtype)(x).reshape(b, hh * ww, c)
+        q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h) for n in ("q", "k", "v"))
         h = jax.nn.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None])[:, :, 0]
-        h = nn.Dense(c, kernel_init=nn.initializers.zeros, name="proj_out")(h)
+        h = nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="proj_out")(h)
         return x + h.reshape(b, hh, ww, c)
 
 
@@ -70,6 +83,11 @@ class ScoreUNet(nn.Module):
         with the noise level ('coherence') or not ('none', the official model).
       base_measure_skip: add z to the output (ε̂ = z + net, the paper's choice for the ε head;
         the config allows it for the ε head only).
+      dtype: what convolutions and matmuls compute in (`model.dtype`; bfloat16 for mixed
+        precision). Parameters, the conditioning MLP, the Fourier features and the output are
+        float32.
+      remat: recompute each residual block in the backward pass instead of storing its
+        activations (`model.remat`): less memory, the same gradients, more compute.
     """
 
     n_embd: int
@@ -85,6 +103,8 @@ class ScoreUNet(nn.Module):
     base_measure_skip: bool = True
     num_classes: int = 0
     n_cond_flags: int = 0
+    dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, z, gamma_t, label=None, flags=None, train: bool = False):
@@ -98,24 +118,40 @@ class ScoreUNet(nn.Module):
             h = FourierFeatures(self.fourier_top_n, self.fourier_octaves, self.fourier_gate)(
                 z, gamma_t
             )
-        hs = [nn.Conv(self.n_embd, (3, 3), name="conv_in")(h)]
+        # `train` (argument 3, counting self) switches dropout: static under remat.
+        block = nn.remat(ResnetBlock, static_argnums=(3,)) if self.remat else ResnetBlock
+        count = {"res": 0, "attn": 0}
+
+        def named(kind: str) -> str:  # the same parameter names with and without remat
+            count[kind] += 1
+            return f"{'ResnetBlock' if kind == 'res' else 'AttnBlock'}_{count[kind] - 1}"
+
+        res = lambda: block(self.n_embd, self.dropout, self.dtype, name=named("res"))  # noqa: E731
+        attn = lambda: AttnBlock(self.dtype, name=named("attn"))  # noqa: E731
+        cond = cond.astype(self.dtype)
+        hs = [nn.Conv(self.n_embd, (3, 3), dtype=self.dtype, name="conv_in")(h)]
         for _ in range(self.n_layer):
-            h = ResnetBlock(self.n_embd, self.dropout)(hs[-1], cond, train)
+            h = res()(hs[-1], cond, train)
             if self.with_attention:
-                h = AttnBlock()(h)
+                h = attn()(h)
             hs.append(h)
 
-        h = ResnetBlock(self.n_embd, self.dropout)(hs[-1], cond, train)
-        h = AttnBlock()(h)
-        h = ResnetBlock(self.n_embd, self.dropout)(h, cond, train)
+        h = res()(hs[-1], cond, train)
+        h = attn()(h)
+        h = res()(h, cond, train)
 
         for _ in range(self.n_layer + 1):
-            h = ResnetBlock(self.n_embd, self.dropout)(
-                jnp.concatenate([h, hs.pop()], -1), cond, train
-            )
+            h = res()(jnp.concatenate([h, hs.pop()], -1), cond, train)
             if self.with_attention:
-                h = AttnBlock()(h)
+                h = attn()(h)
 
-        h = nn.swish(nn.GroupNorm(_groups(h.shape[-1]))(h))
-        h = nn.Conv(z.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, name="conv_out")(h)
+        h = nn.swish(nn.GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))
+        h = nn.Conv(
+            z.shape[-1],
+            (3, 3),
+            kernel_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            name="conv_out",
+        )(h)
+        h = h.astype(jnp.float32)  # the loss, the head conversions and the skip in float32
         return z + h if self.base_measure_skip else h
