@@ -195,9 +195,11 @@ for sched in ("learned_net", "learned_net+vm"):
 
 # %% [markdown]
 # ## Measured at full size
-# 2026-11-23, 2-core CPU (shared with other jobs), `configs/digits.py`, 1,500 steps per cell,
-# seed 0, 13 cells in 43 min of wall time (139–304 s each). Test bpd ± SE (one ELBO pass
-# over the 297 test images):
+# 2026-11-24 at commit 5148908 (`python experiments/ablate_schedules.py` with the grid above,
+# then `python -m vdm.report --only=likelihood_schedules`), 2-core CPU shared with other jobs,
+# `configs/digits.py`, 1,500 steps per cell, seed 0, 13 cells in 46 min of wall time
+# (123–237 s each); every bpd equals the first run's (2026-11-23) to the 4th decimal. Test
+# bpd ± SE (one ELBO pass over the 297 test images):
 #
 # | schedule | continuous | T = 100 | T = 10 | Var L_diff, continuous (train, nats²) |
 # |---|---|---|---|---|
@@ -205,7 +207,7 @@ for sched in ("learned_net", "learned_net+vm"):
 # | cosine | 2.232 ± 0.182 | 2.413 ± 0.218 | 5.266 ± 0.627 | 20,140 |
 # | learned_scalar | 2.076 ± 0.081 | 2.142 ± 0.079 | 2.782 ± 0.085 | 3,615 |
 # | learned_net | 2.083 ± 0.085 | 2.149 ± 0.083 | 2.695 ± 0.066 | 4,012 |
-# | learned_net + variance min. | 2.063 ± 0.062 | — | — | 2,034 |
+# | learned_net + variance min. | 2.063 ± 0.062 | — | — | 2,052 |
 #
 # 1. For every schedule, continuous < T = 100 < T = 10: the claim holds.
 # 3. Invariance: the fixed_linear continuous-time network evaluated (10 repeats) under its own
@@ -213,7 +215,7 @@ for sched in ("learned_net", "learned_net+vm"):
 #    2.051 ± 0.052 (difference 0.2 SE), while the estimator's variance is 4.2× larger under
 #    cosine (7.94 against 1.89 bpd² per example).
 # 4. The variance-minimising gradient halves the estimator's variance of the learned network
-#    (train 4,012 → 2,034 nats², eval 2.12 → 1.15 bpd²) at equal or better bpd. Learned
+#    (train 4,012 → 2,052 nats², eval 2.12 → 1.16 bpd²) at equal or better bpd. Learned
 #    endpoints: γ₀ ≈ −6.7 (from −6), γ₁ ≈ 3.3–3.9 (from 5).
 # 2. Fourier features (`configs/mnist.py`, learned_net, 1,000 steps, one training seed, test
 #    bpd on the first 300 test images with the same t, ε for every cell; 2026-11-24, command
