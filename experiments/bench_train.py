@@ -1,10 +1,13 @@
 """Training-step benchmark: steps/s, images/s, compile time, GFLOP/s, peak RSS.
 
     python experiments/bench_train.py [--cases digits,fashion_mnist,cifar_small] [--steps 50]
-        [--out results/bench_train.json]
+        [--variants base,remat,bf16] [--batch 64] [--out results/bench_train.json]
 
-Each case runs in its own subprocess (so peak RSS is its own) with the config's real model and a
-batch of the config's shape; FLOPs come from XLA's cost analysis of the compiled step.
+Each (case, variant) runs in its own subprocess (so peak RSS is its own) with the config's
+real model and a batch of the config's shape; FLOPs come from XLA's cost analysis of the
+compiled step. Variants: `base` (the config), `remat` (model.remat=True), `bf16`
+(model.dtype=bfloat16); every other variant is also reported as ratios to `base` measured in
+the same run (throughput, peak RSS).
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ def case_config(name: str):
     raise ValueError(f"--cases must be drawn from {CASES}, got {name!r}")
 
 
-def run_case(name: str, steps: int) -> dict:
+VARIANTS = {"base": {}, "remat": {"remat": True}, "bf16": {"dtype": "bfloat16"}}
+
+
+def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> dict:
     import jax
     import numpy as np
 
@@ -46,6 +52,9 @@ def run_case(name: str, steps: int) -> dict:
 
     c, shape, num_classes = case_config(name)
     c.training.steps_per_call = 1
+    c.model.update(VARIANTS[variant])
+    if batch:
+        c.training.batch_size = batch
     model = VDM.from_config(c, num_classes)
     optimizer = train_step.make_optimizer(c.optimizer, c.training.num_steps)
     mesh = sharding.make_mesh()
@@ -81,6 +90,7 @@ def run_case(name: str, steps: int) -> dict:
     dt = time.perf_counter() - t0
     return {
         "case": name,
+        "variant": variant,
         "image_shape": list(shape),
         "batch_size": b,
         "n_params": count_params(state.params),
@@ -99,35 +109,62 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--variants", default="base")
+    p.add_argument("--batch", type=int, default=0, help="override the config's batch size")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_train.json"))
-    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: case:variant, print JSON
     args = p.parse_args()
     if args.one:
-        print(json.dumps(run_case(args.one, args.steps)))
+        name, variant = args.one.split(":")
+        print(json.dumps(run_case(name, args.steps, variant, args.batch)))
         return
+    variants = args.variants.split(",")
+    for v in variants:
+        if v not in VARIANTS:
+            sys.exit(f"--variants must be drawn from {list(VARIANTS)}, got {v!r}")
     results = []
     for name in args.cases.split(","):
         case_config(name)  # validate the name before spawning
-        proc = subprocess.run(
-            [sys.executable, __file__, "--one", name, "--steps", str(args.steps)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
-        if proc.returncode:
-            sys.exit(f"case {name} failed:\n{proc.stderr[-2000:]}")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        results.append(r)
-        print(
-            f"{name:14s} {r['steps_per_s']:8.2f} steps/s {r['images_per_s']:9.1f} img/s "
-            f"compile {r['compile_s']:5.1f} s {r['achieved_gflop_per_s']:7.2f} GFLOP/s "
-            f"peak RSS {r['peak_rss_mib']:7.0f} MiB  ({r['n_params']:,} params)",
-            flush=True,
-        )
+        base = None
+        for variant in variants:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--one", f"{name}:{variant}"]
+                + ["--steps", str(args.steps), "--batch", str(args.batch)],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
+            if proc.returncode:
+                sys.exit(f"case {name}:{variant} failed:\n{proc.stderr[-2000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            if variant == "base":
+                base = r
+            elif base:
+                r["throughput_vs_base"] = r["steps_per_s"] / base["steps_per_s"]
+                r["peak_rss_vs_base"] = r["peak_rss_mib"] / base["peak_rss_mib"]
+            results.append(r)
+            ratios = (
+                f"  {r['throughput_vs_base']:.2f}× base throughput, "
+                f"{r['peak_rss_vs_base']:.2f}× base peak RSS"
+                if "throughput_vs_base" in r
+                else ""
+            )
+            print(
+                f"{name:14s} {variant:6s} {r['steps_per_s']:8.2f} steps/s "
+                f"{r['images_per_s']:9.1f} img/s compile {r['compile_s']:5.1f} s "
+                f"{r['achieved_gflop_per_s']:7.2f} GFLOP/s peak RSS {r['peak_rss_mib']:7.0f} MiB "
+                f"({r['n_params']:,} params){ratios}",
+                flush=True,
+            )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(
-            {"machine": platform.platform(), "cpus": os.cpu_count(), "results": results},
+            {
+                "command": " ".join(["experiments/bench_train.py", *sys.argv[1:]]),
+                "machine": platform.platform(),
+                "cpus": os.cpu_count(),
+                "results": results,
+            },
             f,
             indent=2,
         )
