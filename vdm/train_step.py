@@ -104,6 +104,10 @@ def make_train_step(model: VDM, optimizer, cfg, n_dims: int, mesh):
     def scan_steps(state, batches, key):
         return jax.lax.scan(lambda s, b: one_step(s, b, key), state, batches)
 
+    def single_step(state, batches, key):  # straight-line: no loop around the step
+        state, metrics = one_step(state, jax.tree.map(lambda x: x[0], batches), key)
+        return state, jax.tree.map(lambda m: m[None], metrics)
+
     rep = sharding.replicated(mesh)
     jit = functools.partial(
         jax.jit,
@@ -113,7 +117,7 @@ def make_train_step(model: VDM, optimizer, cfg, n_dims: int, mesh):
     )
     if resolve_loop(cfg.training.loop) == "scan":
         return jit(scan_steps)
-    return HostLoop(jit(scan_steps))
+    return HostLoop(jit(single_step))
 
 
 LOOPS = ("auto", "scan", "host")
@@ -138,8 +142,8 @@ def resolve_loop(loop: str) -> str:
 
 
 class HostLoop:
-    """(state, batches, key) → (state, metrics) like the scan, by calling one compiled step
-    (a scan of length 1) for each step along the leading axis of `batches`."""
+    """(state, batches, key) → (state, metrics) like the scan, by calling one compiled
+    straight-line step for each step along the leading axis of `batches`."""
 
     def __init__(self, step):
         self.step = step
