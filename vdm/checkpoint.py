@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 
 import jax
@@ -79,7 +80,7 @@ class Checkpointer:
                     failed.append((s, _why(e), self._move_aside(s)))
                     _silence_abandoned_reads()
             if failed:
-                time.sleep(0.5)  # let the abandoned reads finish into the held buffer
+                _wait_until_quiet(held)  # let the abandoned reads finish into the held buffer
         if not failed:
             sys.stderr.write(held.getvalue())
         elif jax.process_index() == 0:
@@ -124,8 +125,34 @@ class Checkpointer:
 
 
 def _silence_abandoned_reads() -> None:
+    """After a failed read, tensorstore's other pending reads fail later, on orbax's threads:
+    their reports (asyncio / futures loggers, thread exceptions raised from orbax code) are
+    not the user's business: the walk-back already said which step was unreadable."""
     for name in ("asyncio", "concurrent.futures"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    if getattr(threading.excepthook, "_vdm_quiet", False):
+        return
+    original = threading.excepthook
+
+    def quiet(args):
+        tb = args.exc_traceback
+        while tb is not None:
+            if "orbax" in tb.tb_frame.f_code.co_filename:
+                return  # an abandoned checkpoint read
+            tb = tb.tb_next
+        original(args)
+
+    quiet._vdm_quiet = True
+    threading.excepthook = quiet
+
+
+def _wait_until_quiet(buffer: io.StringIO, quiet_s: float = 0.5, limit_s: float = 10.0) -> None:
+    """Wait until nothing new has been written to `buffer` for `quiet_s` (at most `limit_s`):
+    a fixed sleep loses the race on a loaded machine."""
+    deadline, size = time.monotonic() + limit_s, -1
+    while time.monotonic() < deadline and buffer.tell() != size:
+        size = buffer.tell()
+        time.sleep(quiet_s)
 
 
 def _structural_problem(step_dir: str) -> str | None:

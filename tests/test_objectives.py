@@ -1,0 +1,125 @@
+"""Weighted diffusion losses (vdm/objectives.py) against analytic answers for Gaussian data.
+
+For x ∼ N(0, s² I) in D dimensions the optimal denoiser is ε̂*(z) = σ z / (α² s² + σ²), whose
+error at log-SNR λ is E‖ε − ε̂*‖² = D · sigmoid(λ + log s²); so every weighted loss has the
+value ½ D ∫ w(λ) sigmoid(λ + log s²) dλ over the schedule's λ range (for w = 1 in closed form:
+½ D [softplus(λ + log s²)] between the ends), computed here with scipy's quad in float64.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate
+
+from vdm import diffusion, elbo, objectives, schedules
+
+S2, D, N = 0.25, 4, 20_000  # data variance, dimensions, Monte-Carlo draws
+SCHED = schedules.make_schedule("fixed_linear", gamma_min=-8.0, gamma_max=6.0)
+
+
+def gamma_fn(t):
+    return SCHED.apply({}, t)
+
+
+LAM_MIN, LAM_MAX = -6.0, 8.0  # −γ₁, −γ₀
+
+
+def eps_star(z, gamma):
+    alpha, sigma = diffusion.alpha_sigma(diffusion.bcast(gamma, z))
+    return sigma * z / (alpha**2 * S2 + sigma**2)
+
+
+def reference(name: str, shift: float = 0.0) -> float:
+    w = objectives.WEIGHTINGS[name]
+
+    def f(lam):  # w(λ) · E‖ε − ε̂*‖² / D at log-SNR λ
+        return float(w(jnp.asarray(lam), shift)) / (1 + math.exp(-(lam + math.log(S2))))
+
+    val, _ = integrate.quad(f, LAM_MIN, LAM_MAX, limit=200, points=[0.0, 2.4])
+    return 0.5 * D * val
+
+
+def estimate(noise, name, shift=0.0, seed=0):
+    k_x, k_u, k_e = jax.random.split(jax.random.key(seed), 3)
+    x = math.sqrt(S2) * jax.random.normal(k_x, (N, D))
+    u = jax.random.uniform(k_u, (N,))
+    eps = jax.random.normal(k_e, (N, D))
+    fn = jax.jit(
+        lambda x, u, e: objectives.weighted_diffusion_loss(
+            x, u, e, gamma_fn, eps_star, weighting_name=name, weighting_shift=shift, noise=noise
+        )
+    )
+    loss = np.asarray(fn(x, u, eps), np.float64)
+    return loss.mean(), loss.std() / math.sqrt(N)
+
+
+def test_elbo_reference_is_the_closed_form():
+    c = math.log(S2)
+    closed = 0.5 * D * (np.logaddexp(0, LAM_MAX + c) - np.logaddexp(0, LAM_MIN + c))
+    np.testing.assert_allclose(reference("elbo"), closed, rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "name,shift", [(n, 0.0) for n in objectives.WEIGHTINGS] + [("sigmoid", 2.0)]
+)
+def test_every_weighting_matches_its_integral(name, shift):
+    mean, se = estimate("uniform_t", name, shift)
+    ref = reference(name, shift)
+    assert abs(mean - ref) < 4 * se + 1e-6, (name, mean, se, ref)
+
+
+@pytest.mark.parametrize("noise", objectives.NOISE_DIST_NAMES)
+def test_importance_sampling_under_every_noise_distribution_is_unbiased(noise):
+    for name in ("elbo", "sigmoid", "edm"):
+        mean, se = estimate(noise, name, seed=1)
+        assert abs(mean - reference(name)) < 4 * se, (noise, name, mean, se, reference(name))
+
+
+def test_elbo_weighting_with_uniform_t_is_the_continuous_elbo_value_and_gradient():
+    sched = schedules.make_schedule("learned_net", gamma_min=-8.0, gamma_max=6.0, n_features=8)
+    params = sched.init(jax.random.key(0), jnp.zeros(()))
+    x = jax.random.normal(jax.random.key(1), (8, 3))
+    t = jax.random.uniform(jax.random.key(2), (8,))
+    eps = jax.random.normal(jax.random.key(3), (8, 3))
+    eps_hat = lambda z, g: 0.3 * z + 0.1 * g[:, None]  # noqa: E731
+
+    def ours(p):
+        g = lambda tt: sched.apply(p, tt)  # noqa: E731
+        return objectives.weighted_diffusion_loss(x, t, eps, g, eps_hat).sum()
+
+    def vdm(p):
+        g = lambda tt: sched.apply(p, tt)  # noqa: E731
+        return elbo.diffusion_loss_continuous(x, t, eps, g, eps_hat).sum()
+
+    np.testing.assert_array_equal(ours(params), vdm(params))
+    ga, gb = jax.grad(ours)(params), jax.grad(vdm)(params)
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_monotone_flags_match_the_functions():
+    lam = jnp.linspace(-12.0, 12.0, 2001)
+    for name, fn in objectives.WEIGHTINGS.items():
+        w = np.asarray(fn(lam, 0.0))
+        non_increasing = bool(np.all(np.diff(w) <= 1e-12 * np.abs(w).max()))
+        assert non_increasing == objectives.MONOTONE[name], name
+        assert np.all(w >= 0), name
+
+
+def test_noise_distributions_are_densities_with_matching_cdfs():
+    for name in objectives.NOISE_DISTS:
+        d = objectives.noise_dist(name, shift=0.5)
+        total, _ = integrate.quad(lambda v, d=d: float(jnp.exp(d.log_pdf(v))), -60, 60, limit=200)
+        np.testing.assert_allclose(total, 1.0, rtol=1e-5)
+        q = jnp.array([0.01, 0.3, 0.5, 0.9])
+        np.testing.assert_allclose(d.cdf(d.icdf(q)), q, atol=1e-5)
+
+
+def test_bad_names_are_one_clear_error():
+    with pytest.raises(ValueError, match="objective.weighting must be one of"):
+        objectives.weighting("snr")
+    with pytest.raises(ValueError, match="objective.noise_dist must be one of"):
+        objectives.noise_dist("lognormal")

@@ -1,0 +1,231 @@
+"""Diffusion objectives as weighted ELBOs (Kingma & Gao 2023, arXiv:2303.00848).
+
+In VDM's notation λ = log SNR = −γ. A weighting w(λ) and a training noise distribution
+p(λ) give the weighted diffusion loss, per example, in nats:
+
+    L_w(x) = ½ E_{t∼U(0,1), ε}[ w(λ_t) · (−dλ/dt) · ‖ε − ε̂(z_t; λ_t)‖² ]        (K&G eq. 5)
+           = ½ E_{λ∼p(λ), ε}[ w(λ) / p(λ) · ‖ε − ε̂(z_λ; λ)‖² ]                   (importance form)
+
+With w = 1 it is VDM's continuous-time diffusion loss (VDM eq. 17), whatever p(λ): p only
+changes the estimator's variance. Every monotone (non-increasing) w is, up to a constant, the
+ELBO of Gaussian-noise-augmented data (K&G §4). The λ range is the model schedule's,
+[λ_min, λ_max] = [−γ₁, −γ₀]; a p(λ) defined on the whole line is truncated to it.
+
+Weightings are functions of λ (and a shift b where the weighting has one); noise
+distributions have a density, a CDF and its inverse, so that λ is drawn by inverse transform
+from (antithetic) uniforms and the truncation is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import ndtr, ndtri
+
+from vdm import diffusion
+
+# ---- Weightings w(λ), K&G Table 1. ----
+
+EDM_SIGMA_DATA = 0.5  # Karras et al. 2022
+EDM_P_MEAN, EDM_P_STD = -1.2, 1.2  # log σ ∼ N(P_mean, P_std²) ⇒ λ = −2 log σ ∼ N(2.4, 2.4²)
+DDPM_BETA = (1e-4, 0.02)  # Ho et al. 2020, linear β over T = 1000 steps
+DDPM_T = 1000
+MIN_SNR_GAMMA = 5.0  # Hang et al. 2023
+
+
+def w_elbo(lam, shift=0.0):
+    """w = 1: the ELBO (VDM eq. 17)."""
+    return jnp.ones_like(lam)
+
+
+def w_sigmoid(lam, shift=0.0):
+    """w = sigmoid(b − λ) (K&G §5, their best weighting with b the shift)."""
+    return jax.nn.sigmoid(shift - lam)
+
+
+def w_v_cosine(lam, shift=0.0):
+    """w = e^{−λ/2}: v-prediction MSE with the cosine schedule (Salimans & Ho 2022)."""
+    return jnp.exp(-0.5 * lam)
+
+
+def w_flow_matching(lam, shift=0.0):
+    """w = e^{−λ/2}: flow matching with the optimal-transport path / rectified flow
+    (Lipman et al. 2023; Liu et al. 2023), z_t = (1 − t) x + t ε with uniform t; the same w
+    as v-prediction, with the noise distribution `flow_matching` (logistic, scale 2)."""
+    return jnp.exp(-0.5 * lam)
+
+
+def w_edm(lam, shift=0.0):
+    """w = N(λ; 2.4, 2.4²) · (e^{−λ} + σ_d²)/σ_d² (Karras et al. 2022 as in K&G Table 1):
+    EDM's log-normal noise density times its loss weighting, σ_d = 0.5. Not monotone."""
+    mean, std = -2 * EDM_P_MEAN, 2 * EDM_P_STD
+    density = jnp.exp(-0.5 * ((lam - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
+    return density * (jnp.exp(-lam) + EDM_SIGMA_DATA**2) / EDM_SIGMA_DATA**2
+
+
+def _ddpm_t(lam):
+    """t ∈ [0, 1] of DDPM's linear-β schedule at log-SNR λ, and dλ/dt there.
+
+    Continuous form: log ᾱ(t) = −(a t + ½ c t²) with a = β₀ T, c = (β₁ − β₀) T, and
+    λ = log ᾱ − log(1 − ᾱ), so log ᾱ = log_sigmoid(λ) gives t from a quadratic.
+    """
+    a, c = DDPM_BETA[0] * DDPM_T, (DDPM_BETA[1] - DDPM_BETA[0]) * DDPM_T
+    neg_log_abar = -jax.nn.log_sigmoid(lam)
+    t = (-a + jnp.sqrt(a * a + 2 * c * neg_log_abar)) / c
+    dlam_dt = -(a + c * t) / jax.nn.sigmoid(-lam)  # d log ᾱ/dt / (1 − ᾱ)
+    return t, dlam_dt
+
+
+def w_ddpm_simple(lam, shift=0.0):
+    """w = p_DDPM(λ) = |dt/dλ|: DDPM's L_simple (unweighted ε-MSE, uniform t) under its
+    linear-β schedule (Ho et al. 2020); zero outside the schedule's λ range. Not monotone."""
+    t, dlam_dt = _ddpm_t(lam)
+    inside = (t >= 0) & (t <= 1)
+    return jnp.where(inside, 1.0 / jnp.abs(dlam_dt), 0.0)
+
+
+def _cosine_density(lam, shift=0.0):
+    """p(λ) of the cosine schedule λ = −2 log tan(πt/2) + s with uniform t: sech((λ−s)/2)/(2π)."""
+    return 1.0 / (2 * math.pi * jnp.cosh(0.5 * (lam - shift)))
+
+
+def w_min_snr(lam, shift=0.0):
+    """w = p_cos(λ) · min(1, γ e^{−λ}): min-SNR-γ weighting of the ε-MSE (Hang et al. 2023,
+    γ = 5) with uniform t under the cosine schedule. Not monotone."""
+    return _cosine_density(lam) * jnp.minimum(1.0, MIN_SNR_GAMMA * jnp.exp(-lam))
+
+
+WEIGHTINGS: dict[str, Callable] = {
+    "elbo": w_elbo,
+    "sigmoid": w_sigmoid,
+    "v_cosine": w_v_cosine,
+    "flow_matching": w_flow_matching,
+    "edm": w_edm,
+    "ddpm_simple": w_ddpm_simple,
+    "min_snr": w_min_snr,
+}
+# Whether w is non-increasing in λ (then L_w is an ELBO of noise-augmented data, K&G §4).
+MONOTONE = {
+    "elbo": True,
+    "sigmoid": True,
+    "v_cosine": True,
+    "flow_matching": True,
+    "edm": False,
+    "ddpm_simple": False,
+    "min_snr": False,
+}
+
+
+def weighting(name: str) -> Callable:
+    if name not in WEIGHTINGS:
+        raise ValueError(f"objective.weighting must be one of {sorted(WEIGHTINGS)}, got {name!r}")
+    return WEIGHTINGS[name]
+
+
+# ---- Training noise distributions p(λ). ----
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseDist:
+    """A density over λ on the real line with its CDF and inverse CDF (shift s moves it)."""
+
+    name: str
+    log_pdf: Callable
+    cdf: Callable
+    icdf: Callable
+
+
+def _cosine(shift):
+    # λ = −2 log tan(πt/2) + s, t ∼ U(0, 1): P(Λ ≤ λ) = 1 − (2/π) arctan(e^{−(λ−s)/2}).
+    return NoiseDist(
+        "cosine",
+        lambda lam: jnp.log(_cosine_density(lam, shift)),
+        lambda lam: 1.0 - (2 / math.pi) * jnp.arctan(jnp.exp(-0.5 * (lam - shift))),
+        lambda q: shift - 2.0 * jnp.log(jnp.tan(0.5 * math.pi * (1.0 - q))),
+    )
+
+
+def _edm(shift):
+    mean, std = -2 * EDM_P_MEAN + shift, 2 * EDM_P_STD
+    return NoiseDist(
+        "edm",
+        lambda lam: -0.5 * ((lam - mean) / std) ** 2 - math.log(std * math.sqrt(2 * math.pi)),
+        lambda lam: ndtr((lam - mean) / std),
+        lambda q: mean + std * ndtri(q),
+    )
+
+
+def _flow_matching(shift):
+    # λ = 2 log((1 − t)/t) + s, t ∼ U(0, 1): a logistic distribution with scale 2.
+    return NoiseDist(
+        "flow_matching",
+        lambda lam: (
+            jax.nn.log_sigmoid(0.5 * (lam - shift))
+            + jax.nn.log_sigmoid(-0.5 * (lam - shift))
+            - math.log(2.0)
+        ),
+        lambda lam: jax.nn.sigmoid(0.5 * (lam - shift)),
+        lambda q: shift + 2.0 * (jnp.log(q) - jnp.log1p(-q)),
+    )
+
+
+NOISE_DISTS = {"cosine": _cosine, "edm": _edm, "flow_matching": _flow_matching}
+# 'uniform_t': t ∼ U(0, 1) under the model's own schedule, p(λ) = 1/|dλ/dt|.
+NOISE_DIST_NAMES = ("uniform_t", *NOISE_DISTS)
+
+
+def noise_dist(name: str, shift: float = 0.0) -> NoiseDist:
+    if name not in NOISE_DISTS:
+        raise ValueError(
+            f"objective.noise_dist must be one of {list(NOISE_DIST_NAMES)}, got {name!r}"
+        )
+    return NOISE_DISTS[name](shift)
+
+
+def sample_lambda(u, dist: NoiseDist, lam_min, lam_max):
+    """λ ∼ p(λ) truncated to [lam_min, lam_max] by inverse transform of u ∈ [0, 1), and
+    1 / p_trunc(λ) (the importance weight of the integral over the range)."""
+    lo, hi = dist.cdf(lam_min), dist.cdf(lam_max)
+    q = jnp.clip(lo + u * (hi - lo), 1e-7, 1 - 1e-7)
+    lam = jnp.clip(dist.icdf(q), lam_min, lam_max)
+    return lam, (hi - lo) * jnp.exp(-dist.log_pdf(lam))
+
+
+# ---- The weighted diffusion loss. ----
+
+
+def weighted_diffusion_loss(
+    x,
+    u,
+    eps,
+    gamma_fn,
+    eps_hat_fn,
+    *,
+    weighting_name: str = "elbo",
+    weighting_shift: float = 0.0,
+    noise: str = "uniform_t",
+    noise_shift: float = 0.0,
+):
+    """L_w per example (nats) for data x in model space, uniforms u (one per example) and ε.
+
+    noise='uniform_t': t = u under the model's schedule, weight w(λ_t)·γ′(t) — with w = 1
+    this is `elbo.diffusion_loss_continuous` term for term. Otherwise λ is drawn from the
+    named p(λ) truncated to the schedule's range [−γ₁, −γ₀], weight w(λ)/p_trunc(λ).
+    """
+    w = weighting(weighting_name)
+    if noise == "uniform_t":
+        gamma_t, dgamma_dt = jax.jvp(gamma_fn, (u,), (jnp.ones_like(u),))
+        factor = w(-gamma_t, weighting_shift) * dgamma_dt
+    else:
+        dist = noise_dist(noise, noise_shift)
+        gamma_0, gamma_1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
+        lam, inv_p = sample_lambda(u, dist, -gamma_1, -gamma_0)
+        gamma_t = -lam
+        factor = w(lam, weighting_shift) * inv_p
+    z_t = diffusion.q_sample(x, gamma_t, eps)
+    sq_err = jnp.sum(jnp.square(eps - eps_hat_fn(z_t, gamma_t)), axis=tuple(range(1, x.ndim)))
+    return 0.5 * factor * sq_err
