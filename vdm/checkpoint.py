@@ -130,20 +130,32 @@ def _silence_abandoned_reads() -> None:
     not the user's business: the walk-back already said which step was unreadable."""
     for name in ("asyncio", "concurrent.futures"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    if getattr(threading.excepthook, "_vdm_quiet", False):
-        return
-    original = threading.excepthook
+    # Thread exceptions, and "Exception ignored in: <coroutine …>" reports of abandoned read
+    # coroutines finalised later (sys.unraisablehook, which bypasses logging), from orbax.
+    threading.excepthook = _quiet_hook(threading.excepthook)
+    sys.unraisablehook = _quiet_hook(sys.unraisablehook)
 
-    def quiet(args):
-        tb = args.exc_traceback
-        while tb is not None:
-            if "orbax" in tb.tb_frame.f_code.co_filename:
-                return  # an abandoned checkpoint read
-            tb = tb.tb_next
-        original(args)
 
-    quiet._vdm_quiet = True
-    threading.excepthook = quiet
+def _from_orbax(args) -> bool:
+    tb = args.exc_traceback
+    while tb is not None:
+        if "orbax" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return "orbax" in repr(getattr(args, "object", "")) or "_read_array" in str(args.exc_value)
+
+
+def _quiet_hook(original):
+    """`original`, except that reports of exceptions raised from orbax code are dropped."""
+    if getattr(original, "_vdm_quiet", False):
+        return original
+
+    def hook(args):
+        if not _from_orbax(args):
+            original(args)
+
+    hook._vdm_quiet = True
+    return hook
 
 
 def _wait_until_quiet(buffer: io.StringIO, quiet_s: float = 0.5, limit_s: float = 10.0) -> None:
