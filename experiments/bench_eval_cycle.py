@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import bench_io  # noqa: E402  (experiments/ is on sys.path when a script runs)
 
 
 def run_devices(config: str, cycles: int, pf_ode_examples: int) -> dict:
@@ -91,10 +91,7 @@ def main(argv=None):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
         cmd = [sys.executable, __file__, "--one", "--config", args.config]
         cmd += ["--cycles", str(args.cycles), "--pf_ode_examples", str(args.pf_ode_examples)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-        if proc.returncode:
-            sys.exit(f"{n} device(s) failed:\n{proc.stderr[-2000:]}")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = bench_io.run_json(cmd, f"{n} device(s)", env)
         results.append(r)
         print(
             f"{r['devices']} device(s): rebuilt first {r['rebuilt']['first_s']:.1f} s, later "
@@ -103,19 +100,7 @@ def main(argv=None):
             f"{1 / r['later_rebuilt_over_cached']:.2f}× the time it used to",
             flush=True,
         )
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(
-            {
-                "command": " ".join(["experiments/bench_eval_cycle.py", *sys.argv[1:]]),
-                "machine": platform.platform(),
-                "cpus": os.cpu_count(),
-                "results": results,
-            },
-            f,
-            indent=2,
-        )
-    print(f"→ {args.out}")
+    bench_io.write_results(args.out, __file__, results)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import bench_io  # noqa: E402  (experiments/ is on sys.path when a script runs)
 
 
 def case_config(name: str):
@@ -100,16 +100,11 @@ def main(argv=None):
         case_config(name)
         base = None
         for loop, k in cells:
-            proc = subprocess.run(
+            r = bench_io.run_json(
                 [sys.executable, __file__, "--one", f"{name}:{loop}:{k}"]
                 + ["--seconds", str(args.seconds)],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
+                f"cell {name} {loop}:{k}",
             )
-            if proc.returncode:
-                sys.exit(f"cell {name} {loop}:{k} failed:\n{proc.stderr[-2000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
             if (loop, k) == ("host", 1):
                 base = r["ms_per_step"]
             r["time_vs_host_1"] = r["ms_per_step"] / base if base else None
@@ -120,19 +115,7 @@ def main(argv=None):
                 f"compile {r['compile_s']:6.1f} s  {ratio}",
                 flush=True,
             )
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(
-            {
-                "command": " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
-                "machine": platform.platform(),
-                "cpus": os.cpu_count(),
-                "results": results,
-            },
-            f,
-            indent=2,
-        )
-    print(f"→ {args.out}")
+    bench_io.write_results(args.out, __file__, results)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import bench_io  # noqa: E402  (experiments/ is on sys.path when a script runs)
+
 CASES = ("digits", "fashion_mnist", "cifar_small")
 
 
@@ -127,16 +128,11 @@ def main():
         case_config(name)  # validate the name before spawning
         base = None
         for variant in variants:
-            proc = subprocess.run(
+            r = bench_io.run_json(
                 [sys.executable, __file__, "--one", f"{name}:{variant}"]
                 + ["--steps", str(args.steps), "--batch", str(args.batch)],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
+                f"case {name}:{variant}",
             )
-            if proc.returncode:
-                sys.exit(f"case {name}:{variant} failed:\n{proc.stderr[-2000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
             if variant == "base":
                 base = r
             elif base:
@@ -156,19 +152,7 @@ def main():
                 f"({r['n_params']:,} params){ratios}",
                 flush=True,
             )
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(
-            {
-                "command": " ".join(["experiments/bench_train.py", *sys.argv[1:]]),
-                "machine": platform.platform(),
-                "cpus": os.cpu_count(),
-                "results": results,
-            },
-            f,
-            indent=2,
-        )
-    print(f"→ {args.out}")
+    bench_io.write_results(args.out, __file__, results)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""What every benchmark script shares: one measurement in its own subprocess (its last
+stdout line is JSON), and the results file (the command, the machine, the rows)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_json(cmd: list[str], what: str, env: dict | None = None) -> dict:
+    """Run `cmd` from the repository root; its last stdout line, parsed. Exits naming `what`
+    with the end of its stderr if it fails."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode:
+        sys.exit(f"{what} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_results(out: str, script: str, results: list[dict]) -> None:
+    """`out` as JSON: the command that made it, the machine, and the result rows."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    record = {
+        "command": " ".join([os.path.relpath(script, ROOT), *sys.argv[1:]]),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "results": results,
+    }
+    with open(out, "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"→ {out}")
