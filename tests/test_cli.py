@@ -71,7 +71,8 @@ def test_unknown_config_name_is_one_line_listing_the_shipped_ones(tmp_path):
 
 def test_vdm_without_a_command_prints_usage(tmp_path):
     proc = run_outside([vdm_script()], tmp_path)
-    assert proc.returncode != 0 and "usage: vdm {train,eval,sample}" in proc.stderr
+    usage = "usage: vdm {train,eval,sample,compress,decompress}"
+    assert proc.returncode != 0 and usage in proc.stderr
 
 
 def test_resolve_names_paths_and_args():

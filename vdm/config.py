@@ -113,6 +113,9 @@ _POSITIVE = (
     "eval.batch_size",
     "eval.repeats",
     "eval.pf_ode_batch_size",
+    "compress.steps",
+    "compress.batch_size",
+    "compress.range_stds",
     "optimizer.learning_rate",
     "sample.n_samples",
     "sample.batch_size",
@@ -154,6 +157,10 @@ def _check_ranges(config) -> None:
         if not (low <= v <= high if closed else low <= v < high):
             interval = f"[{low:g}, {high:g}{']' if closed else ')'}"
             raise ConfigError(f"{name} must be in {interval}, got {v}")
+    if not 0 <= config.compress.latent_bits <= 8:
+        raise ConfigError(
+            f"compress.latent_bits must be in [0, 8], got {config.compress.latent_bits}"
+        )
     if not config.schedule.gamma_min < config.schedule.gamma_max:
         raise ConfigError(
             "schedule.gamma_min must be < schedule.gamma_max, got "

@@ -7,6 +7,9 @@ so a run can start from any directory.
   --mode=train   train (resuming from DIR if it holds checkpoints), evaluate, sample
   --mode=eval    ELBO bpd of the test split with the latest (or --checkpoint) parameters
   --mode=sample  a PNG grid and an .npz of integer samples
+  --mode=compress --input=images.npz|PNG_FOLDER --output=images.vdmz
+                 lossless bits-back coding with the model (the `compress` config section)
+  --mode=decompress --input=images.vdmz --output=out.npz|FOLDER   the exact images back
 Override any config field with --config.a.b=value. --reset (train) moves a previous run in
 the workdir aside to workdir/reset_<time>/ and starts afresh.
 
@@ -27,7 +30,10 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumes if it exists).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
+MODES = ("train", "eval", "sample", "compress", "decompress")
+_MODE = flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
+_INPUT = flags.DEFINE_string("input", None, "compress: .npz or PNG folder; decompress: .vdmz")
+_OUTPUT = flags.DEFINE_string("output", None, "compress: .vdmz; decompress: .npz or a folder")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "eval/sample: a workdir, its checkpoints/ or one step's directory."
 )
@@ -57,7 +63,13 @@ def _load_params(run, checkpoint_path: str | None):
 
 
 def run_mode(
-    config, workdir: str, mode: str, checkpoint_path: str | None = None, reset: bool = False
+    config,
+    workdir: str,
+    mode: str,
+    checkpoint_path: str | None = None,
+    reset: bool = False,
+    input_path: str | None = None,
+    output_path: str | None = None,
 ) -> dict:
     import jax
 
@@ -67,6 +79,8 @@ def run_mode(
 
     if mode == "train":
         return train.train_and_evaluate(config, workdir, reset=reset)
+    if mode in ("compress", "decompress") and not (input_path and output_path):
+        raise FileNotFoundError(f"--mode={mode} needs --input and --output")
     workdir = workdir_lib.prepare(workdir)
     run = Run(config, workdir)
     params, step = _load_params(run, checkpoint_path)
@@ -87,12 +101,30 @@ def run_mode(
                 json.dump(result, f, indent=2)
             print(f"→ {path}")
         return result
+    if mode in ("compress", "decompress"):
+        return _compress_mode(run, params, step, mode, input_path, output_path)
     s = config.sample
     tag = f"{s.sampler}_{s.steps}steps_w{s.guidance:g}_"
     path = run.write_samples(params, step, progress=True, tag=tag)
     if path:
         print(f"samples → {path} and {path[:-4]}.npz")
     return {"png": path, "step": step}
+
+
+def _compress_mode(run, params, step, mode, input_path, output_path) -> dict:
+    from vdm.compress import api
+
+    if mode == "decompress":
+        path = api.decompress_file(run, params, step, input_path, output_path)
+        print(f"images → {path}")
+        return {"output": path, "step": step}
+    stats = api.compress_file(run, params, step, input_path, output_path)
+    print(
+        f"{stats['count']} images → {output_path}: {stats['file_bytes']:,} bytes, "
+        f"{stats['file_bpd']:.4f} bits/dim in the file; net {stats['net_bpd']:.4f} bits/dim "
+        f"(T = {stats['steps']}), {stats['clean_bits']} clean bits consumed"
+    )
+    return stats
 
 
 def init_distributed() -> None:
@@ -151,17 +183,33 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes at INFO
 
+    from vdm.compress.container import CompressError
     from vdm.config import ConfigError
     from vdm.workdir import WorkdirError
 
     try:
         init_distributed()
-        run_mode(_CONFIG.value, _WORKDIR.value, _MODE.value, _CHECKPOINT.value, _RESET.value)
-    except (ConfigError, FileNotFoundError, FloatingPointError, WorkdirError) as e:
+        run_mode(
+            _CONFIG.value,
+            _WORKDIR.value,
+            _MODE.value,
+            _CHECKPOINT.value,
+            _RESET.value,
+            _INPUT.value,
+            _OUTPUT.value,
+        )
+    except (
+        CompressError,
+        ConfigError,
+        FileExistsError,
+        FileNotFoundError,
+        FloatingPointError,
+        WorkdirError,
+    ) as e:
         sys.exit(f"error: {e}")
 
 
-COMMANDS = ("train", "eval", "sample")
+COMMANDS = MODES
 
 
 def cli() -> None:
@@ -174,8 +222,8 @@ def cli() -> None:
         sys.exit(plot.main(argv[2:]))
     if len(argv) < 2 or argv[1] not in COMMANDS:
         sys.exit(
-            "usage: vdm {train,eval,sample} --config=<name or path>[:arg] --workdir=DIR "
-            "[--config.a.b=value …]\n       vdm plot WORKDIR [WORKDIR …] [--out=PNG]"
+            "usage: vdm {train,eval,sample,compress,decompress} --config=<name or path>[:arg] "
+            "--workdir=DIR [--config.a.b=value …]\n       vdm plot WORKDIR [WORKDIR …] [--out=PNG]"
         )
     sys.argv = [argv[0], f"--mode={argv[1]}", *argv[2:]]
     app.run(main, flags_parser=parse_flags)

@@ -104,6 +104,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.sample.atol = 1e-5
     c.sample.final_denoise = False  # Tweedie step x̂ = E[x | z₀] before decoding
     c.sample.guidance = 0.0  # classifier-free guidance w: 0 unconditional, 1 conditional
+
+    # Lossless compression by bits-back ANS along the T-step chain (--mode=compress|decompress).
+    c.compress = ml_collections.ConfigDict()
+    c.compress.steps = 1000  # T: the net codelength approaches the T-step ELBO
+    c.compress.latent_bits = 2  # latent grid: 2^b bins per smallest standard deviation
+    c.compress.range_stds = 8.0  # a latent's symbols span ± this many standard deviations
+    c.compress.batch_size = 64  # images coded side by side (the first chunk pops clean bits)
     return c
 
 
@@ -120,6 +127,8 @@ SMOKE = {
     "eval.batch_size": 4,
     "sample.steps": 2,
     "sample.n_samples": 2,
+    "compress.steps": 4,
+    "compress.batch_size": 4,
 }
 
 

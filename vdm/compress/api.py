@@ -1,0 +1,227 @@
+"""Compress and decompress integer images with a trained VDM (the `compress` config section).
+
+`Codec(model, params, ...)` binds a model's schedule and denoiser to the bits-back coder
+(vdm/compress/coder.py): γ(i/T) for the chain and one jitted ε̂ call at a fixed batch shape,
+so encoder and decoder compute identical network outputs. `compress` returns the header and
+words of a `.vdmz` file (vdm/compress/container.py); `decompress` checks the header against
+the model and returns the exact images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from vdm.compress import chain as chain_lib
+from vdm.compress import coder as coder_lib
+from vdm.compress.container import FORMAT_VERSION, CompressError, images_crc
+
+
+def config_hash(config) -> str:
+    """Hash of the sections that define p(x): data, model, schedule."""
+    spec = {k: config[k].to_dict() for k in ("data", "model", "schedule")}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def params_fingerprint(params) -> str:
+    """Hash of every parameter's bytes: two checkpoints agree only if their weights do."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        h.update(np.asarray(leaf).tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Codec:
+    """The coder of one model, parameters and `compress` config section."""
+
+    model: object  # vdm.model.VDM
+    params: object
+    x_shape: tuple[int, ...]
+    steps: int
+    latent_bits: int
+    range_stds: float
+    batch_size: int
+
+    def __post_init__(self):
+        gamma_fn = jax.jit(lambda p, t: self.model.gamma_fn(p)(t))
+        t = jnp.arange(self.steps + 1, dtype=jnp.float32) / self.steps
+        gamma = np.asarray(gamma_fn(self.params, t), np.float64)
+        self.chain = chain_lib.make_chain(gamma, self.latent_bits, self.range_stds)
+        self._eps = jax.jit(lambda p, z, g: self.model.eps_hat_fn(p)(z, g))
+        enc = self.model.encoding
+        self.coder = coder_lib.ChunkCoder(
+            self.chain, enc.shift, enc.scale, enc.vocab_size, self._eps_hat
+        )
+
+    def _eps_hat(self, z: np.ndarray, i: int) -> np.ndarray:
+        """ε̂(z, γ_i) at the fixed batch shape (rows past len(z) are zeros), as float64."""
+        n = len(z)
+        zb = np.zeros((self.batch_size, *self.x_shape), np.float32)
+        zb[:n] = z
+        out = self._eps(self.params, zb, np.float32(self.chain.gamma[i]))
+        return np.asarray(out, np.float64)[:n]
+
+    @property
+    def dims(self) -> int:
+        return math.prod(self.x_shape)
+
+    def _bar(self, n_images: int, desc: str, progress: bool):
+        n_chunks = math.ceil(n_images / self.batch_size)
+        bar = tqdm(total=n_chunks * self.steps, desc=desc, unit="step", disable=not progress)
+        return bar, (lambda: bar.update(1))
+
+    def encode(self, images: np.ndarray, progress: bool = False) -> coder_lib.Message:
+        bar, step = self._bar(len(images), "compress", progress)
+        with bar:
+            return coder_lib.encode_message(self.coder, images, self.batch_size, step)
+
+    def decode(self, words, n_clean: int, clean_kept: int, count: int, progress=False):
+        bar, step = self._bar(count, "decompress", progress)
+        shape = (count, *self.x_shape)
+        with bar:
+            return coder_lib.decode_message(
+                self.coder, words, n_clean, clean_kept, shape, self.batch_size, step
+            )
+
+
+def codec_from_config(model, params, x_shape, compress_cfg) -> Codec:
+    c = compress_cfg
+    return Codec(model, params, tuple(x_shape), c.steps, c.latent_bits, c.range_stds, c.batch_size)
+
+
+def check_images(images: np.ndarray, x_shape, vocab_size: int, source: str) -> np.ndarray:
+    """Integer images of shape (N, *x_shape) with values in [0, vocab_size), else one line."""
+    images = np.asarray(images)
+    if not np.issubdtype(images.dtype, np.integer):
+        raise CompressError(f"{source}: images must be integers, got dtype {images.dtype}")
+    if images.ndim != len(x_shape) + 1 or tuple(images.shape[1:]) != tuple(x_shape):
+        raise CompressError(
+            f"{source}: images must have shape (N, {', '.join(map(str, x_shape))}) for this "
+            f"config's data, got {images.shape}"
+        )
+    if len(images) == 0:
+        raise CompressError(f"{source}: no images")
+    lo, hi = int(images.min()), int(images.max())
+    if lo < 0 or hi >= vocab_size:
+        raise CompressError(
+            f"{source}: values must lie in [0, {vocab_size - 1}] (data.vocab_size={vocab_size}),"
+            f" got [{lo}, {hi}]"
+        )
+    return images
+
+
+def compress(codec: Codec, images: np.ndarray, meta: dict, progress=False):
+    """(header, words, stats) of coding `images`; `meta` (model identity) joins the header."""
+    t0 = time.perf_counter()
+    msg = codec.encode(images.astype(np.int64), progress)
+    seconds = time.perf_counter() - t0
+    n, dims = len(images), codec.dims
+    header = {
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "steps": codec.steps,
+        "latent_bits": codec.latent_bits,
+        "range_stds": codec.range_stds,
+        "batch_size": codec.batch_size,
+        "image_shape": list(codec.x_shape),
+        "dtype": str(images.dtype),
+        "count": n,
+        "n_clean": msg.n_clean,
+        "clean_kept": msg.clean_kept,
+        "n_words": len(msg.words),
+        "images_crc32": images_crc(images),
+    }
+    stats = {
+        "count": n,
+        "dims": dims,
+        "steps": codec.steps,
+        "net_bpd": msg.net_bits / (n * dims),
+        "ideal_bpd": float(msg.ideal_bits.sum()) / (n * dims),
+        "clean_bits": msg.clean_bits,
+        "payload_bpd": 32 * len(msg.words) / (n * dims),
+        "encode_s_per_image": seconds / n,
+    }
+    return header, msg.words, stats
+
+
+def check_header(header: dict, expected: dict, path: str) -> None:
+    """Refuse a file coded by another model: one line naming what differs."""
+    for key, what in (("config_hash", "config"), ("params_fingerprint", "checkpoint")):
+        if header.get(key) != expected[key]:
+            raise CompressError(
+                f"{path} was compressed with a different {what} ({key} {header.get(key)}, "
+                f"checkpoint step {header.get('checkpoint_step')}); this one has "
+                f"{expected[key]} at step {expected['checkpoint_step']}: decode with the same "
+                "config and checkpoint"
+            )
+
+
+def decompress(codec: Codec, header: dict, words: np.ndarray, path: str, progress=False):
+    """The exact images of a .vdmz file's header and words."""
+    try:
+        images = codec.decode(
+            words, header["n_clean"], header["clean_kept"], header["count"], progress
+        )
+    except (ValueError, OverflowError) as e:
+        raise CompressError(f"{path}: cannot be decoded ({e})") from None
+    if images_crc(images) != header["images_crc32"]:
+        raise CompressError(f"{path}: decoded images fail their checksum: the file is damaged")
+    return images.astype(np.dtype(header["dtype"]))
+
+
+# ---- The compress / decompress modes ----
+
+
+def _identity(run, params, step: int) -> dict:
+    return {
+        "config_hash": config_hash(run.config),
+        "params_fingerprint": params_fingerprint(params),
+        "checkpoint_step": int(step),
+        "data": run.config.data.name,
+    }
+
+
+def compress_file(run, params, step: int, input_path: str, output_path: str, progress=True):
+    """--mode=compress: images at `input_path` → one .vdmz at `output_path`; returns stats."""
+    from vdm.compress import container, files
+
+    if os.path.exists(output_path):
+        raise CompressError(f"{output_path} exists: choose another --output")
+    images, names = files.read_images(input_path)
+    images = check_images(images, run.x_shape, run.model.vocab_size, input_path)
+    codec = codec_from_config(run.model, params, run.x_shape, run.config.compress)
+    meta = {**_identity(run, params, step), "names": names}
+    header, words, stats = compress(codec, images, meta, progress)
+    stats["file_bytes"] = container.write(output_path, header, words)
+    stats["file_bpd"] = 8 * stats["file_bytes"] / (stats["count"] * stats["dims"])
+    return stats
+
+
+def decompress_file(run, params, step: int, input_path: str, output_path: str, progress=True):
+    """--mode=decompress: a .vdmz → the exact images (.npz or a folder of PNGs)."""
+    from vdm.compress import container, files
+
+    header, words = container.read(input_path)
+    check_header(header, _identity(run, params, step), input_path)
+    if list(header["image_shape"]) != list(run.x_shape):
+        raise CompressError(
+            f"{input_path}: images of shape {header['image_shape']}, this config's data "
+            f"{list(run.x_shape)}"
+        )
+    c = run.config.compress.copy_and_resolve_references()
+    with c.unlocked():
+        for k in ("steps", "latent_bits", "range_stds", "batch_size"):
+            c[k] = header[k]  # the file says how it was coded
+    codec = codec_from_config(run.model, params, run.x_shape, c)
+    images = decompress(codec, header, words, input_path, progress)
+    return files.write_images(output_path, images, header.get("names"))
