@@ -55,16 +55,26 @@ def t_step_elbo_bits(points, chain, eps_hat, n_draws: int, rng) -> tuple[float, 
     return bits.mean(), bits.std() / math.sqrt(n_draws)
 
 
-@pytest.mark.parametrize("steps,latent_bits", [(10, 3), (40, 1), (40, 6)])
-def test_point_masses_code_at_the_t_step_elbo_and_the_coded_probabilities(steps, latent_bits):
-    """Data uniform over J = 4 images with the exact denoiser. The net codelength equals
-    −log₂ of the coded probabilities (pushes − pops) to 0.01 bits per image (+ the ANS state's
-    few bits); its mean is the T-step −ELBO (≥ log₂ J = 2 bits, eq. 13) within its standard
-    error; the chunks decode exactly; the clean bits consumed are reported apart."""
+@pytest.mark.parametrize(
+    "steps,latent_bits,shrink", [(10, 3, 1.0), (40, 1, 1.0), (40, 6, 1.0), (6, 2, 0.7)]
+)
+def test_point_masses_code_at_the_t_step_elbo_and_the_coded_probabilities(
+    steps, latent_bits, shrink
+):
+    """Data uniform over J = 4 images with the exact denoiser (or, `shrink` < 1, a poor one
+    whose ε̂ is scaled down: each step's p misses q by far). The net codelength equals −log₂
+    of the coded probabilities (pushes − pops) to 0.01 bits per image (+ the ANS state's few
+    bits); its mean is the T-step −ELBO (≥ log₂ J = 2 bits for the exact model, eq. 13) within
+    its standard error — for the poor model too, which needs the stack mixed before each pop;
+    the chunks decode exactly; the clean bits consumed are reported apart."""
     rng = np.random.default_rng(0)
     points = rng.integers(0, V, size=(4, 8, 8, 1))
     chain = chain_lib.make_chain(np.linspace(-8.0, 6.0, steps + 1), latent_bits, 8.0)
-    eps_hat = point_mass_model(points, chain)
+    exact = point_mass_model(points, chain)
+
+    def eps_hat(z, i):
+        return shrink * exact(z, i)
+
     cc = coder_lib.ChunkCoder(chain, SHIFT, SCALE, V, eps_hat)
     x = points[rng.integers(0, 4, 96)]
     msg = coder_lib.encode_message(cc, x, batch_size=32)
@@ -77,6 +87,16 @@ def test_point_masses_code_at_the_t_step_elbo_and_the_coded_probabilities(steps,
     assert 0 < msg.clean_bits <= 32 * msg.n_clean
     y = coder_lib.decode_message(cc, msg.words, msg.n_clean, msg.clean_kept, x.shape, 32)
     np.testing.assert_array_equal(y, x)
+
+
+def test_mixing_the_stack_is_a_bijection_that_costs_nothing():
+    coder = constriction.stream.stack.AnsCoder(coder_lib.clean_words(256))
+    before, bits = coder.get_compressed().copy(), coder.num_valid_bits()
+    coder_lib.mix(coder, 300, (3, 64))
+    mixed = coder.get_compressed().copy()
+    assert coder.num_valid_bits() == bits and not np.array_equal(mixed, before)
+    coder_lib.mix(coder, 300, (3, 64), inverse=True)
+    np.testing.assert_array_equal(coder.get_compressed(), before)
 
 
 def test_gaussian_escape_codes_any_offset_exactly():
