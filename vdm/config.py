@@ -10,7 +10,7 @@ import os
 
 import jax
 
-from vdm import data, diffusion, elbo, samplers, schedules, train_step
+from vdm import data, diffusion, elbo, objectives, samplers, schedules, train_step
 from vdm.networks import DTYPES, FOURIER_GATES, NETWORKS
 
 DECAYS = ("none", "cosine")
@@ -98,6 +98,8 @@ def _check_names(config) -> None:
     _choice(config.eval.pf_ode_trace, "eval.pf_ode_trace", ["hutchinson", "exact"])
     _choice(config.eval.pf_ode_probe, "eval.pf_ode_probe", ["rademacher", "gaussian"])
     _choice(config.eval.pf_ode_solver, "eval.pf_ode_solver", sorted(samplers.SOLVERS))
+    _choice(config.objective.weighting, "objective.weighting", sorted(objectives.WEIGHTINGS))
+    _choice(config.objective.noise_dist, "objective.noise_dist", objectives.NOISE_DIST_NAMES)
 
 
 _POSITIVE = (
@@ -190,6 +192,19 @@ def _check_combinations(config) -> None:
             "model.base_measure_skip adds z to the output, the base measure of the ε head only; "
             f"set it False for model.head={config.model.head!r}"
         )
+    if objectives.is_weighted(config.objective):
+        o = config.objective
+        what = f"objective.weighting={o.weighting!r}, objective.noise_dist={o.noise_dist!r}"
+        if config.model.n_timesteps != 0:
+            raise ConfigError(
+                f"{what} is a continuous-time loss: it needs model.n_timesteps=0, got "
+                f"{config.model.n_timesteps}"
+            )
+        if config.schedule.variance_min:
+            raise ConfigError(
+                f"schedule.variance_min minimises the variance of the ELBO's estimator; with "
+                f"{what} set it False"
+            )
     if config.schedule.variance_min:
         if config.schedule.name not in schedules.SEPARABLE:
             raise ConfigError(

@@ -21,7 +21,8 @@ class DivergedError(FloatingPointError):
 
 def problems(metrics: dict) -> list[str]:
     """What is wrong with one step's metrics (host arrays or floats); empty if healthy."""
-    bpd = np.ravel(np.asarray(metrics["bpd"], np.float64))
+    # A weighted objective (Kingma & Gao) is a sum of non-negative terms as well.
+    bpd = np.ravel(np.asarray(metrics.get("bpd", metrics.get("objective")), np.float64))
     out = []
     if not np.all(np.isfinite(bpd)):
         out.append("non-finite loss")
@@ -45,7 +46,7 @@ def check(metrics_per_call: list[dict], first_step: int, steps_per_call: int, ck
     `metrics_per_call[i]` holds the metrics of steps first_step + i·k … (stacked k deep).
     """
     for i, m in enumerate(metrics_per_call):
-        n = int(np.size(np.asarray(m["bpd"])))
+        n = int(np.size(np.asarray(m.get("bpd", m.get("objective")))))
         for j in range(n):
             step_m = {k: np.ravel(np.asarray(v))[j] for k, v in m.items()}
             bad = problems(step_m)

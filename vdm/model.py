@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdm import diffusion, elbo, schedules
+from vdm import diffusion, elbo, objectives, schedules
 from vdm.networks import make_network
 
 Params = Any
@@ -34,6 +34,8 @@ class VDM:
     variance_min: bool
     num_classes: int
     label_dropout: float
+    # (weighting, weighting_shift, noise_dist, noise_shift) of the training objective.
+    objective: tuple = ("elbo", 0.0, "uniform_t", 0.0)
 
     @classmethod
     def from_config(
@@ -45,7 +47,7 @@ class VDM:
     ) -> VDM:
         """The model of `config`; `encoding` defaults to the bin centres of data.vocab_size
         (data.encoding='standardize' needs the statistics: `vdm.data.encoding_for`)."""
-        s = config.schedule
+        s, o = config.schedule, config.objective
         schedule = schedules.make_schedule(
             s.name, gamma_min=s.gamma_min, gamma_max=s.gamma_max, n_features=s.n_features
         )
@@ -62,6 +64,12 @@ class VDM:
             variance_min=s.variance_min,
             num_classes=num_classes,
             label_dropout=config.model.label_dropout,
+            objective=(
+                o.weighting,
+                float(o.weighting_shift),
+                o.noise_dist,
+                float(o.noise_shift),
+            ),
         )
 
     @property
@@ -97,15 +105,46 @@ class VDM:
         gamma_fn = self.gamma_fn(params)
         return gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
 
+    @property
+    def weighted(self) -> bool:
+        """Whether training uses a weighted diffusion loss rather than the ELBO."""
+        return self.objective[0] != "elbo" or self.objective[2] != "uniform_t"
+
+    def _conditioning(self, key, batch: dict, train: bool):
+        """(label, flags) of a batch, labels dropped to the null class at train time."""
+        label = batch.get("label") if self.num_classes else None
+        if label is not None and train and self.label_dropout > 0:
+            drop = jax.random.bernoulli(key, self.label_dropout, label.shape)
+            label = jnp.where(drop, self.num_classes, label)
+        flags = batch["flip"][:, None] if "flip" in batch else None
+        return label, flags
+
+    def train_terms(self, params: Params, key: jax.Array, batch: dict) -> dict:
+        """Per-example training terms in nats: the VLB's, or with a weighted objective
+        (Kingma & Gao 2023) recon, prior and the weighted diffusion loss L_w."""
+        if not self.weighted:
+            return self.vlb_terms(params, key, batch, train=True)
+        k_obj, k_drop, k_label = jax.random.split(key, 3)
+        label, flags = self._conditioning(k_label, batch, True)
+        weighting, weighting_shift, noise, noise_shift = self.objective
+        return objectives.objective_terms(
+            k_obj,
+            batch["image"],
+            self.gamma_fn(params),
+            self.eps_hat_fn(params, label, flags, True, k_drop),
+            vocab_size=self.encoding,
+            antithetic_time=self.antithetic_time,
+            weighting_name=weighting,
+            weighting_shift=weighting_shift,
+            noise=noise,
+            noise_shift=noise_shift,
+        )
+
     def vlb_terms(self, params: Params, key: jax.Array, batch: dict, train: bool = False):
         """Per-example VLB terms in nats for a batch {'image': int, 'label'?, 'flip'?}."""
         k_vlb, k_drop, k_label = jax.random.split(key, 3)
         x = batch["image"]
-        label = batch.get("label") if self.num_classes else None
-        if label is not None and train and self.label_dropout > 0:
-            drop = jax.random.bernoulli(k_label, self.label_dropout, label.shape)
-            label = jnp.where(drop, self.num_classes, label)
-        flags = batch["flip"][:, None] if "flip" in batch else None
+        label, flags = self._conditioning(k_label, batch, train)
         vm = None
         if self.variance_min:
             p = {"params": params["schedule"]}

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtr, ndtri
 
-from vdm import diffusion
+from vdm import diffusion, elbo
 
 # ---- Weightings w(λ), K&G Table 1. ----
 
@@ -229,3 +229,49 @@ def weighted_diffusion_loss(
     z_t = diffusion.q_sample(x, gamma_t, eps)
     sq_err = jnp.sum(jnp.square(eps - eps_hat_fn(z_t, gamma_t)), axis=tuple(range(1, x.ndim)))
     return 0.5 * factor * sq_err
+
+
+def is_weighted(objective_cfg) -> bool:
+    """Whether the `objective` config section asks for anything but the ELBO with uniform t."""
+    return objective_cfg.weighting != "elbo" or objective_cfg.noise_dist != "uniform_t"
+
+
+def objective_terms(
+    key,
+    x_int,
+    gamma_fn,
+    eps_hat_fn,
+    *,
+    vocab_size,
+    antithetic_time: bool = True,
+    weighting_name: str = "elbo",
+    weighting_shift: float = 0.0,
+    noise: str = "uniform_t",
+    noise_shift: float = 0.0,
+) -> dict:
+    """Per-example training terms in nats: the ELBO's recon and prior terms and the weighted
+    diffusion loss L_w in place of the diffusion term. The randomness is drawn exactly as in
+    `elbo.vlb_terms` (same key split, u in place of t), so w = 1 with uniform t gives the
+    ELBO's terms, value for value."""
+    f = elbo.encode(x_int, vocab_size)
+    k_t, k_eps, k_eps0 = jax.random.split(key, 3)
+    u = elbo.sample_t(k_t, f.shape[0], antithetic_time)
+    eps = jax.random.normal(k_eps, f.shape)
+    eps_0 = jax.random.normal(k_eps0, f.shape)
+    gamma_0, gamma_1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
+    diff = weighted_diffusion_loss(
+        f,
+        u,
+        eps,
+        gamma_fn,
+        eps_hat_fn,
+        weighting_name=weighting_name,
+        weighting_shift=weighting_shift,
+        noise=noise,
+        noise_shift=noise_shift,
+    )
+    return {
+        "recon": elbo.recon_loss(x_int, eps_0, gamma_0, vocab_size),
+        "prior": elbo.prior_loss(f, gamma_1),
+        "diffusion": diff,
+    }

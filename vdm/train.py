@@ -128,7 +128,8 @@ def _loop(run: Run, state, writer: MetricWriter) -> tuple[dict, int]:
                 m = _mean_metrics(pending)
                 m["steps_per_sec"] = len(pending) * n / (time.time() - t_log)
                 writer.write(step, m)
-                pbar.set_postfix(bpd=f"{m['bpd']:.3f}", steps_s=f"{m['steps_per_sec']:.1f}")
+                loss = {k: f"{m[k]:.3f}" for k in ("bpd", "objective") if k in m}
+                pbar.set_postfix(**loss, steps_s=f"{m['steps_per_sec']:.1f}")
                 pending, t_log, first = [], time.time(), step
             pbar.update(n)
             if _crossed(step, n, tc.save_every) or last:

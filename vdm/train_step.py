@@ -75,7 +75,7 @@ def make_train_step(model: VDM, optimizer, cfg, n_dims: int, mesh):
     ema_decay = cfg.optimizer.ema_decay
 
     def loss_fn(params, batch, key):
-        terms = model.vlb_terms(params, key, batch, train=True)
+        terms = model.train_terms(params, key, batch)
         bpd = elbo.bpd_terms(terms, n_dims)
         return jnp.mean(bpd["bpd"]), (bpd, terms)
 
@@ -89,6 +89,9 @@ def make_train_step(model: VDM, optimizer, cfg, n_dims: int, mesh):
         ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
         gamma_0, gamma_1 = model.endpoints(params)
         metrics = {k: jnp.mean(v) for k, v in bpd.items()}
+        if model.weighted:  # not a bound: its own names (eval still reports the ELBO)
+            metrics["objective"] = metrics.pop("bpd")
+            metrics["weighted_diffusion"] = metrics.pop("diffusion")
         metrics.update(
             gamma_0=gamma_0,
             gamma_1=gamma_1,

@@ -18,7 +18,7 @@ import socket
 import time
 
 # Fields that may change when a run resumes: they do not alter any array in the checkpoint.
-SAFE_SECTIONS = ("training", "eval", "sample", "compress")
+SAFE_SECTIONS = ("training", "eval", "sample", "compress", "objective")
 SAFE_FIELDS = (
     "optimizer.learning_rate",
     "optimizer.b1",

@@ -46,6 +46,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.class_conditional = False
     c.model.label_dropout = 0.1  # label → null label with this probability (classifier-free)
 
+    # Training objective (Kingma & Gao 2023): the diffusion term weighted by w(λ) under a noise
+    # distribution p(λ), λ = −γ; eval always reports the true ELBO (w = 1) in bpd.
+    c.objective = ml_collections.ConfigDict()
+    c.objective.weighting = "elbo"  # see vdm.objectives.WEIGHTINGS
+    c.objective.weighting_shift = 0.0  # b of sigmoid(b − λ)
+    c.objective.noise_dist = "uniform_t"  # uniform_t (the schedule's) | cosine | edm | flow_matching
+    c.objective.noise_shift = 0.0  # shifts p(λ) along λ
+
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "learned_net"  # see vdm.schedules.SCHEDULES
     c.schedule.gamma_min = -13.3
