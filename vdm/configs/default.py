@@ -51,7 +51,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.objective = ml_collections.ConfigDict()
     c.objective.weighting = "elbo"  # see vdm.objectives.WEIGHTINGS
     c.objective.weighting_shift = 0.0  # b of sigmoid(b − λ)
-    c.objective.noise_dist = "uniform_t"  # uniform_t (the schedule's) | cosine | edm | flow_matching
+    c.objective.noise_dist = "uniform_t"  # see vdm.objectives.NOISE_DIST_NAMES
     c.objective.noise_shift = 0.0  # shifts p(λ) along λ
 
     c.schedule = ml_collections.ConfigDict()
