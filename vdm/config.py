@@ -118,6 +118,7 @@ _POSITIVE = (
     "compress.steps",
     "compress.batch_size",
     "compress.range_stds",
+    "objective.adaptive_bins",
     "optimizer.learning_rate",
     "sample.n_samples",
     "sample.batch_size",
@@ -154,6 +155,7 @@ def _check_ranges(config) -> None:
         ("optimizer.ema_decay", 0.0, 1.0, False),
         ("model.dropout", 0.0, 1.0, False),
         ("model.label_dropout", 0.0, 1.0, True),
+        ("objective.adaptive_decay", 0.0, 1.0, False),
     ):
         v = _field(config, name)
         if not (low <= v <= high if closed else low <= v < high):

@@ -119,15 +119,16 @@ class VDM:
         flags = batch["flip"][:, None] if "flip" in batch else None
         return label, flags
 
-    def train_terms(self, params: Params, key: jax.Array, batch: dict) -> dict:
-        """Per-example training terms in nats: the VLB's, or with a weighted objective
-        (Kingma & Gao 2023) recon, prior and the weighted diffusion loss L_w."""
+    def train_terms(self, params: Params, key: jax.Array, batch: dict, hist=None, stats=False):
+        """(terms, stats): per-example training terms in nats — the VLB's, or with a weighted
+        objective (Kingma & Gao 2023) recon, prior and the weighted diffusion loss L_w — and,
+        with `stats`, what the adaptive p(λ) (histogram `hist`) is fitted to."""
         if not self.weighted:
-            return self.vlb_terms(params, key, batch, train=True)
+            return self.vlb_terms(params, key, batch, train=True), None
         k_obj, k_drop, k_label = jax.random.split(key, 3)
         label, flags = self._conditioning(k_label, batch, True)
         weighting, weighting_shift, noise, noise_shift = self.objective
-        return objectives.objective_terms(
+        terms, fit = objectives.objective_terms(
             k_obj,
             batch["image"],
             self.gamma_fn(params),
@@ -138,7 +139,10 @@ class VDM:
             weighting_shift=weighting_shift,
             noise=noise,
             noise_shift=noise_shift,
+            hist=hist,
+            stats=True,
         )
+        return terms, (fit if stats else None)
 
     def vlb_terms(self, params: Params, key: jax.Array, batch: dict, train: bool = False):
         """Per-example VLB terms in nats for a batch {'image': int, 'label'?, 'flip'?}."""

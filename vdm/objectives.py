@@ -175,11 +175,12 @@ def _flow_matching(shift):
 
 NOISE_DISTS = {"cosine": _cosine, "edm": _edm, "flow_matching": _flow_matching}
 # 'uniform_t': t ∼ U(0, 1) under the model's own schedule, p(λ) = 1/|dλ/dt|.
-NOISE_DIST_NAMES = ("uniform_t", *NOISE_DISTS)
+# 'adaptive': a histogram over λ fitted online to the expected weighted loss (K&G §5).
+NOISE_DIST_NAMES = ("uniform_t", *NOISE_DISTS, "adaptive")
 
 
 def noise_dist(name: str, shift: float = 0.0) -> NoiseDist:
-    if name not in NOISE_DISTS:
+    if name not in NOISE_DISTS:  # uniform_t and adaptive are handled by the loss itself
         raise ValueError(
             f"objective.noise_dist must be one of {list(NOISE_DIST_NAMES)}, got {name!r}"
         )
@@ -195,10 +196,37 @@ def sample_lambda(u, dist: NoiseDist, lam_min, lam_max):
     return lam, (hi - lo) * jnp.exp(-dist.log_pdf(lam))
 
 
+# ---- The adaptive p(λ): a histogram over the schedule's λ range. ----
+
+ADAPTIVE_FLOOR = 0.05  # mass spread uniformly, so every λ keeps a density ≥ 5% of uniform
+
+
+def adaptive_probs(hist):
+    """Bin probabilities of the adaptive p(λ): ∝ the histogram (an online estimate of the
+    expected weighted loss per bin, K&G §5), mixed with `ADAPTIVE_FLOOR` of uniform."""
+    hist = jnp.maximum(hist, 0.0)
+    n = hist.shape[0]
+    return (1 - ADAPTIVE_FLOOR) * hist / jnp.maximum(jnp.sum(hist), 1e-30) + ADAPTIVE_FLOOR / n
+
+
+def sample_lambda_adaptive(u, hist, lam_min, lam_max):
+    """λ ∼ the piecewise-uniform p(λ) of `hist` on [lam_min, lam_max] by inverse transform of
+    u ∈ [0, 1); returns (λ, 1/p(λ), bin index)."""
+    probs = adaptive_probs(hist)
+    n = probs.shape[0]
+    cdf = jnp.cumsum(probs)
+    j = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, n - 1)
+    below = jnp.where(j > 0, cdf[j - 1], 0.0)
+    frac = jnp.clip((u - below) / probs[j], 0.0, 1.0)
+    width = (lam_max - lam_min) / n
+    lam = lam_min + (j + frac) * width
+    return lam, width / probs[j], j
+
+
 # ---- The weighted diffusion loss. ----
 
 
-def weighted_diffusion_loss(
+def weighted_diffusion_parts(
     x,
     u,
     eps,
@@ -209,26 +237,56 @@ def weighted_diffusion_loss(
     weighting_shift: float = 0.0,
     noise: str = "uniform_t",
     noise_shift: float = 0.0,
+    hist=None,
 ):
+    """(L_w, λ, w(λ)‖ε − ε̂‖²) per example: the loss (nats) and what the adaptive p(λ) is
+    fitted to. See `weighted_diffusion_loss`."""
+    w = weighting(weighting_name)
+    if noise == "uniform_t":
+        gamma_t, dgamma_dt = jax.jvp(gamma_fn, (u,), (jnp.ones_like(u),))
+        lam = -gamma_t
+        w_lam = w(lam, weighting_shift)
+        factor = w_lam * dgamma_dt
+    else:
+        gamma_0, gamma_1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
+        if noise == "adaptive":
+            if hist is None:
+                raise ValueError("objective.noise_dist='adaptive' needs its histogram")
+            lam, inv_p, _ = sample_lambda_adaptive(u, hist, -gamma_1, -gamma_0)
+        else:
+            lam, inv_p = sample_lambda(u, noise_dist(noise, noise_shift), -gamma_1, -gamma_0)
+        gamma_t = -lam
+        w_lam = w(lam, weighting_shift)
+        factor = w_lam * inv_p
+    z_t = diffusion.q_sample(x, gamma_t, eps)
+    sq_err = jnp.sum(jnp.square(eps - eps_hat_fn(z_t, gamma_t)), axis=tuple(range(1, x.ndim)))
+    return 0.5 * factor * sq_err, lam, w_lam * sq_err
+
+
+def weighted_diffusion_loss(x, u, eps, gamma_fn, eps_hat_fn, **options):
     """L_w per example (nats) for data x in model space, uniforms u (one per example) and ε.
 
     noise='uniform_t': t = u under the model's schedule, weight w(λ_t)·γ′(t) — with w = 1
     this is `elbo.diffusion_loss_continuous` term for term. Otherwise λ is drawn from the
-    named p(λ) truncated to the schedule's range [−γ₁, −γ₀], weight w(λ)/p_trunc(λ).
+    named p(λ) truncated to the schedule's range [−γ₁, −γ₀] (or from the adaptive histogram
+    `hist`), weight w(λ)/p(λ).
     """
-    w = weighting(weighting_name)
-    if noise == "uniform_t":
-        gamma_t, dgamma_dt = jax.jvp(gamma_fn, (u,), (jnp.ones_like(u),))
-        factor = w(-gamma_t, weighting_shift) * dgamma_dt
-    else:
-        dist = noise_dist(noise, noise_shift)
-        gamma_0, gamma_1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
-        lam, inv_p = sample_lambda(u, dist, -gamma_1, -gamma_0)
-        gamma_t = -lam
-        factor = w(lam, weighting_shift) * inv_p
-    z_t = diffusion.q_sample(x, gamma_t, eps)
-    sq_err = jnp.sum(jnp.square(eps - eps_hat_fn(z_t, gamma_t)), axis=tuple(range(1, x.ndim)))
-    return 0.5 * factor * sq_err
+    return weighted_diffusion_parts(x, u, eps, gamma_fn, eps_hat_fn, **options)[0]
+
+
+def bin_stats(lam, value, lam_min, lam_max, n_bins: int):
+    """(Σ value, count) per λ bin: a batch's evidence for the adaptive histogram."""
+    j = jnp.clip(jnp.floor((lam - lam_min) / (lam_max - lam_min) * n_bins), 0, n_bins - 1)
+    j = j.astype(jnp.int32)
+    sums = jax.ops.segment_sum(value, j, num_segments=n_bins)
+    counts = jax.ops.segment_sum(jnp.ones_like(value), j, num_segments=n_bins)
+    return sums, counts
+
+
+def update_hist(hist, sums, counts, decay: float):
+    """Move each bin the batch visited towards its mean weighted loss (EMA with `decay`)."""
+    mean = sums / jnp.maximum(counts, 1.0)
+    return jnp.where(counts > 0, decay * hist + (1 - decay) * mean, hist)
 
 
 def is_weighted(objective_cfg) -> bool:
@@ -248,18 +306,20 @@ def objective_terms(
     weighting_shift: float = 0.0,
     noise: str = "uniform_t",
     noise_shift: float = 0.0,
-) -> dict:
+    hist=None,
+    stats: bool = False,
+):
     """Per-example training terms in nats: the ELBO's recon and prior terms and the weighted
     diffusion loss L_w in place of the diffusion term. The randomness is drawn exactly as in
     `elbo.vlb_terms` (same key split, u in place of t), so w = 1 with uniform t gives the
-    ELBO's terms, value for value."""
+    ELBO's terms, value for value. With `stats`, also (λ, w(λ)‖ε − ε̂‖², λ_min, λ_max)."""
     f = elbo.encode(x_int, vocab_size)
     k_t, k_eps, k_eps0 = jax.random.split(key, 3)
     u = elbo.sample_t(k_t, f.shape[0], antithetic_time)
     eps = jax.random.normal(k_eps, f.shape)
     eps_0 = jax.random.normal(k_eps0, f.shape)
     gamma_0, gamma_1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
-    diff = weighted_diffusion_loss(
+    diff, lam, integrand = weighted_diffusion_parts(
         f,
         u,
         eps,
@@ -269,9 +329,13 @@ def objective_terms(
         weighting_shift=weighting_shift,
         noise=noise,
         noise_shift=noise_shift,
+        hist=hist,
     )
-    return {
+    terms = {
         "recon": elbo.recon_loss(x_int, eps_0, gamma_0, vocab_size),
         "prior": elbo.prior_loss(f, gamma_1),
         "diffusion": diff,
     }
+    if stats:
+        return terms, (lam, integrand, -gamma_1, -gamma_0)
+    return terms

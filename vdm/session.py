@@ -44,7 +44,9 @@ class Run:
             n_cond_flags=int(config.data.random_flip),
             encoding=self.encoding,
         )
-        self.optimizer = make_optimizer(config.optimizer, config.training.num_steps)
+        self.optimizer = make_optimizer(
+            config.optimizer, config.training.num_steps, config.objective
+        )
         self.mesh = sharding.make_mesh()
         self.rep = sharding.replicated(self.mesh)
         self.key = jax.random.key(config.seed)

@@ -7,14 +7,14 @@ state and key replicated, the state donated. The loop that calls it is `vdm/trai
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from vdm import elbo, sharding
+from vdm import elbo, objectives, sharding
 from vdm.model import VDM
 
 
@@ -37,8 +37,34 @@ def weight_decay_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
-    """AdamW with warm-up, optional cosine decay and global-norm clipping (VDM App. B)."""
+class AdaptiveNoiseState(NamedTuple):
+    noise_hist: jax.Array  # (bins,): the expected weighted loss per λ bin, fitted online
+
+
+def adaptive_noise(n_bins: int, decay: float) -> optax.GradientTransformationExtraArgs:
+    """Keeps the adaptive p(λ)'s histogram (Kingma & Gao 2023 §5) in the optimizer state:
+    each update folds in the step's per-bin (Σ w‖ε − ε̂‖², count) given as `noise_stats`;
+    the gradients pass through unchanged. Checkpoints and sharding treat it as optimizer
+    state, so it is saved, restored and replicated with the rest."""
+
+    def init(params):
+        del params
+        return AdaptiveNoiseState(jnp.ones((n_bins,), jnp.float32))
+
+    def update(updates, state, params=None, noise_stats=None, **extra):
+        del params, extra
+        if noise_stats is None:
+            return updates, state
+        sums, counts = noise_stats
+        hist = objectives.update_hist(state.noise_hist, sums, counts, decay)
+        return updates, AdaptiveNoiseState(hist)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def make_optimizer(cfg, num_steps: int, objective=None) -> optax.GradientTransformation:
+    """AdamW with warm-up, optional cosine decay and global-norm clipping (VDM App. B); with
+    `objective.noise_dist='adaptive'`, also the adaptive p(λ)'s histogram (`adaptive_noise`)."""
     if cfg.decay == "cosine":
         lr = optax.warmup_cosine_decay_schedule(
             0.0, cfg.learning_rate, cfg.warmup_steps, max(num_steps, cfg.warmup_steps + 1)
@@ -55,7 +81,16 @@ def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
         weight_decay=cfg.weight_decay,
         mask=weight_decay_mask,
     )
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip else adamw
+    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip else adamw
+    if objective is not None and objective.noise_dist == "adaptive":
+        opt = optax.chain(opt, adaptive_noise(objective.adaptive_bins, objective.adaptive_decay))
+    return opt
+
+
+def noise_hist(opt_state):
+    """The adaptive p(λ)'s histogram in an optimizer state (None if it has none)."""
+    found = optax.tree_utils.tree_get(opt_state, "noise_hist", None)
+    return found
 
 
 def init_state(model: VDM, optimizer, key: jax.Array, x_shape) -> TrainState:
@@ -73,16 +108,23 @@ def make_train_step(model: VDM, optimizer, cfg, n_dims: int, mesh):
     `batches`, as one jitted `lax.scan` or a host loop over one compiled step
     (`training.loop`, see `resolve_loop`); per-step randomness is fold_in(key, step)."""
     ema_decay = cfg.optimizer.ema_decay
+    adaptive = cfg.objective.noise_dist == "adaptive"
 
-    def loss_fn(params, batch, key):
-        terms = model.train_terms(params, key, batch)
+    def loss_fn(params, batch, key, hist):
+        terms, stats = model.train_terms(params, key, batch, hist=hist, stats=adaptive)
         bpd = elbo.bpd_terms(terms, n_dims)
-        return jnp.mean(bpd["bpd"]), (bpd, terms)
+        return jnp.mean(bpd["bpd"]), (bpd, terms, stats)
 
     def one_step(state: TrainState, batch, key):
         key = jax.random.fold_in(key, state.step)
-        grads, (bpd, terms) = jax.grad(loss_fn, has_aux=True)(state.params, batch, key)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        hist = noise_hist(state.opt_state) if adaptive else None
+        grads, (bpd, terms, stats) = jax.grad(loss_fn, has_aux=True)(state.params, batch, key, hist)
+        extra = {}
+        if adaptive:
+            lam, integrand, lam_min, lam_max = stats
+            n_bins = cfg.objective.adaptive_bins
+            extra["noise_stats"] = objectives.bin_stats(lam, integrand, lam_min, lam_max, n_bins)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
         params = optax.apply_updates(state.params, updates)
         # EMA warm-up: early on, average over the steps taken so far, not the initialisation.
         decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))

@@ -136,6 +136,9 @@ def check_config(workdir: str, config, step: int | None) -> dict[str, tuple]:
         unsafe.append("optimizer.grad_clip")
     elif clip:
         unsafe = [k for k in unsafe if k != "optimizer.grad_clip"]
+    noise = diff.get("objective.noise_dist")
+    if noise and "adaptive" in noise:  # the adaptive p(λ) lives in the optimizer state
+        unsafe.append("objective.noise_dist")
     if unsafe:
         listed = ", ".join(f"{k} {diff[k][0]!r} → {diff[k][1]!r}" for k in unsafe)
         raise WorkdirError(

@@ -53,6 +53,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.objective.weighting_shift = 0.0  # b of sigmoid(b − λ)
     c.objective.noise_dist = "uniform_t"  # see vdm.objectives.NOISE_DIST_NAMES
     c.objective.noise_shift = 0.0  # shifts p(λ) along λ
+    c.objective.adaptive_bins = 100  # noise_dist='adaptive': histogram bins over [λ_min, λ_max]
+    c.objective.adaptive_decay = 0.99  # ... and the EMA decay of each bin's mean loss
 
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "learned_net"  # see vdm.schedules.SCHEDULES
