@@ -200,20 +200,23 @@ def test_compress_then_decompress_restores_the_exact_arrays(trained):
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error:")
 
 
-def test_decompress_with_another_checkpoint_refuses_in_one_line(trained):
+@pytest.mark.parametrize(
+    "flag,what",
+    [
+        ("--checkpoint={root}/run/checkpoints/4", "different checkpoint"),
+        ("--config.schedule.gamma_max=4.0", "different config"),
+    ],
+)
+def test_decompress_with_another_checkpoint_or_config_refuses_in_one_line(trained, flag, what):
     root, _ = trained
     if not (root / "x.vdmz").exists():
         _cli(root, "--mode=compress", "--input=images.npz", "--output=x.vdmz")
     proc = _cli(
-        root,
-        "--mode=decompress",
-        "--input=x.vdmz",
-        "--output=other.npz",
-        f"--checkpoint={root}/run/checkpoints/4",
+        root, "--mode=decompress", "--input=x.vdmz", "--output=other.npz", flag.format(root=root)
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error:") and "different checkpoint" in last
+    assert last.startswith("error:") and what in last
     assert not (root / "other.npz").exists()
 
 
