@@ -106,9 +106,23 @@ def run_mode(
     s = config.sample
     tag = f"{s.sampler}_{s.steps}steps_w{s.guidance:g}_"
     path = run.write_samples(params, step, progress=True, tag=tag)
+    result = {"png": path, "step": step}
     if path:
         print(f"samples → {path} and {path[:-4]}.npz")
-    return {"png": path, "step": step}
+        from vdm import fid
+
+        if s.fid and config.data.name in fid.RECIPES:
+            import numpy as np
+
+            result.update(run.sample_fid(np.load(path[:-4] + ".npz")["samples"]))
+            print(
+                f"FID {result['fid']:.2f} (N = {result['fid_n']}; train vs test at the same N: "
+                f"{result['fid_train_vs_test']:.2f}) in the features of the data's classifier "
+                f"({100 * result['classifier_test_accuracy']:.1f}% test accuracy)"
+            )
+            with open(path[:-4] + "_fid.json", "w") as f:
+                json.dump({k: v for k, v in result.items() if k != "png"}, f, indent=2)
+    return result
 
 
 def _compress_mode(run, params, step, mode, input_path, output_path) -> dict:

@@ -156,6 +156,23 @@ class Run:
             self.model, params, s, key, self.x_shape, n, progress, sampler=fn, batch=batch
         )
 
+    def sample_fid(self, samples: np.ndarray) -> dict:
+        """FID of integer samples against as many test images, in the features of the data's
+        cached classifier (vdm/fid.py), beside the train-vs-test FID at the same N (the
+        floor a perfect model would reach)."""
+        from vdm import fid
+
+        clf = fid.load_or_train(self.config.data, log=print)
+        n = min(len(samples), len(self.test_split), len(self.train_split))
+        ref = clf.features(self.test_split.get(np.arange(n))["image"])
+        floor = fid.fid(clf.features(self.train_split.get(np.arange(n))["image"]), ref)
+        return {
+            "fid": fid.fid(clf.features(samples[:n]), ref),
+            "fid_train_vs_test": floor,
+            "fid_n": n,
+            "classifier_test_accuracy": clf.info["test_accuracy"],
+        }
+
     def write_samples(self, params, step: int, progress: bool = False, tag: str = "") -> str:
         """Sample and write `samples/<tag>step_<N>.png` and `.npz`, never overwriting a file."""
         x = self.sample(params, progress=progress)  # every process samples; process 0 writes

@@ -114,6 +114,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.sample.atol = 1e-5
     c.sample.final_denoise = False  # Tweedie step x̂ = E[x | z₀] before decoding
     c.sample.guidance = 0.0  # classifier-free guidance w: 0 unconditional, 1 conditional
+    # --mode=sample: FID against the test split in the features of the data's own classifier
+    # (digits, mnist, fashion_mnist; trained once and cached, vdm/fid.py)
+    c.sample.fid = True
 
     # Lossless compression by bits-back ANS along the T-step chain (--mode=compress|decompress).
     c.compress = ml_collections.ConfigDict()
@@ -137,6 +140,7 @@ SMOKE = {
     "eval.batch_size": 4,
     "sample.steps": 2,
     "sample.n_samples": 2,
+    "sample.fid": False,
     "compress.steps": 4,
     "compress.batch_size": 4,
 }
