@@ -1,12 +1,15 @@
-"""Sampler benchmark: quality against NFE on a Gaussian mixture with the exact model, and wall
-time per network evaluation for a digits model.
+"""Sampler benchmark: quality against NFE on a Gaussian mixture with the exact model, wall
+time per network evaluation for a digits model, and FID against NFE for a trained one.
 
     python experiments/bench_samplers.py [--n 4000] [--digits-workdir runs/digits]
-        [--out results/bench_samplers]
+        [--fid-seeds 0,1] [--out results/bench_samplers]
 
 Quality: the mean true log-density of the samples (data itself scores `data_logp`) and the
 sliced Wasserstein distance to fresh data (128 random directions; two fresh data sets score
-`data_sw`). Writes `<out>.json`, `<out>.md` (table) and `<out>.png` (plot).
+`data_sw`). With a trained digits run: FID of as many samples as test images (297) against
+the test split, in the features of the digits classifier (vdm/fid.py), mean ± SE over the
+sample seeds, beside NFE and the train-vs-test floor. Writes `<out>.json`, `<out>.md` (table)
+and `<out>.png` (plot).
 """
 
 from __future__ import annotations
@@ -116,12 +119,63 @@ def digits_time_per_nfe(workdir: str | None, n: int = 64, steps: int = 50) -> di
     }
 
 
-def write_report(rows, ref, timing, out: str) -> None:
+FID_SWEEP = [
+    ("ancestral", {"steps": 20}),
+    ("ancestral", {"steps": 100}),
+    ("ddim", {"steps": 20, "eta": 0.0}),
+    ("ddim", {"steps": 100, "eta": 0.0}),
+    ("dpm_solver_pp_2m", {"steps": 10, "grid": "uniform_logsnr"}),
+    ("dpm_solver_pp_2m", {"steps": 20, "grid": "uniform_logsnr"}),
+    ("pf_ode", {"steps": 0, "solver": "tsit5", "rtol": 1e-3, "atol": 1e-3}),
+]
+
+
+def digits_fid_sweep(workdir: str, seeds: list[int]) -> list[dict]:
+    """FID (± SE over `seeds`) of each sampler setting against the digits test split."""
+    from vdm import session
+    from vdm.configs import digits
+
+    rows = []
+    for name, options in FID_SWEEP:
+        values, nfe = [], 0
+        for seed in seeds:
+            c = digits.get_config()
+            c.seed = seed
+            c.sample.sampler = name
+            c.sample.update(options)
+            run = session.Run(c, workdir)
+            params = run.eval_params(run.restore())
+            n = len(run.test_split)
+            samples = run.sample(params, n)
+            res = run.sample_fid(samples)
+            values.append(res["fid"])
+            floor = res["fid_train_vs_test"]
+            nfe = options.get("steps") or "adaptive"
+        mean = float(np.mean(values))
+        se = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+        rows.append(
+            {
+                "sampler": name,
+                **options,
+                "nfe": nfe,
+                "fid": mean,
+                "fid_se": se,
+                "fid_train_vs_test": floor,
+                "n": n,
+                "seeds": seeds,
+            }
+        )
+        print(f"digits FID  {name:18s} {options}  FID {mean:.2f} ± {se:.2f} (floor {floor:.2f})")
+    return rows
+
+
+def write_report(rows, ref, timing, out: str, fid_rows=None) -> None:
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + ".json", "w") as f:
-        json.dump({"gmm": rows, "reference": ref, "digits_timing": timing}, f, indent=2)
+        record = {"gmm": rows, "reference": ref, "digits_timing": timing, "digits_fid": fid_rows}
+        json.dump(record, f, indent=2)
     lines = ["| sampler | setting | NFE | mean log p | sliced W₂ |", "|---|---|---|---|---|"]
     for r in rows:
         knob = "steps" if "steps" in r else "rtol"
@@ -130,6 +184,14 @@ def write_report(rows, ref, timing, out: str) -> None:
             f"{r['sw']:.4f} |"
         )
     lines.append(f"| data | — | — | {ref['data_logp']:.3f} | {ref['data_sw']:.4f} |")
+    if fid_rows:
+        lines += ["", "| digits sampler | setting | NFE | FID (N = 297) |", "|---|---|---|---|"]
+        for r in fid_rows:
+            setting = ", ".join(f"{k}={r[k]}" for k in ("steps", "eta", "grid", "rtol") if k in r)
+            lines.append(
+                f"| {r['sampler']} | {setting} | {r['nfe']} | {r['fid']:.2f} ± {r['fid_se']:.2f} |"
+            )
+        lines.append(f"| train vs test | — | — | {fid_rows[0]['fid_train_vs_test']:.2f} |")
     with open(out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     fig = Figure(figsize=(11, 4))
@@ -152,6 +214,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=4000)
     p.add_argument("--digits-workdir", default=None)
+    p.add_argument("--fid-seeds", default="0,1", help="sample seeds for the digits FID")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_samplers"))
     args = p.parse_args()
     rows, ref = gmm_sweep(args.n)
@@ -161,7 +224,11 @@ def main():
         f"digits ScoreUNet, batch {timing['batch']}: {timing['ms_per_nfe']:.2f} ms per NFE "
         f"({'trained' if timing['trained_checkpoint'] else 'untrained'} parameters)"
     )
-    write_report(rows, ref, timing, args.out)
+    fid_rows = None
+    if timing["trained_checkpoint"]:
+        seeds = [int(v) for v in args.fid_seeds.split(",")]
+        fid_rows = digits_fid_sweep(args.digits_workdir, seeds)
+    write_report(rows, ref, timing, args.out, fid_rows)
     print(f"→ {args.out}.json, .md, .png")
 
 
