@@ -25,6 +25,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from experiments.bench_io import csv_list  # noqa: E402
+
 SCHEDULES = ("fixed_linear", "cosine", "learned_scalar", "learned_net", "learned_net+vm")
 
 
@@ -160,10 +162,6 @@ def write_report(rows: list[dict], out: str) -> None:
     fig.savefig(os.path.join(out, "gamma.png"), dpi=110)
 
 
-def _csv(s: str, cast=str):
-    return [cast(v) for v in s.split(",") if v]
-
-
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "digits.py"))
@@ -177,14 +175,14 @@ def main(argv=None) -> list[dict]:
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    schedules = _csv(args.schedules)
+    schedules = csv_list(args.schedules)
     bad = [s for s in schedules if s not in SCHEDULES]
     if bad:
         p.error(f"--schedules must be drawn from {list(SCHEDULES)}, got {bad}")
-    fourier = _csv(args.fourier)
+    fourier = csv_list(args.fourier)
     if any(f not in ("on", "off") for f in fourier):
         p.error(f"--fourier must be drawn from ['on', 'off'], got {fourier}")
-    times = _csv(args.times, int)
+    times = csv_list(args.times, int)
     if any(t < 0 for t in times):
         p.error(f"--times must be integers >= 0 (0 = continuous), got {times}")
     base = load_config(args.config)
@@ -192,7 +190,7 @@ def main(argv=None) -> list[dict]:
     rows = [
         run_cell(base, name, setting, args.steps, args.out)
         for name, setting in cells(
-            schedules, times, [f == "on" for f in fourier], _csv(args.seeds, int)
+            schedules, times, [f == "on" for f in fourier], csv_list(args.seeds, int)
         )
     ]
     write_report(rows, args.out)

@@ -33,3 +33,8 @@ def write_results(out: str, script: str, results: list[dict]) -> None:
     with open(out, "w") as f:
         json.dump(record, f, indent=2)
     print(f"→ {out}")
+
+
+def csv_list(s: str, cast=str) -> list:
+    """'a,b,,c' → ['a', 'b', 'c'] (each through `cast`): a comma-separated argument."""
+    return [cast(v) for v in s.split(",") if v]

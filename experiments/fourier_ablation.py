@@ -29,6 +29,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from experiments.bench_io import csv_list  # noqa: E402
+
 CELLS = {
     "off": {"fourier_features": False},
     "old": {"fourier_features": True, "fourier_top_n": 6.0, "fourier_gate": "none"},
@@ -202,10 +204,6 @@ def write_report(rows: list[dict], out: str, command: str) -> None:
     fig.savefig(os.path.join(out, "by_gamma.png"), dpi=110)
 
 
-def _csv(s: str, cast=str):
-    return [cast(v) for v in s.split(",") if v]
-
-
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "mnist.py"))
@@ -217,7 +215,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--eval_examples", type=int, default=500)
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args(argv)
-    cells = _csv(args.cells)
+    cells = csv_list(args.cells)
     bad = [c for c in cells if c not in CELLS]
     if bad:
         p.error(f"--cells must be drawn from {list(CELLS)}, got {bad}")
@@ -228,7 +226,7 @@ def main(argv=None) -> list[dict]:
     logging.set_verbosity(logging.WARNING)
     base = load_config(args.config)
     os.makedirs(args.out, exist_ok=True)
-    rows = [run_cell(base, c, s, args) for s in _csv(args.seeds, int) for c in cells]
+    rows = [run_cell(base, c, s, args) for s in csv_list(args.seeds, int) for c in cells]
     command = "python experiments/fourier_ablation.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )

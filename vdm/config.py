@@ -194,7 +194,7 @@ def _check_combinations(config) -> None:
             "model.base_measure_skip adds z to the output, the base measure of the ε head only; "
             f"set it False for model.head={config.model.head!r}"
         )
-    if objectives.is_weighted(config.objective):
+    if objectives.is_weighted(config.objective.weighting, config.objective.noise_dist):
         o = config.objective
         what = f"objective.weighting={o.weighting!r}, objective.noise_dist={o.noise_dist!r}"
         if config.model.n_timesteps != 0:

@@ -109,19 +109,14 @@ def run_mode(
     result = {"png": path, "step": step}
     if path:
         print(f"samples → {path} and {path[:-4]}.npz")
-        from vdm import fid
-
-        if s.fid and config.data.name in fid.RECIPES:
-            import numpy as np
-
-            result.update(run.sample_fid(np.load(path[:-4] + ".npz")["samples"]))
+        fid = run.write_fid(path, step)
+        if fid:
+            result.update(fid)
             print(
-                f"FID {result['fid']:.2f} (N = {result['fid_n']}; train vs test at the same N: "
-                f"{result['fid_train_vs_test']:.2f}) in the features of the data's classifier "
-                f"({100 * result['classifier_test_accuracy']:.1f}% test accuracy)"
+                f"FID {fid['fid']:.2f} (N = {fid['fid_n']}; train vs test at the same N: "
+                f"{fid['fid_train_vs_test']:.2f}) in the features of the data's classifier "
+                f"({100 * fid['classifier_test_accuracy']:.1f}% test accuracy) → {fid['json']}"
             )
-            with open(path[:-4] + "_fid.json", "w") as f:
-                json.dump({k: v for k, v in result.items() if k != "png"}, f, indent=2)
     return result
 
 

@@ -108,7 +108,7 @@ class VDM:
     @property
     def weighted(self) -> bool:
         """Whether training uses a weighted diffusion loss rather than the ELBO."""
-        return self.objective[0] != "elbo" or self.objective[2] != "uniform_t"
+        return objectives.is_weighted(self.objective[0], self.objective[2])
 
     def _conditioning(self, key, batch: dict, train: bool):
         """(label, flags) of a batch, labels dropped to the null class at train time."""

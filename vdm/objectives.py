@@ -289,9 +289,10 @@ def update_hist(hist, sums, counts, decay: float):
     return jnp.where(counts > 0, decay * hist + (1 - decay) * mean, hist)
 
 
-def is_weighted(objective_cfg) -> bool:
-    """Whether the `objective` config section asks for anything but the ELBO with uniform t."""
-    return objective_cfg.weighting != "elbo" or objective_cfg.noise_dist != "uniform_t"
+def is_weighted(weighting_name: str, noise: str) -> bool:
+    """Whether an objective is anything but the ELBO with uniform t (then its training loss
+    is not the bound, and it needs continuous time)."""
+    return weighting_name != "elbo" or noise != "uniform_t"
 
 
 def objective_terms(

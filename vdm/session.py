@@ -173,6 +173,19 @@ class Run:
             "classifier_test_accuracy": clf.info["test_accuracy"],
         }
 
+    def write_fid(self, samples_png: str, step: int) -> dict:
+        """With `sample.fid` and a classifier recipe for the data: the FID of the samples
+        written beside `samples_png` (its .npz), saved as `…_fid.json`; else {}."""
+        from vdm import fid
+
+        if not (self.config.sample.fid and self.config.data.name in fid.RECIPES):
+            return {}
+        stem = samples_png[:-4]
+        result = {"step": step, **self.sample_fid(np.load(stem + ".npz")["samples"])}
+        with open(stem + "_fid.json", "w") as f:
+            json.dump(result, f, indent=2)
+        return {**result, "json": stem + "_fid.json"}
+
     def write_samples(self, params, step: int, progress: bool = False, tag: str = "") -> str:
         """Sample and write `samples/<tag>step_<N>.png` and `.npz`, never overwriting a file."""
         x = self.sample(params, progress=progress)  # every process samples; process 0 writes

@@ -89,8 +89,7 @@ def make_optimizer(cfg, num_steps: int, objective=None) -> optax.GradientTransfo
 
 def noise_hist(opt_state):
     """The adaptive p(λ)'s histogram in an optimizer state (None if it has none)."""
-    found = optax.tree_utils.tree_get(opt_state, "noise_hist", None)
-    return found
+    return optax.tree_utils.tree_get(opt_state, "noise_hist", None)
 
 
 def init_state(model: VDM, optimizer, key: jax.Array, x_shape) -> TrainState:
