@@ -2,6 +2,18 @@
 
     python experiments/bench_train.py [--cases digits,fashion_mnist,cifar_small] [--steps 50]
         [--variants base,remat,bf16] [--batch 64] [--out results/bench_train.json]
+    python experiments/bench_train.py --official DIR [--rounds 3] [--steps 10] [--batch 16]
+
+`--official DIR`: the project's train step against google-research/vdm's, side by side on the
+official ScoreUNet configuration (`official_cifar`: 32×32×3, n_embd 64, n_layer 4, learned
+scalar γ from −13.3/5, Fourier features, dropout 0.1, antithetic t; AdamW 2e-4, β₂ 0.99,
+weight decay 0.01, 100 warm-up steps; EMA 0.9999). DIR holds the official, unmodified
+`model_vdm.py` (fetched by the user, with `chex` installed; nothing of it is in this
+repository); its train step is the official one (experiment.py's `train_step` and
+`loss_fn`, train_state.py's EMA) written out for one device. Each side runs in its own
+subprocess, alternated over `--rounds` (the order swapped every round); the ratios project /
+official of throughput, compile time and peak RSS are per round and their median. Writes
+`--out` (JSON) and a Markdown table beside it.
 
 Each (case, variant) runs in its own subprocess (so peak RSS is its own) with the config's
 real model and a batch of the config's shape; FLOPs come from XLA's cost analysis of the
@@ -23,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import bench_io  # noqa: E402  (experiments/ is on sys.path when a script runs)
 
-CASES = ("digits", "fashion_mnist", "cifar_small")
+CASES = ("digits", "fashion_mnist", "cifar_small", "official_cifar")
 
 
 def case_config(name: str):
@@ -37,6 +49,12 @@ def case_config(name: str):
     if name == "cifar_small":  # the CIFAR-10 ScoreUNet, shrunk to fit a CPU benchmark
         c = cifar10.get_config()
         c.model.n_embd, c.model.n_layer, c.training.batch_size = 64, 4, 32
+        return c, (32, 32, 3), 10
+    if name == "official_cifar":  # google-research/vdm's ScoreUNet at a CPU size (--official)
+        c = cifar10.get_config()
+        c.model.n_embd, c.model.n_layer, c.training.batch_size = 64, 4, 16
+        c.schedule.name = "learned_scalar"
+        c.optimizer.warmup_steps = 100
         return c, (32, 32, 3), 10
     raise ValueError(f"--cases must be drawn from {CASES}, got {name!r}")
 
@@ -106,6 +124,149 @@ def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> di
     }
 
 
+def run_official(directory: str, steps: int, batch: int = 0) -> dict:
+    """google-research/vdm's train step on `official_cifar`, timed like `run_case`."""
+    sys.path.insert(0, os.path.abspath(directory))
+    import jax
+    import jax.numpy as jnp
+    import model_vdm  # the official file, unmodified
+    import numpy as np
+    import optax
+
+    c, shape, _ = case_config("official_cifar")
+    b = batch or c.training.batch_size
+    cfg = model_vdm.VDMConfig(
+        vocab_size=256,
+        sample_softmax=False,
+        antithetic_time_sampling=True,
+        with_fourier_features=True,
+        with_attention=False,
+        gamma_type="learnable_scalar",
+        gamma_min=-13.3,
+        gamma_max=5.0,
+        sm_n_timesteps=0,
+        sm_n_embd=c.model.n_embd,
+        sm_n_layer=c.model.n_layer,
+        sm_pdrop=0.1,
+    )
+    model = model_vdm.VDM(cfg)
+    k_init, k_sample = jax.random.split(jax.random.key(0))
+    inputs = {"images": jnp.zeros((2, *shape), "uint8"), "conditioning": jnp.zeros((2,))}
+    params = model.init({"params": k_init, "sample": k_sample}, **inputs)["params"]
+    o = c.optimizer
+    lr = optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps)  # official warm-up
+    tx = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    ema_rate = 1.0 - o.ema_decay
+    rescale = 1.0 / (np.prod(shape) * np.log(2.0))
+
+    def loss_fn(params, images, rng):  # experiment_vdm.Experiment_VDM.loss_fn, is_train=True
+        rng, sample_rng = jax.random.split(rng)
+        _, dropout_rng = jax.random.split(rng)
+        out = model.apply(
+            {"params": params},
+            images=images,
+            conditioning=jnp.zeros((images.shape[0],)),
+            rngs={"sample": sample_rng, "dropout": dropout_rng},
+            deterministic=False,
+        )
+        terms = [jnp.mean(v) * rescale for v in (out.loss_klz, out.loss_recon, out.loss_diff)]
+        return sum(terms), {"bpd": sum(terms), "var0": out.var_0, "var1": out.var_1}
+
+    @jax.jit
+    def train_step(state, images, base_rng):  # experiment.Experiment.train_step, one device
+        step, params, ema, opt_state = state
+        rng = jax.random.fold_in(base_rng, step)
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, images, rng)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ema = jax.tree.map(lambda x, y: x + ema_rate * (y - x), ema, params)
+        return (step + 1, params, ema, opt_state), metrics
+
+    state = (jnp.zeros((), jnp.int32), params, params, tx.init(params))
+    images = np.random.default_rng(0).integers(0, 256, (b, *shape), dtype=np.uint8)
+    key = jax.random.key(1)
+    t0 = time.perf_counter()
+    compiled = train_step.lower(state, images, key).compile()
+    compile_s = time.perf_counter() - t0
+    state, m = compiled(state, images, key)  # warm-up
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = compiled(state, images, key)
+    jax.block_until_ready(m)
+    dt = time.perf_counter() - t0
+    return {
+        "case": "official_cifar",
+        "variant": "google-research/vdm",
+        "image_shape": list(shape),
+        "batch_size": b,
+        "n_params": sum(x.size for x in jax.tree.leaves(params)),
+        "steps_per_s": steps / dt,
+        "images_per_s": steps * b / dt,
+        "compile_s": compile_s,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "train_bpd_last": float(m["bpd"]),
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+    }
+
+
+def side_by_side(directory: str, rounds: int, steps: int, batch: int, out: str) -> list[dict]:
+    """Project and official train steps alternated over `rounds`, each in its own process."""
+    if not os.path.exists(os.path.join(directory, "model_vdm.py")):
+        sys.exit(f"--official: {directory!r} holds no model_vdm.py (google-research/vdm)")
+    sides = {
+        "project": ["--one", "official_cifar:base"],
+        "official": ["--one-official", directory],
+    }
+    rows = []
+    for r in range(rounds):
+        order = ["project", "official"] if r % 2 == 0 else ["official", "project"]
+        got = {}
+        for side in order:
+            cmd = [sys.executable, __file__, *sides[side], "--steps", str(steps)]
+            got[side] = bench_io.run_json([*cmd, "--batch", str(batch)], f"{side} side")
+        p, o = got["project"], got["official"]
+        row = {
+            "round": r,
+            "order": order,
+            "project": p,
+            "official": o,
+            "throughput_ratio": p["steps_per_s"] / o["steps_per_s"],
+            "compile_ratio": p["compile_s"] / o["compile_s"],
+            "peak_rss_ratio": p["peak_rss_mib"] / o["peak_rss_mib"],
+        }
+        rows.append(row)
+        print(
+            f"round {r}: project {p['steps_per_s']:.3f} steps/s, official "
+            f"{o['steps_per_s']:.3f} → {row['throughput_ratio']:.2f}× throughput, "
+            f"{row['compile_ratio']:.2f}× compile, {row['peak_rss_ratio']:.2f}× peak RSS",
+            flush=True,
+        )
+    import numpy as np
+
+    median = {k: float(np.median([r[k] for r in rows])) for k in rows[0] if k.endswith("ratio")}
+    bench_io.write_results(out, __file__, [*rows, {"median": median}])
+    lines = [
+        "| round | order | project steps/s | official steps/s | throughput | compile | peak RSS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['round']} | {' → '.join(r['order'])} | {r['project']['steps_per_s']:.3f} | "
+            f"{r['official']['steps_per_s']:.3f} | {r['throughput_ratio']:.2f}× | "
+            f"{r['compile_ratio']:.2f}× | {r['peak_rss_ratio']:.2f}× |"
+        )
+    lines.append(
+        f"| median | | | | {median['throughput_ratio']:.2f}× | {median['compile_ratio']:.2f}× "
+        f"| {median['peak_rss_ratio']:.2f}× |"
+    )
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", default=",".join(CASES))
@@ -113,8 +274,20 @@ def main():
     p.add_argument("--variants", default="base")
     p.add_argument("--batch", type=int, default=0, help="override the config's batch size")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_train.json"))
+    p.add_argument("--official", help="directory holding google-research/vdm's model_vdm.py")
+    p.add_argument("--rounds", type=int, default=3, help="--official: alternated rounds")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: case:variant, print JSON
+    p.add_argument("--one-official", help=argparse.SUPPRESS)  # internal: the official side
     args = p.parse_args()
+    if args.one_official:
+        print(json.dumps(run_official(args.one_official, args.steps, args.batch)))
+        return
+    if args.official:
+        out = args.out
+        if out == p.get_default("out"):
+            out = os.path.join(ROOT, "results", "bench_train_official.json")
+        side_by_side(args.official, args.rounds, args.steps, args.batch, out)
+        return
     if args.one:
         name, variant = args.one.split(":")
         print(json.dumps(run_case(name, args.steps, variant, args.batch)))
