@@ -62,6 +62,23 @@ def case_config(name: str):
 VARIANTS = {"base": {}, "remat": {"remat": True}, "bf16": {"dtype": "bfloat16"}}
 
 
+def compile_and_time(step, state, batch, key, steps: int):
+    """(compiled step, compile seconds, seconds for `steps` steps after one warm-up, last
+    metrics): the one timing both sides of every benchmark here share."""
+    import jax
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, key).compile()
+    compile_s = time.perf_counter() - t0
+    state, m = compiled(state, batch, key)  # warm-up
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = compiled(state, batch, key)
+    jax.block_until_ready(m)
+    return compiled, compile_s, time.perf_counter() - t0, m
+
+
 def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> dict:
     import jax
     import numpy as np
@@ -93,20 +110,10 @@ def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> di
     batch = sharding.shard_batch(batch, mesh, leading=1)
     key = jax.random.key(1)
 
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch, key).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, compile_s, dt, _ = compile_and_time(step, state, batch, key, steps)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
-
-    state, m = compiled(state, batch, key)  # warm-up
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = compiled(state, batch, key)
-    jax.block_until_ready(m)
-    dt = time.perf_counter() - t0
     return {
         "case": name,
         "variant": variant,
@@ -185,16 +192,7 @@ def run_official(directory: str, steps: int, batch: int = 0) -> dict:
     state = (jnp.zeros((), jnp.int32), params, params, tx.init(params))
     images = np.random.default_rng(0).integers(0, 256, (b, *shape), dtype=np.uint8)
     key = jax.random.key(1)
-    t0 = time.perf_counter()
-    compiled = train_step.lower(state, images, key).compile()
-    compile_s = time.perf_counter() - t0
-    state, m = compiled(state, images, key)  # warm-up
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = compiled(state, images, key)
-    jax.block_until_ready(m)
-    dt = time.perf_counter() - t0
+    _, compile_s, dt, m = compile_and_time(train_step, state, images, key, steps)
     return {
         "case": "official_cifar",
         "variant": "google-research/vdm",
