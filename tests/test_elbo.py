@@ -144,6 +144,37 @@ def test_recon_loss_is_the_exact_discrete_decoder():
     np.testing.assert_allclose(got, ref, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "encoding",
+    [256, 17, elbo.Encoding.standardize(256, [100.0, 120.0], [30.0, 50.0])],
+    ids=["8bit", "17levels", "standardized"],
+)
+def test_recon_loss_value_and_gradient_equal_the_log_softmax_over_the_vocab(encoding):
+    """The one-pass log-normaliser (closed-form max, moments for the derivative) gives the
+    value and the gradient in γ₀ and ε₀ of log_softmax over every vocab value, at x."""
+    enc = elbo.as_encoding(encoding)
+    channels = len(enc.shift)
+    x_int = jax.random.randint(jax.random.key(1), (4, 3, 3, channels), 0, enc.vocab_size)
+    eps_0 = jax.random.normal(jax.random.key(2), x_int.shape)
+
+    def via_log_softmax(gamma_0, eps_0):
+        z_0 = D.q_sample(elbo.encode(x_int, enc), gamma_0, eps_0)
+        logp = elbo.decoder_logprobs(z_0, gamma_0, enc)
+        return -jnp.take_along_axis(logp, x_int[..., None], -1).sum()
+
+    def one_pass(gamma_0, eps_0):
+        return elbo.recon_loss(x_int, eps_0, gamma_0, enc).sum()
+
+    for gamma_0 in (-13.3, -6.0, 0.0, 3.0):
+        g = jnp.float32(gamma_0)
+        ref, got = via_log_softmax(g, eps_0), one_pass(g, eps_0)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+        ref_g = jax.grad(via_log_softmax, argnums=(0, 1))(g, eps_0)
+        got_g = jax.grad(one_pass, argnums=(0, 1))(g, eps_0)
+        np.testing.assert_allclose(got_g[0], ref_g[0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got_g[1], ref_g[1], rtol=1e-4, atol=1e-5)
+
+
 def test_recon_and_prior_vanish_at_the_extremes():
     x_int = jax.random.randint(jax.random.key(8), (16, 4, 4, 3), 0, 256)
     eps_0 = jax.random.normal(jax.random.key(9), x_int.shape)
