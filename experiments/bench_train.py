@@ -12,8 +12,10 @@ weight decay 0.01, 100 warm-up steps; EMA 0.9999). DIR holds the official, unmod
 repository); its train step is the official one (experiment.py's `train_step` and
 `loss_fn`, train_state.py's EMA) written out for one device. Each side runs in its own
 subprocess, alternated over `--rounds` (the order swapped every round); the ratios project /
-official of throughput, compile time and peak RSS are per round and their median. Writes
-`--out` (JSON) and a Markdown table beside it.
+official of throughput, compile time and peak RSS are per round and their median. Then both
+steps are compiled in one process and timed in alternating turns of `--steps` steps
+(`interleaved`): load from other jobs falls on both alike, so that throughput ratio is the one
+to quote on a shared machine. Writes `--out` (JSON) and a Markdown table beside it.
 
 Each (case, variant) runs in its own subprocess (so peak RSS is its own) with the config's
 real model and a batch of the config's shape; FLOPs come from XLA's cost analysis of the
@@ -79,7 +81,8 @@ def compile_and_time(step, state, batch, key, steps: int):
     return compiled, compile_s, time.perf_counter() - t0, m
 
 
-def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> dict:
+def build_case(name: str, variant: str = "base", batch: int = 0):
+    """(train step, state, batch, key, config, image shape, n_params) of the project's case."""
     import jax
     import numpy as np
 
@@ -108,8 +111,13 @@ def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> di
         "label": rng.integers(0, num_classes, (1, b), dtype=np.int32),
     }
     batch = sharding.shard_batch(batch, mesh, leading=1)
-    key = jax.random.key(1)
+    return step, state, batch, jax.random.key(1), c, shape, count_params(state.params)
 
+
+def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> dict:
+    import jax
+
+    step, state, batch, key, c, shape, n_params = build_case(name, variant, batch)
     compiled, compile_s, dt, _ = compile_and_time(step, state, batch, key, steps)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -118,10 +126,10 @@ def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> di
         "case": name,
         "variant": variant,
         "image_shape": list(shape),
-        "batch_size": b,
-        "n_params": count_params(state.params),
+        "batch_size": c.training.batch_size,
+        "n_params": n_params,
         "steps_per_s": steps / dt,
-        "images_per_s": steps * b / dt,
+        "images_per_s": steps * c.training.batch_size / dt,
         "compile_s": compile_s,
         "gflop_per_step": flops / 1e9,
         "achieved_gflop_per_s": flops * steps / dt / 1e9,
@@ -131,8 +139,9 @@ def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> di
     }
 
 
-def run_official(directory: str, steps: int, batch: int = 0) -> dict:
-    """google-research/vdm's train step on `official_cifar`, timed like `run_case`."""
+def build_official(directory: str, batch: int = 0):
+    """(train step, state, images, key, batch size, n_params): google-research/vdm's train
+    step on `official_cifar`."""
     sys.path.insert(0, os.path.abspath(directory))
     import jax
     import jax.numpy as jnp
@@ -191,14 +200,22 @@ def run_official(directory: str, steps: int, batch: int = 0) -> dict:
 
     state = (jnp.zeros((), jnp.int32), params, params, tx.init(params))
     images = np.random.default_rng(0).integers(0, 256, (b, *shape), dtype=np.uint8)
-    key = jax.random.key(1)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    return train_step, state, images, jax.random.key(1), b, n_params
+
+
+def run_official(directory: str, steps: int, batch: int = 0) -> dict:
+    """google-research/vdm's train step on `official_cifar`, timed like `run_case`."""
+    import jax
+
+    train_step, state, images, key, b, n_params = build_official(directory, batch)
     _, compile_s, dt, m = compile_and_time(train_step, state, images, key, steps)
     return {
         "case": "official_cifar",
         "variant": "google-research/vdm",
-        "image_shape": list(shape),
+        "image_shape": [32, 32, 3],
         "batch_size": b,
-        "n_params": sum(x.size for x in jax.tree.leaves(params)),
+        "n_params": n_params,
         "steps_per_s": steps / dt,
         "images_per_s": steps * b / dt,
         "compile_s": compile_s,
@@ -206,6 +223,43 @@ def run_official(directory: str, steps: int, batch: int = 0) -> dict:
         "train_bpd_last": float(m["bpd"]),
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
+    }
+
+
+def interleaved(directory: str, rounds: int, steps: int, batch: int = 0) -> dict:
+    """Both train steps compiled in one process and timed in alternation, `steps` steps per
+    turn, 2 × `rounds` turns each (the order swapped every round): whatever else loads the
+    machine loads both sides alike, so the ratio of median throughputs is the robust one."""
+    import jax
+    import numpy as np
+
+    sides = {}
+    for side, built in (
+        ("project", build_case("official_cifar", "base", batch)[:4]),
+        ("official", build_official(directory, batch)[:4]),
+    ):
+        step, state, data, key = built
+        compiled = step.lower(state, data, key).compile()
+        state, m = compiled(state, data, key)  # warm-up
+        jax.block_until_ready(m)
+        sides[side] = [compiled, state, data, key]
+    seconds = {"project": [], "official": []}
+    for r in range(2 * rounds):
+        for side in ("project", "official") if r % 2 == 0 else ("official", "project"):
+            compiled, state, data, key = sides[side]
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                state, m = compiled(state, data, key)
+            jax.block_until_ready(m)
+            seconds[side].append((time.perf_counter() - t0) / steps)
+            sides[side][1] = state
+    p, o = (float(np.median(seconds[k])) for k in ("project", "official"))
+    return {
+        "project_steps_per_s": 1 / p,
+        "official_steps_per_s": 1 / o,
+        "throughput_ratio": o / p,
+        "turns": 2 * rounds,
+        "steps_per_turn": steps,
     }
 
 
@@ -244,7 +298,14 @@ def side_by_side(directory: str, rounds: int, steps: int, batch: int, out: str) 
     import numpy as np
 
     median = {k: float(np.median([r[k] for r in rows])) for k in rows[0] if k.endswith("ratio")}
-    bench_io.write_results(out, __file__, [*rows, {"median": median}])
+    cmd = [sys.executable, __file__, "--one-interleaved", directory, "--steps", str(steps)]
+    inter = bench_io.run_json([*cmd, "--rounds", str(rounds), "--batch", str(batch)], "interleaved")
+    print(
+        f"interleaved in one process: project {inter['project_steps_per_s']:.3f} steps/s, "
+        f"official {inter['official_steps_per_s']:.3f} → {inter['throughput_ratio']:.2f}×",
+        flush=True,
+    )
+    bench_io.write_results(out, __file__, [*rows, {"median": median}, {"interleaved": inter}])
     lines = [
         "| round | order | project steps/s | official steps/s | throughput | compile | peak RSS |",
         "|---|---|---|---|---|---|---|",
@@ -258,6 +319,10 @@ def side_by_side(directory: str, rounds: int, steps: int, batch: int, out: str) 
     lines.append(
         f"| median | | | | {median['throughput_ratio']:.2f}× | {median['compile_ratio']:.2f}× "
         f"| {median['peak_rss_ratio']:.2f}× |"
+    )
+    lines.append(
+        f"| interleaved, one process | | {inter['project_steps_per_s']:.3f} | "
+        f"{inter['official_steps_per_s']:.3f} | {inter['throughput_ratio']:.2f}× | | |"
     )
     with open(os.path.splitext(out)[0] + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -276,7 +341,11 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="--official: alternated rounds")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: case:variant, print JSON
     p.add_argument("--one-official", help=argparse.SUPPRESS)  # internal: the official side
+    p.add_argument("--one-interleaved", help=argparse.SUPPRESS)  # internal: both, one process
     args = p.parse_args()
+    if args.one_interleaved:
+        print(json.dumps(interleaved(args.one_interleaved, args.rounds, args.steps, args.batch)))
+        return
     if args.one_official:
         print(json.dumps(run_official(args.one_official, args.steps, args.batch)))
         return
