@@ -268,6 +268,33 @@ def test_antithetic_time_is_evenly_spread():
     np.testing.assert_allclose(np.sort(np.diff(np.sort(np.asarray(t)))), 1 / 16, atol=1e-6)
 
 
+def test_antithetic_time_of_a_padded_batch_spreads_over_its_valid_examples():
+    """A padded eval batch (5 real of 16) gets the 5-point grid t = (u + k/5) mod 1, and the
+    mask reaches t through vlb_terms; a full mask leaves the 16-point grid unchanged."""
+    key = jax.random.key(3)
+    mask = jnp.array([1.0] * 5 + [0.0] * 11)
+    t = np.asarray(elbo.sample_t(key, 16, antithetic=True, mask=mask))
+    u = float(jax.random.uniform(key, ()))
+    np.testing.assert_allclose(t[:5], np.mod(u + np.arange(5) / 5, 1.0), atol=1e-6)
+    np.testing.assert_array_equal(
+        np.asarray(elbo.sample_t(key, 16, antithetic=True, mask=jnp.ones(16))),
+        np.asarray(elbo.sample_t(key, 16, antithetic=True)),
+    )
+    seen = []
+
+    def eps_hat(z, gamma_t):
+        seen.append(np.asarray(gamma_t))
+        return jnp.zeros_like(z)
+
+    elbo.vlb_terms(
+        jax.random.key(4), jnp.zeros((16, 3), jnp.int32), lambda t: 2.0 * t - 1.0, eps_hat,
+        vocab_size=4, mask=mask,
+    )  # fmt: skip
+    k_t = jax.random.split(jax.random.key(4), 3)[0]
+    t_valid = np.mod(float(jax.random.uniform(k_t, ())) + np.arange(5) / 5, 1.0)
+    np.testing.assert_allclose(seen[0].ravel()[:5], 2.0 * t_valid - 1.0, atol=1e-6)
+
+
 def test_variance_min_in_discrete_time_is_a_clear_error():
     x_int = jnp.zeros((2, 3), jnp.int32)
     with pytest.raises(ValueError, match="schedule.variance_min needs continuous time"):

@@ -287,11 +287,24 @@ def diffusion_loss_variance_min(
 # ---- The whole bound. ----
 
 
-def sample_t(key: jax.Array, batch_size: int, antithetic: bool = True) -> jax.Array:
-    """t ~ U[0, 1): low-discrepancy t_i = (u + i/B) mod 1 (VDM App. I.1) or i.i.d."""
+def sample_t(
+    key: jax.Array, batch_size: int, antithetic: bool = True, mask: jax.Array | None = None
+) -> jax.Array:
+    """t ~ U[0, 1): low-discrepancy t_i = (u + i/B) mod 1 (VDM App. I.1) or i.i.d.
+
+    With a `mask` (an eval batch padded to its static size), the low-discrepancy grid spans
+    the n valid examples only, t = (u + rank/n) mod 1: otherwise a batch of n ≪ B real images
+    sees t only in a window of width n/B, unbiased but with the variance of a single draw of u.
+    """
     if antithetic:
         u = jax.random.uniform(key, ())
-        return jnp.mod(u + jnp.arange(batch_size) / batch_size, 1.0)
+        pos, n = jnp.arange(batch_size), batch_size
+        if mask is not None:
+            valid = mask > 0
+            rank = jnp.cumsum(valid) - 1
+            pos = jnp.where(valid, rank, pos)
+            n = jnp.maximum(jnp.sum(valid), 1)
+        return jnp.mod(u + pos / n, 1.0)
     return jax.random.uniform(key, (batch_size,))
 
 
@@ -305,15 +318,17 @@ def vlb_terms(
     n_timesteps: int = 0,
     antithetic_time: bool = True,
     variance_min: tuple[jax.Array, jax.Array, GammaFn] | None = None,
+    mask: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """Per-example VLB terms in nats: {'recon', 'prior', 'diffusion'} (VDM eq. 11).
 
     `variance_min=(γ₀, γ₁, shape_fn)` selects the variance-minimising gradient for the shape
-    (continuous time only); the values are unchanged.
+    (continuous time only); the values are unchanged. `mask` (1 for the real examples of a
+    padded eval batch) spreads the antithetic t over the real examples (`sample_t`).
     """
     f = encode(x_int, vocab_size)
     k_t, k_eps, k_eps0 = jax.random.split(key, 3)
-    t = sample_t(k_t, f.shape[0], antithetic_time)
+    t = sample_t(k_t, f.shape[0], antithetic_time, mask)
     eps = jax.random.normal(k_eps, f.shape)
     eps_0 = jax.random.normal(k_eps0, f.shape)
     if variance_min is None:

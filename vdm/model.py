@@ -165,6 +165,7 @@ class VDM:
             n_timesteps=self.n_timesteps,
             antithetic_time=self.antithetic_time,
             variance_min=vm,
+            mask=batch.get("mask"),
         )
 
 
