@@ -65,8 +65,9 @@ def test_point_masses_code_at_the_t_step_elbo_and_the_coded_probabilities(
     whose ε̂ is scaled down: each step's p misses q by far). The net codelength equals −log₂
     of the coded probabilities (pushes − pops) to 0.01 bits per image (+ the ANS state's few
     bits); its mean is the T-step −ELBO (≥ log₂ J = 2 bits for the exact model, eq. 13) within
-    its standard error — for the poor model too, which needs the stack mixed before each pop;
-    the chunks decode exactly; the clean bits consumed are reported apart."""
+    its standard error — for the poor model too, which needs the stack mixed before each pop —
+    and so is the cost of the same latents under the unquantised Gaussians; the chunks decode
+    exactly; the clean bits consumed are reported apart."""
     rng = np.random.default_rng(0)
     points = rng.integers(0, V, size=(4, 8, 8, 1))
     chain = chain_lib.make_chain(np.linspace(-8.0, 6.0, steps + 1), latent_bits, 8.0)
@@ -84,6 +85,12 @@ def test_point_masses_code_at_the_t_step_elbo_and_the_coded_probabilities(
     assert elbo > 2.0 - 4 * elbo_se
     se = math.hypot(msg.ideal_bits.std() / math.sqrt(n), elbo_se)
     assert abs(msg.net_bits / n - elbo) < 4 * se + 0.05, (msg.net_bits / n, elbo, se)
+    # The same latents under the unquantised Gaussians: the chain's own estimator of the
+    # bound; the coded models (binned Gaussians + the 2^-24 floor) cost no more than them but
+    # for the binning, O((δ/σ)²) per latent: 10^-3 bits per symbol bounds it here.
+    gauss = msg.gaussian_bits.mean()
+    assert abs(gauss - elbo) < 4 * math.hypot(msg.gaussian_bits.std() / math.sqrt(n), elbo_se)
+    assert msg.ideal_bits.mean() <= gauss + 1e-3 * x[0].size * (steps + 1)
     assert 0 < msg.clean_bits <= 32 * msg.n_clean
     y = coder_lib.decode_message(cc, msg.words, msg.n_clean, msg.clean_kept, x.shape, 32)
     np.testing.assert_array_equal(y, x)

@@ -49,15 +49,27 @@ EpsHat = Callable[[np.ndarray, int], np.ndarray]
 
 @dataclasses.dataclass
 class Ledger:
-    """Ideal costs in bits per image: −log₂ of the coded probabilities, pushes minus pops."""
+    """Ideal costs in bits per image, pushes minus pops: `bits`, −log₂ of the coded
+    probabilities; `gauss`, the same latents under the unquantised Gaussians (density × bin,
+    no probability floor, no escapes) — what the chain's Gaussian models alone would cost."""
 
     bits: np.ndarray
+    gauss: np.ndarray
 
-    def push(self, per_symbol: np.ndarray) -> None:
-        self.bits += per_symbol.reshape(len(self.bits), -1).sum(axis=1)
+    @classmethod
+    def zeros(cls, n: int) -> Ledger:
+        return cls(np.zeros(n), np.zeros(n))
 
-    def pop(self, per_symbol: np.ndarray) -> None:
-        self.bits -= per_symbol.reshape(len(self.bits), -1).sum(axis=1)
+    def _per_image(self, v: np.ndarray) -> np.ndarray:
+        return v.reshape(len(self.bits), -1).sum(axis=1)
+
+    def push(self, per_symbol: np.ndarray, gauss: np.ndarray | None = None) -> None:
+        self.bits += self._per_image(per_symbol)
+        self.gauss += self._per_image(per_symbol if gauss is None else gauss)
+
+    def pop(self, per_symbol: np.ndarray, gauss: np.ndarray | None = None) -> None:
+        self.bits -= self._per_image(per_symbol)
+        self.gauss -= self._per_image(per_symbol if gauss is None else gauss)
 
 
 # ---- Gaussian latents on a grid ----
@@ -87,13 +99,19 @@ def quantized_gaussian_bits(u: np.ndarray, frac: np.ndarray, std: float, R: int)
     return PRECISION - np.log2(right - left)
 
 
+def gaussian_bits(u: np.ndarray, frac: np.ndarray, std: float) -> np.ndarray:
+    """−log₂ of N(u; frac, std²) × one bin (grid units): the unquantised model's cost."""
+    return (0.5 * np.square((u - frac) / std) + np.log(std * math.sqrt(2 * math.pi))) / math.log(2)
+
+
 def pop_gaussian(coder, mean, std, delta, R, ledger=None, escapes=False) -> np.ndarray:
     """Pop grid integers k ~ N(mean, std²) binned at δ; offsets beyond ±R follow an escape."""
     c, frac = _centre(mean, delta)
     u = coder.decode(_MODEL.QuantizedGaussian(-R, R), frac, _stds(len(c), std, delta))
     u = u.astype(np.int64)
     if ledger is not None:
-        ledger.pop(quantized_gaussian_bits(u, frac, std / delta, R))
+        s = std / delta
+        ledger.pop(quantized_gaussian_bits(u, frac, s, R), gaussian_bits(u, frac, s))
     if escapes:
         edge = np.flatnonzero(np.abs(u) == R)
         if len(edge):
@@ -101,7 +119,7 @@ def pop_gaussian(coder, mean, std, delta, R, ledger=None, escapes=False) -> np.n
             excess = (words[:, 0] << 32) | (words[:, 1] << 16) | words[:, 2]
             u[edge] = np.sign(u[edge]) * (R + excess)
             if ledger is not None:
-                ledger.pop(_escape_bits(len(u), edge))
+                ledger.pop(_escape_bits(len(u), edge), np.zeros(len(u)))
     return c + u
 
 
@@ -110,6 +128,7 @@ def push_gaussian(coder, k, mean, std, delta, R, ledger=None, escapes=False) -> 
     k = np.ravel(k)
     c, frac = _centre(mean, delta)
     u = k - c
+    gauss = gaussian_bits(u, frac, std / delta) if ledger is not None else None
     far = np.abs(u) >= R if escapes else np.abs(u) > R
     if np.any(far):
         if not escapes:
@@ -121,12 +140,12 @@ def push_gaussian(coder, k, mean, std, delta, R, ledger=None, escapes=False) -> 
         coder.encode_reverse(words.ravel().astype(np.int32), _UNIFORM16)
         u = np.where(far, np.sign(u) * R, u)
         if ledger is not None:
-            ledger.push(_escape_bits(len(u), np.flatnonzero(far)))
+            ledger.push(_escape_bits(len(u), np.flatnonzero(far)), np.zeros(len(u)))
     coder.encode_reverse(
         u.astype(np.int32), _MODEL.QuantizedGaussian(-R, R), frac, _stds(len(c), std, delta)
     )
     if ledger is not None:
-        ledger.push(quantized_gaussian_bits(u, frac, std / delta, R))
+        ledger.push(quantized_gaussian_bits(u, frac, std / delta, R), gauss)
 
 
 def _escape_bits(n: int, where: np.ndarray) -> np.ndarray:
@@ -285,6 +304,7 @@ class Message:
     n_clean: int  # clean words the stack started from
     clean_kept: int  # how many of them (from the bottom) are untouched and not stored
     ideal_bits: np.ndarray  # per image: −log₂ of the coded probabilities (pushes − pops)
+    gaussian_bits: np.ndarray  # per image: the same latents under the unquantised Gaussians
     net_bits: int  # bits pushed − bits popped: the stack's growth over its clean words
 
     @property
@@ -304,15 +324,15 @@ def encode_message(cc: ChunkCoder, images: np.ndarray, batch_size: int, step=Non
     clean = clean_words(n_clean)
     coder = constriction.stream.stack.AnsCoder(clean.copy())
     start_bits = coder.num_valid_bits()
-    ledger = Ledger(np.zeros(len(images)))
+    ledger = Ledger.zeros(len(images))
     for sl in chunks(len(images), batch_size):
-        part = Ledger(np.zeros(sl.stop - sl.start))
+        part = Ledger.zeros(sl.stop - sl.start)
         cc.encode(coder, images[sl], part, step)
-        ledger.bits[sl] = part.bits
+        ledger.bits[sl], ledger.gauss[sl] = part.bits, part.gauss
     net_bits = coder.num_valid_bits() - start_bits
     words = coder.get_compressed()
     kept = _common_prefix(words, clean)
-    return Message(words[kept:].copy(), n_clean, kept, ledger.bits, net_bits)
+    return Message(words[kept:].copy(), n_clean, kept, ledger.bits, ledger.gauss, net_bits)
 
 
 def decode_message(
