@@ -10,7 +10,7 @@ import os
 
 import jax
 
-from vdm import data, diffusion, elbo, objectives, samplers, schedules, train_step
+from vdm import data, diffusion, elbo, likelihood, objectives, samplers, schedules, train_step
 from vdm.networks import DTYPES, FOURIER_GATES, NETWORKS
 
 DECAYS = ("none", "cosine")
@@ -98,6 +98,7 @@ def _check_names(config) -> None:
     _choice(config.eval.pf_ode_trace, "eval.pf_ode_trace", ["hutchinson", "exact"])
     _choice(config.eval.pf_ode_probe, "eval.pf_ode_probe", ["rademacher", "gaussian"])
     _choice(config.eval.pf_ode_solver, "eval.pf_ode_solver", sorted(samplers.SOLVERS))
+    _choice(config.eval.pf_ode_step_control, "eval.pf_ode_step_control", likelihood.STEP_CONTROLS)
     _choice(config.objective.weighting, "objective.weighting", sorted(objectives.WEIGHTINGS))
     _choice(config.objective.noise_dist, "objective.noise_dist", objectives.NOISE_DIST_NAMES)
 

@@ -111,6 +111,7 @@ class Run:
             solver=e.pf_ode_solver,
             rtol=e.pf_ode_rtol,
             atol=e.pf_ode_atol,
+            step_control=e.pf_ode_step_control,
         )
         cache_key = json.dumps(options, sort_keys=True)
         if cache_key not in self._pf_ode_steps:

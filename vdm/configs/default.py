@@ -99,6 +99,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval.pf_ode_solver = "tsit5"
     c.eval.pf_ode_rtol = 1e-5
     c.eval.pf_ode_atol = 1e-5
+    # per_example: each example its own steps (results independent of the batch) | batch: the
+    # batch as one ODE, one step size (score_sde's way; fewer steps, see likelihood.py)
+    c.eval.pf_ode_step_control = "per_example"
+    # per_example: each example its own steps (results independent of the batch) | batch: the
+    # batch as one ODE, one step size (score_sde's way; fewer steps, see likelihood.py)
+    c.eval.pf_ode_step_control = "per_example"
 
     c.sample = ml_collections.ConfigDict()
     c.sample.sampler = "ancestral"  # see vdm.samplers.SAMPLERS
