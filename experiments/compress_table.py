@@ -10,11 +10,18 @@ each, mean ± SE), the round trip checked bit-exact for every image, and encode/
 per image (vdm/compress/study.py). Beside them the classical codecs on the same images
 (vdm/compress/baselines.py). `--latent_bits` and `--range_stds` may list several values to
 sweep the latent grid at each T.
+
+A long T can be split over runs on disjoint images and pooled into one table:
+
+    python experiments/compress_table.py … --n=250 --steps=1000 --out=results/a.json
+    python experiments/compress_table.py … --n=250 --start=250 --steps=1000 --out=results/b.json
+    python experiments/compress_table.py --merge=results/a.json,results/b.json --out=results/ab.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -34,9 +41,11 @@ def _ints(text: str) -> list[int]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--n", type=int, default=500, help="first N test images")
+    p.add_argument("--config")
+    p.add_argument("--workdir")
+    p.add_argument("--n", type=int, default=500, help="N test images from --start")
+    p.add_argument("--start", type=int, default=0, help="index of the first test image")
+    p.add_argument("--merge", default="", help="comma list of results of disjoint runs to pool")
     p.add_argument("--steps", default="10,100,250,500,1000")
     p.add_argument("--latent_bits", default="", help="comma list; default: the config's")
     p.add_argument("--range_stds", default="", help="comma list; default: the config's")
@@ -44,15 +53,26 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=20, help="ELBO draws per image")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
+    if a.merge:
+        return merge(a.merge.split(","), a.out)
+    if not (a.config and a.workdir):
+        p.error("--config and --workdir are required (unless --merge)")
 
     config = load_file(a.config)
     run = Run(config, a.workdir)
     state = run.restore()
     params, step = run.eval_params(state), int(state.step)
-    n = min(a.n, len(run.test_split))
-    images = run.test_split.get(np.arange(n))["image"]
+    stop = min(a.start + a.n, len(run.test_split))
+    if a.start < 0 or a.start >= stop:
+        p.error(
+            f"--start={a.start} with --n={a.n}: no test image (the split has {len(run.test_split)})"
+        )
+    images = run.test_split.get(np.arange(a.start, stop))["image"]
+    n = len(images)
     classical = baselines.classical_bpd(images) if run.model.vocab_size <= 256 else {}
-    print(f"{config.data.name}: {n} test images, step {step}; classical bpd:", end=" ")
+    print(
+        f"{config.data.name}: {n} test images from {a.start}, step {step}; classical bpd:", end=" "
+    )
     print(", ".join(f"{k} {v:.3f}" for k, v in classical.items()), flush=True)
     rows = study.codelength_rows(
         run,
@@ -65,8 +85,40 @@ def main(argv=None):
         a.repeats,
         log=lambda line: print(line, flush=True),
     )
+    for row in rows:
+        row["start"] = a.start
     head = {"data": config.data.name, "checkpoint_step": step, "classical_bpd": classical}
+    head.update(start=a.start, n=n)
     write_results(a.out, __file__, [head, *rows])
+
+
+def merge(paths: list[str], out: str) -> None:
+    """One table from runs on disjoint images of the same data and checkpoint."""
+    heads, parts = [], []
+    for path in paths:
+        with open(path) as f:
+            head, *rows = json.load(f)["results"]
+        heads.append(dict(head, n=head.get("n", rows[0]["n"]), start=head.get("start", 0)))
+        parts.append(rows)
+    for field in ("data", "checkpoint_step"):
+        if len({h[field] for h in heads}) != 1:
+            sys.exit(f"--merge: the runs differ in {field}: {[h[field] for h in heads]}")
+    spans = sorted((h["start"], h["start"] + h["n"]) for h in heads)
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):
+        sys.exit(f"--merge: the runs' image ranges overlap: {spans}")
+    n = sum(h["n"] for h in heads)
+    classical = {
+        k: sum(h["n"] * h["classical_bpd"][k] for h in heads) / n for k in heads[0]["classical_bpd"]
+    }
+    rows = study.merge_rows(parts)
+    for r in rows:
+        print(
+            f"T={r['steps']:5d}: net {r['net_bpd']:.4f} ± {r['net_se']:.4f} bpd, −ELBO_T "
+            f"{r['elbo_bpd']:.4f} ± {r['elbo_se']:.4f} ({100 * r['net_over_elbo']:+.2f}%), "
+            f"{r['n']} images, exact={r['round_trip_exact']}"
+        )
+    head = dict(heads[0], classical_bpd=classical, n=n, start=None, spans=spans, merged=paths)
+    write_results(out, __file__, [head, *rows])
 
 
 if __name__ == "__main__":

@@ -294,3 +294,42 @@ def test_compressed_size_is_the_net_codelength_plus_clean_bits(trained, tmp_path
     net_bits = stats["net_bpd"] * stats["count"] * stats["dims"]
     assert abs(32 * len(words) - (net_bits + stats["clean_bits"])) <= 64
     assert stats["file_bytes"] > 4 * len(words) and math.isfinite(stats["file_bpd"])
+
+
+def test_merging_runs_on_disjoint_images_pools_their_figures_exactly():
+    """A table split over runs (experiments/compress_table.py --merge) equals the table of
+    one run over all the images: means, SEs as `code_once` and `elbo_bpd` define them."""
+    from vdm.compress import study
+
+    rng = np.random.default_rng(0)
+    dims, repeats = 784, 3
+    bits = rng.gamma(4.0, 300.0, 500)  # per-image coded bits
+    draws = rng.normal(1.4, 0.3, (500, repeats))  # per-image ELBO draws in bpd
+
+    def row(sl):
+        b, d = bits[sl], draws[sl].ravel()
+        n = len(b)
+        return {
+            "steps": 1000,
+            "latent_bits": 2,
+            "range_stds": 8.0,
+            "n": n,
+            "net_bpd": b.sum() / (n * dims),
+            "coded_prob_bpd": b.mean() / dims,
+            "net_se": b.std() / dims / math.sqrt(n),
+            "clean_bpd": 2.0,
+            "encode_s_per_image": 9.0,
+            "decode_s_per_image": 7.0,
+            "elbo_bpd": d.mean(),
+            "elbo_se": d.std() / math.sqrt(len(d) - 1),
+            "elbo_repeats": repeats,
+            "round_trip_exact": True,
+        }
+
+    whole = row(slice(0, 500))
+    (merged,) = study.merge_rows([[row(slice(0, 180))], [row(slice(180, 500))]])
+    for field in ("net_bpd", "net_se", "elbo_bpd", "elbo_se"):
+        assert merged[field] == pytest.approx(whole[field], rel=1e-12), field
+    assert merged["n"] == 500 and merged["round_trip_exact"]
+    with pytest.raises(ValueError, match="same"):
+        study.merge_rows([[row(slice(0, 10))], [dict(row(slice(10, 20)), steps=500)]])

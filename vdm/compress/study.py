@@ -3,10 +3,12 @@
 `codelength_rows(run, params, images, steps)` codes the same images at each T (one message,
 round trip checked bit-exact) and evaluates the T-step negative ELBO of the same images; the
 script experiments/compress_table.py and notebooks/compression_mnist.py both call it.
+`merge_rows` pools the rows of runs over disjoint image ranges (a long T split across runs).
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import jax
@@ -84,7 +86,7 @@ def codelength_rows(
                 codec = api.Codec(run.model, params, run.x_shape, steps, bits, rs, batch)
                 row = {"steps": steps, "latent_bits": bits, "range_stds": rs, "n": len(images)}
                 row.update(batch_size=batch, **code_once(codec, images))
-                row.update(elbo_bpd=elbo, elbo_se=elbo_se)
+                row.update(elbo_bpd=elbo, elbo_se=elbo_se, elbo_repeats=repeats)
                 row["net_over_elbo"] = row["net_bpd"] / elbo - 1.0
                 rows.append(row)
                 log(
@@ -97,3 +99,53 @@ def codelength_rows(
                     f"{row['decode_s_per_image'] * 1e3:.1f} ms/img"
                 )
     return rows
+
+
+def _pool(parts: list[tuple[int, float, float]]) -> tuple[float, float]:
+    """Mean and population std of the union of samples given (count, mean, population std)."""
+    n = sum(k for k, _, _ in parts)
+    mean = sum(k * m for k, m, _ in parts) / n
+    second = sum(k * (s * s + m * m) for k, m, s in parts) / n
+    return mean, math.sqrt(max(second - mean * mean, 0.0))
+
+
+def _merge_one(rows: list[dict]) -> dict:
+    n = sum(r["n"] for r in rows)
+    out = dict(rows[0], n=n, starts=[r.get("start", 0) for r in rows], parts=len(rows))
+    for f in (
+        "net_bpd",
+        "coded_prob_bpd",
+        "gaussian_bpd",
+        "clean_bpd",
+        "encode_s_per_image",
+        "decode_s_per_image",
+    ):
+        if all(f in r for r in rows):
+            out[f] = sum(r["n"] * r[f] for r in rows) / n
+    # net_se = std(per-image bits, ddof 0) / dims / sqrt(n)  (`code_once`).
+    _, std = _pool([(r["n"], r["coded_prob_bpd"], r["net_se"] * math.sqrt(r["n"])) for r in rows])
+    out["net_se"] = std / math.sqrt(n)
+    # elbo_se = sqrt(var / (m − 1)) over m = n · repeats draws  (`likelihood.elbo_bpd`).
+    draws = [r["n"] * r["elbo_repeats"] for r in rows]
+    elbo, std = _pool(
+        [
+            (m, r["elbo_bpd"], r["elbo_se"] * math.sqrt(m - 1))
+            for m, r in zip(draws, rows, strict=True)
+        ]
+    )
+    out.update(elbo_bpd=elbo, elbo_se=std / math.sqrt(sum(draws) - 1))
+    out["round_trip_exact"] = all(r["round_trip_exact"] for r in rows)
+    out["net_over_elbo"] = out["net_bpd"] / elbo - 1.0
+    return out
+
+
+def merge_rows(parts: list[list[dict]]) -> list[dict]:
+    """Rows of one table from runs that coded disjoint images (one message per run and row):
+    codelengths, clean bits and times averaged over all the images, the SEs pooled exactly
+    from each run's mean and SE, exactness the AND of the runs'. Rows are matched by
+    (steps, latent_bits, range_stds); every run must have the same settings."""
+    key = lambda r: (r["steps"], r["latent_bits"], r["range_stds"])  # noqa: E731
+    tables = [{key(r): r for r in rows} for rows in parts]
+    if any(t.keys() != tables[0].keys() for t in tables[1:]):
+        raise ValueError("merge: the runs must code the same (steps, latent_bits, range_stds)")
+    return [_merge_one([t[k] for t in tables]) for k in tables[0]]
