@@ -106,6 +106,15 @@ def encode(x_int: jax.Array, vocab_size: int | Encoding) -> jax.Array:
     return as_encoding(vocab_size).encode(x_int)
 
 
+def decoder_logit(d: jax.Array, gamma_0: jax.Array) -> jax.Array:
+    """The decoder's logit of a value whose encoding is d away from u = z₀/α₀: −½ e^{−γ₀} d².
+
+    z₀/α₀ = f + exp(γ₀/2) ε₀ (VDM eq. 1), so each value's logit is the Gaussian log-density of
+    width exp(γ₀/2) at its distance, up to a constant shared by the vocab (VDM eq. 8).
+    """
+    return -0.5 * jnp.exp(-gamma_0) * jnp.square(d)
+
+
 def decoder_logprobs(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int | Encoding) -> jax.Array:
     """log p(x | z₀) for every value of the vocab, shape z₀.shape + (vocab_size,)  (VDM eq. 8).
 
@@ -115,9 +124,7 @@ def decoder_logprobs(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int | Encod
     gamma_0 = diffusion.bcast(gamma_0, z_0)
     alpha_0, _ = diffusion.alpha_sigma(gamma_0)
     centres = enc.centres().T  # (channels, vocab): broadcasts over z₀'s last axis
-    # z₀/α₀ = f + exp(γ₀/2) ε₀, so each centre's logit is a Gaussian log-density of width exp(γ₀/2).
-    inv_std = jnp.exp(-0.5 * gamma_0)[..., None]
-    logits = -0.5 * jnp.square((z_0 / alpha_0)[..., None] - centres) * jnp.square(inv_std)
+    logits = decoder_logit((z_0 / alpha_0)[..., None] - centres, gamma_0[..., None])
     return jax.nn.log_softmax(logits, axis=-1)
 
 
@@ -127,12 +134,11 @@ def _decoder_moments(u: jax.Array, gamma_0: jax.Array, enc: Encoding):
     One pass over the vocab, its max known in closed form (the centre nearest u), so the
     (…, vocab) logits are never stored; E is under the decoder's p(k | z₀) = e^{l_k} / Z.
     """
-    prec = jnp.exp(-gamma_0)
     d = u[..., None] - enc.centres().T
-    d_top = u - enc.encode(enc.to_integers(u))  # the largest logit's d
-    e = jnp.exp(-0.5 * prec[..., None] * (jnp.square(d) - jnp.square(d_top)[..., None]))
+    top = decoder_logit(u - enc.encode(enc.to_integers(u)), gamma_0)  # the largest logit
+    e = jnp.exp(decoder_logit(d, gamma_0[..., None]) - top[..., None])
     z = jnp.sum(e, axis=-1)
-    log_z = jnp.log(z) - 0.5 * prec * jnp.square(d_top)
+    log_z = jnp.log(z) + top
     return log_z, jnp.sum(e * d, axis=-1) / z, jnp.sum(e * jnp.square(d), axis=-1) / z
 
 
@@ -169,7 +175,7 @@ def recon_loss(
     gamma_0 = jnp.broadcast_to(diffusion.bcast(gamma_0, z_0), z_0.shape)
     alpha_0, _ = diffusion.alpha_sigma(gamma_0)
     u = z_0 / alpha_0
-    logit_x = -0.5 * jnp.square(u - f) * jnp.exp(-gamma_0)
+    logit_x = decoder_logit(u - f, gamma_0)
     return -_sum_per_example(logit_x - decoder_log_normalizer(u, gamma_0, enc))
 
 
