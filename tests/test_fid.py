@@ -85,11 +85,13 @@ def test_sample_mode_reports_fid_beside_the_train_vs_test_floor(tmp_path, monkey
     config = load_file("configs/digits.py:smoke")
     main.run_mode(config, str(tmp_path / "run"), "train")
     config.sample.fid = True
-    config.sample.n_samples = 16
+    config.sample.n_samples = 8  # the grid
+    config.sample.fid_n = 16  # the FID's N: drawn beyond the grid
     result = main.run_mode(config, str(tmp_path / "run"), "sample")
     assert result["fid_n"] == 16 and result["fid"] > 0 and result["fid_train_vs_test"] > 0
     written = json.loads(open(result["png"][:-4] + "_fid.json").read())
     assert written["fid"] == result["fid"] and written["step"] == 6
+    assert len(np.load(result["png"][:-4] + ".npz")["samples"]) == 16
 
 
 def test_random_affine_is_the_identity_at_zero_and_keeps_the_value_range():
@@ -99,6 +101,9 @@ def test_random_affine_is_the_identity_at_zero_and_keeps_the_value_range():
     x = rng.uniform(-1, 1, (6, 8, 8, 2)).astype(np.float32)
     same = fid.random_affine(jax.random.key(0), x, 0.0, 0.0, 0.0)
     np.testing.assert_allclose(same, x, atol=1e-5)
-    moved = np.asarray(fid.random_affine(jax.random.key(1), x, 15.0, 0.1, 2.0))
-    assert moved.shape == x.shape and not np.allclose(moved, x)
-    assert moved.min() >= -1 - 1e-5 and moved.max() <= x.max() + 1e-5  # bilinear: no overshoot
+    for elastic in (0.0, 8.0):  # the elastic field keeps the affine map's randomness
+        moved = np.asarray(fid.random_affine(jax.random.key(1), x, 15.0, 0.1, 2.0, elastic))
+        assert moved.shape == x.shape and not np.allclose(moved, x)
+        assert moved.min() >= -1 - 1e-5 and moved.max() <= x.max() + 1e-5  # bilinear
+    warped = np.asarray(fid.random_affine(jax.random.key(1), x, 0.0, 0.0, 0.0, 8.0, 2.0))
+    assert not np.allclose(warped, x) and warped.min() >= -1 - 1e-5

@@ -29,12 +29,15 @@ FORMAT = 1
 RECIPES = {  # per data set: what the classifier is trained with (see `train_classifier`)
     "digits": {"epochs": 40, "batch": 64, "lr": 2e-3, "shift": 1, "seed": 0},
     "mnist": {
-        "epochs": 40,
+        "epochs": 60,
         "batch": 128,
         "lr": 2e-3,
         "shift": 2.5,
         "rotate": 12,
         "scale": 0.1,
+        "elastic": 34.0,
+        "elastic_sigma": 4.0,
+        "ema": 0.995,
         "dropout": 0.3,
         "widths": [48, 96],
         "weight_decay": 1e-4,
@@ -91,27 +94,47 @@ def _shift(images: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.n
     return pad[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def random_affine(key, x, rotate: float, scale: float, shift: float):
+def _smooth(field: jax.Array, sigma: float) -> jax.Array:
+    """A (n, h, w) field blurred by a Gaussian of `sigma` pixels (separable, zero padding)."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    taps = jnp.exp(-0.5 * jnp.square(jnp.arange(-radius, radius + 1) / sigma))
+    taps = taps / taps.sum()
+    blur = lambda v: jnp.convolve(jnp.pad(v, radius), taps, mode="valid")  # noqa: E731
+    field = jax.vmap(jax.vmap(blur))(field)  # along w
+    return jax.vmap(jax.vmap(blur, in_axes=1, out_axes=1))(field)  # along h
+
+
+def random_affine(key, x, rotate: float, scale: float, shift: float, elastic=0.0, sigma=4.0):
     """Random rotations (± `rotate` degrees), zooms (× 1 ± `scale`) and translations (±
-    `shift` pixels) of a batch in model space (background −1), bilinear, on the device."""
+    `shift` pixels) of a batch in model space (background −1), bilinear, on the device; with
+    `elastic` > 0 also an elastic distortion (Simard et al. 2003): a displacement field of
+    uniform(−1, 1) noise per pixel and axis, blurred by a Gaussian of `sigma` pixels and
+    scaled by `elastic` pixels."""
     n, h, w, _ = x.shape
     k_rot, k_scale, k_shift = jax.random.split(key, 3)
     theta = jnp.deg2rad(jax.random.uniform(k_rot, (n,), minval=-rotate, maxval=rotate))
     zoom = jax.random.uniform(k_scale, (n,), minval=1 - scale, maxval=1 + scale)
     offset = jax.random.uniform(k_shift, (n, 2), minval=-shift, maxval=shift)
+    if elastic:
+        noise = jax.random.uniform(
+            jax.random.fold_in(key, 3), (2, n, h, w), minval=-1.0, maxval=1.0
+        )
+        disp = elastic * jax.vmap(_smooth, in_axes=(0, None))(noise, sigma)
+    else:
+        disp = jnp.zeros((2, n, h, w))
     yy, xx = jnp.meshgrid(jnp.arange(h) - (h - 1) / 2, jnp.arange(w) - (w - 1) / 2, indexing="ij")
 
-    def one(img, theta, zoom, offset):  # where each output pixel comes from
+    def one(img, theta, zoom, offset, dy, dx):  # where each output pixel comes from
         c, s = jnp.cos(theta), jnp.sin(theta)
-        src_y = (c * yy - s * xx) / zoom + (h - 1) / 2 - offset[0]
-        src_x = (s * yy + c * xx) / zoom + (w - 1) / 2 - offset[1]
+        src_y = (c * yy - s * xx) / zoom + (h - 1) / 2 - offset[0] + dy
+        src_x = (s * yy + c * xx) / zoom + (w - 1) / 2 - offset[1] + dx
         out = [
             jax.scipy.ndimage.map_coordinates(img[..., k], [src_y, src_x], 1, cval=-1.0)
             for k in range(img.shape[-1])
         ]
         return jnp.stack(out, -1)
 
-    return jax.vmap(one)(x, theta, zoom, offset)
+    return jax.vmap(one)(x, theta, zoom, offset, disp[0], disp[1])
 
 
 @dataclasses.dataclass
@@ -162,8 +185,10 @@ def train_classifier(train, test, vocab_size: int, recipe: dict, log=None) -> Cl
 
     Recipe: epochs, batch, lr (cosine decay, after `warmup_epochs` of linear warm-up), seed;
     augmentation by whole-pixel shifts (`shift`), or with `rotate` (degrees) a random affine
-    map on the device (rotation, zoom ± `scale`, shift); `dropout`, `widths` and AdamW's
-    `weight_decay` where given."""
+    map on the device (rotation, zoom ± `scale`, shift, and an elastic distortion of
+    `elastic` pixels smoothed over `elastic_sigma`); `dropout`, `widths` and AdamW's
+    `weight_decay` where given; with `ema` the classifier is the exponential moving average
+    of the weights at that decay (Polyak averaging), not the last iterate."""
     r = recipe
     x_all = train.get(np.arange(len(train)))
     images, labels = x_all["image"], x_all["label"]
@@ -181,11 +206,21 @@ def train_classifier(train, test, vocab_size: int, recipe: dict, log=None) -> Cl
     opt_state = opt.init(params)
     affine = "rotate" in r
 
+    ema = float(r.get("ema", 0.0))
+
     @jax.jit
-    def step(params, opt_state, x, y, key):
+    def step(params, avg, opt_state, x, y, key):
         k_aug, k_drop = jax.random.split(key)
         if affine:
-            x = random_affine(k_aug, x, r["rotate"], r.get("scale", 0.0), r.get("shift", 0.0))
+            x = random_affine(
+                k_aug,
+                x,
+                r["rotate"],
+                r.get("scale", 0.0),
+                r.get("shift", 0.0),
+                r.get("elastic", 0.0),
+                r.get("elastic_sigma", 4.0),
+            )
 
         def loss_fn(p):
             logits, _ = net.apply({"params": p}, x, train=True, rngs={"dropout": k_drop})
@@ -193,8 +228,11 @@ def train_classifier(train, test, vocab_size: int, recipe: dict, log=None) -> Cl
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        params = optax.apply_updates(params, updates)
+        avg = jax.tree.map(lambda a, p: ema * a + (1 - ema) * p, avg, params) if ema else avg
+        return params, avg, opt_state, loss
 
+    avg = params
     rng = np.random.default_rng(r["seed"])
     for epoch in range(r["epochs"]):
         perm = rng.permutation(len(images))
@@ -205,10 +243,12 @@ def train_classifier(train, test, vocab_size: int, recipe: dict, log=None) -> Cl
             batch = images[idx] if affine else _shift(images[idx], rng, r["shift"])
             k = jax.random.fold_in(key, epoch * steps_per_epoch + i)
             y = jnp.asarray(labels[idx])
-            params, opt_state, loss = step(params, opt_state, _inputs(batch, vocab_size), y, k)
+            params, avg, opt_state, loss = step(
+                params, avg, opt_state, _inputs(batch, vocab_size), y, k
+            )
         if log:
             log(f"classifier epoch {epoch + 1}/{r['epochs']}: loss {float(loss):.4f}")
-    clf = Classifier(net, params, vocab_size, {"recipe": r})
+    clf = Classifier(net, avg if ema else params, vocab_size, {"recipe": r})
     t = test.get(np.arange(len(test)))
     clf.info["test_accuracy"] = clf.accuracy(t["image"], t["label"])
     clf.info["n_test"] = len(test)

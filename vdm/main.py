@@ -105,7 +105,8 @@ def run_mode(
         return _compress_mode(run, params, step, mode, input_path, output_path)
     s = config.sample
     tag = f"{s.sampler}_{s.steps}steps_w{s.guidance:g}_"
-    path = run.write_samples(params, step, progress=True, tag=tag)
+    n = max(s.n_samples, run.fid_n())  # the FID's N may need more than the grid shows
+    path = run.write_samples(params, step, progress=True, tag=tag, n=n)
     result = {"png": path, "step": step}
     if path:
         print(f"samples → {path} and {path[:-4]}.npz")

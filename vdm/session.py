@@ -157,14 +157,24 @@ class Run:
             self.model, params, s, key, self.x_shape, n, progress, sampler=fn, batch=batch
         )
 
+    def fid_n(self) -> int:
+        """N of `--mode=sample`'s FID: min(sample.fid_n, test split, train split), or 0
+        without `sample.fid` or a classifier recipe for the data."""
+        from vdm import fid
+
+        s = self.config.sample
+        if not (s.fid and self.config.data.name in fid.RECIPES):
+            return 0
+        return min(s.fid_n, len(self.test_split), len(self.train_split))
+
     def sample_fid(self, samples: np.ndarray) -> dict:
-        """FID of integer samples against as many test images, in the features of the data's
-        cached classifier (vdm/fid.py), beside the train-vs-test FID at the same N (the
-        floor a perfect model would reach)."""
+        """FID of the first N integer samples (N ≤ `sample.fid_n`) against as many test
+        images, in the features of the data's cached classifier (vdm/fid.py), beside the
+        train-vs-test FID at the same N (the floor a perfect model would reach)."""
         from vdm import fid
 
         clf = fid.load_or_train(self.config.data, log=print)
-        n = min(len(samples), len(self.test_split), len(self.train_split))
+        n = min(len(samples), self.config.sample.fid_n, len(self.test_split), len(self.train_split))
         ref = clf.features(self.test_split.get(np.arange(n))["image"])
         floor = fid.fid(clf.features(self.train_split.get(np.arange(n))["image"]), ref)
         return {
@@ -177,9 +187,7 @@ class Run:
     def write_fid(self, samples_png: str, step: int) -> dict:
         """With `sample.fid` and a classifier recipe for the data: the FID of the samples
         written beside `samples_png` (its .npz), saved as `…_fid.json`; else {}."""
-        from vdm import fid
-
-        if not (self.config.sample.fid and self.config.data.name in fid.RECIPES):
+        if not self.fid_n():
             return {}
         stem = samples_png[:-4]
         result = {"step": step, **self.sample_fid(np.load(stem + ".npz")["samples"])}
@@ -187,9 +195,12 @@ class Run:
             json.dump(result, f, indent=2)
         return {**result, "json": stem + "_fid.json"}
 
-    def write_samples(self, params, step: int, progress: bool = False, tag: str = "") -> str:
-        """Sample and write `samples/<tag>step_<N>.png` and `.npz`, never overwriting a file."""
-        x = self.sample(params, progress=progress)  # every process samples; process 0 writes
+    def write_samples(
+        self, params, step: int, progress: bool = False, tag: str = "", n: int | None = None
+    ) -> str:
+        """Sample and write `samples/<tag>step_<N>.png` (the first `sample.n_samples`) and
+        `.npz` (all `n`, default `sample.n_samples`), never overwriting a file."""
+        x = self.sample(params, n, progress)  # every process samples; process 0 writes
         if jax.process_index() != 0:
             return ""
         cfg = self.config
@@ -199,4 +210,4 @@ class Run:
             n_ref = min(len(self.test_split), 4 * len(x))
             reference = self.test_split.get(np.arange(n_ref))["image"]
         stem = os.path.join(self.workdir, "samples", f"{tag}step_{step:08d}")
-        return generate.save(stem, x, self.encoding, text, reference)
+        return generate.save(stem, x, self.encoding, text, reference, cfg.sample.n_samples)

@@ -123,6 +123,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # --mode=sample: FID against the test split in the features of the data's own classifier
     # (digits, mnist, fashion_mnist; trained once and cached, vdm/fid.py)
     c.sample.fid = True
+    # Its N: min(fid_n, test split, train split) samples against as many test images; more
+    # than n_samples are drawn when needed (the grid shows the first n_samples).
+    c.sample.fid_n = 10_000
 
     # Lossless compression by bits-back ANS along the T-step chain (--mode=compress|decompress).
     c.compress = ml_collections.ConfigDict()

@@ -113,11 +113,11 @@ def unused_stem(stem: str) -> str:
     return path
 
 
-def save(stem: str, x: np.ndarray, encoding, text: str, reference=None) -> str:
-    """Write `x` to `<stem>.npz` (array `samples`) and a captioned grid to `<stem>.png` (a
-    scatter over `reference` for 2-D data), never overwriting: a taken stem gets `_1`, `_2`, …
-    Returns the PNG's path."""
+def save(stem: str, x: np.ndarray, encoding, text: str, reference=None, grid=None) -> str:
+    """Write `x` to `<stem>.npz` (array `samples`) and a captioned grid of its first `grid`
+    (default all) to `<stem>.png` (a scatter over `reference` for 2-D data), never
+    overwriting: a taken stem gets `_1`, `_2`, … Returns the PNG's path."""
     path = unused_stem(stem)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     np.savez_compressed(path + ".npz", samples=x)
-    return images.save_samples(path + ".png", x, encoding, text, reference)
+    return images.save_samples(path + ".png", x[:grid], encoding, text, reference)
