@@ -17,8 +17,11 @@ Every cell trains the same network for the same steps on the same data, with
   images at each NFE in `--nfe`, with `--sampler` (one sample seed per cell: the spread over
   training seeds is the table's ±).
 Each cell is a normal training run in `<out>/cells/<cell>/`; finished cells are read back and
-interrupted ones resume from their checkpoints. Writes `<out>/results.json` (rows),
-`<out>/results.md` (table: mean ± SE over seeds) and `<out>/bpd_fid.png`.
+interrupted ones resume from their checkpoints. `--keep=DIR` also writes each finished cell's
+row to `DIR/<cell>.json` and reads finished cells from there first: a grid longer than one
+sitting keeps its measured rows somewhere lasting (a tracked folder) while the checkpoints stay
+in `<out>`. Writes `<out>/results.json` (rows), `<out>/results.md` (table: mean ± SE over
+seeds) and `<out>/bpd_fid.png`.
 """
 
 from __future__ import annotations
@@ -154,13 +157,17 @@ def run_cell(base, name, setting, args) -> dict:
 
     workdir = os.path.join(args.out, "cells", name)
     done = os.path.join(workdir, "objectives_cell.json")
+    kept = os.path.join(args.keep, f"{name}.json") if args.keep else None
     want = {"steps": args.steps, "nfe": args.nfe, "fid_n": args.fid_n, "sampler": args.sampler}
-    if os.path.exists(done):
-        with open(done) as f:
-            row = json.load(f)
-        if all(row.get(k) == v for k, v in want.items()):
-            print(f"[done] {name}", flush=True)
-            return row
+    for path in (kept, done):
+        if path and os.path.exists(path):
+            with open(path) as f:
+                row = json.load(f)
+            if all(row.get(k) == v for k, v in want.items()):
+                print(f"[done] {name}", flush=True)
+                if kept and path != kept:
+                    _write_json(row, kept)
+                return row
     config = cell_config(base, setting, args.steps)
     t0 = time.time()
     result = train.train_and_evaluate(config, workdir)
@@ -191,12 +198,20 @@ def run_cell(base, name, setting, args) -> dict:
         fid_n_used=fid_n,
         classifier_test_accuracy=acc,
     )
-    with open(done + ".tmp", "w") as f:
-        json.dump(row, f)
-    os.replace(done + ".tmp", done)
+    for path in (done, kept):
+        if path:
+            _write_json(row, path)
     fid_text = ", ".join(f"FID@{k} {v:.1f}" for k, v in fids.items())
     print(f"[new]  {name}: bpd {row['bpd']:.4f} ± {row['bpd_se']:.4f}, {fid_text}", flush=True)
     return row
+
+
+def _write_json(row: dict, path: str) -> None:
+    """Atomically: a cell interrupted mid-write never leaves a half row that reads as done."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(row, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -300,6 +315,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--fid-n", type=int, default=1000)
     p.add_argument("--var-n", type=int, default=500)
+    p.add_argument("--keep", default="", help="folder that keeps each finished cell's row")
     p.add_argument("--set", action="append", default=[], help="config override a.b=value")
     args = p.parse_args(argv)
     from absl import logging

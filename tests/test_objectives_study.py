@@ -87,3 +87,32 @@ def test_summary_is_mean_and_se_over_seeds_and_the_paired_variance_ratio(tmp_pat
     assert "| elbo | adaptive | 2 | 2.1000 ± 0.0000 | 12.00 ± 0.00 | 0.38 ± 0.12 |" in table
     assert json.loads((tmp_path / "results.json").read_text())["summary"] == summary
     assert (tmp_path / "bpd_fid.png").stat().st_size > 2000
+
+
+def test_kept_rows_are_read_back_without_training_and_finished_cells_are_kept(tmp_path):
+    """--keep: a grid longer than one sitting keeps its measured rows in a lasting folder."""
+    keep, out = tmp_path / "keep", tmp_path / "out"
+    grid = [
+        "--config=configs/digits.py:smoke",
+        "--steps=2",
+        "--seeds=0",
+        "--weightings=elbo",
+        "--noise=uniform_t,adaptive",
+        "--nfe=2",
+        "--fid-n=40",
+        f"--out={out}",
+        f"--keep={keep}",
+    ]
+    want = {"steps": 2, "nfe": [2], "fid_n": 40, "sampler": "ddim"}
+    kept = _row("elbo", "uniform_t", 0, 2.0, 10.0, 4.0) | want
+    done = _row("elbo", "adaptive", 0, 2.1, 12.0, 4.0, 1.0) | want
+    keep.mkdir()
+    (keep / "elbo_uniform_t_seed0.json").write_text(json.dumps(kept))
+    cell = out / "cells" / "elbo_adaptive_seed0"
+    cell.mkdir(parents=True)
+    (cell / "objectives_cell.json").write_text(json.dumps(done))
+    rows = objectives_study.main(grid)
+    assert rows == [kept, done]  # both read back: nothing trained
+    assert os.listdir(cell) == ["objectives_cell.json"]
+    assert json.loads((keep / "elbo_adaptive_seed0.json").read_text()) == done
+    assert json.loads((out / "results.json").read_text())["cells"] == [kept, done]
