@@ -107,9 +107,8 @@ def merge(paths: list[str], out: str) -> None:
     if any(a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):
         sys.exit(f"--merge: the runs' image ranges overlap: {spans}")
     n = sum(h["n"] for h in heads)
-    classical = {
-        k: sum(h["n"] * h["classical_bpd"][k] for h in heads) / n for k in heads[0]["classical_bpd"]
-    }
+    codecs = [dict(h["classical_bpd"], n=h["n"]) for h in heads]
+    classical = study.image_mean(codecs, heads[0]["classical_bpd"])
     rows = study.merge_rows(parts)
     for r in rows:
         print(

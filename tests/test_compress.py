@@ -1,6 +1,7 @@
 """Lossless compression by bits-back ANS (vdm/compress/): exact round trips, the codelength
 against the coded probabilities and an analytic answer, the .vdmz file's defences, the modes."""
 
+import json
 import math
 import os
 import subprocess
@@ -296,7 +297,7 @@ def test_compressed_size_is_the_net_codelength_plus_clean_bits(trained, tmp_path
     assert stats["file_bytes"] > 4 * len(words) and math.isfinite(stats["file_bpd"])
 
 
-def test_merging_runs_on_disjoint_images_pools_their_figures_exactly():
+def test_merging_runs_on_disjoint_images_pools_their_figures_exactly(tmp_path):
     """A table split over runs (experiments/compress_table.py --merge) equals the table of
     one run over all the images: means, SEs as `code_once` and `elbo_bpd` define them."""
     from vdm.compress import study
@@ -333,3 +334,24 @@ def test_merging_runs_on_disjoint_images_pools_their_figures_exactly():
     assert merged["n"] == 500 and merged["round_trip_exact"]
     with pytest.raises(ValueError, match="same"):
         study.merge_rows([[row(slice(0, 10))], [dict(row(slice(10, 20)), steps=500)]])
+
+    # the script pools the files of the parts, the classical codecs' bpd by image too
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
+    import compress_table
+
+    def part(path, start, stop, xz):
+        head = {"data": "mnist", "checkpoint_step": 3000, "n": stop - start, "start": start}
+        head["classical_bpd"] = {"xz": xz, "png": 2.0}
+        with open(path, "w") as f:
+            json.dump({"results": [head, row(slice(start, stop))]}, f)
+        return str(path)
+
+    a, b = part(tmp_path / "a.json", 0, 180, 1.0), part(tmp_path / "b.json", 180, 500, 2.0)
+    compress_table.main([f"--merge={a},{b}", f"--out={tmp_path / 'ab.json'}"])
+    head, pooled = json.loads((tmp_path / "ab.json").read_text())["results"]
+    assert head["classical_bpd"]["xz"] == pytest.approx((180 * 1.0 + 320 * 2.0) / 500)
+    assert head["n"] == 500 and head["spans"] == [[0, 180], [180, 500]]
+    assert pooled["elbo_se"] == pytest.approx(whole["elbo_se"], rel=1e-12)
+    overlap = part(tmp_path / "c.json", 100, 200, 1.0)
+    with pytest.raises(SystemExit, match="overlap"):
+        compress_table.main([f"--merge={a},{overlap}", f"--out={tmp_path / 'x.json'}"])

@@ -165,7 +165,11 @@ class Run:
         s = self.config.sample
         if not (s.fid and self.config.data.name in fid.RECIPES):
             return 0
-        return min(s.fid_n, len(self.test_split), len(self.train_split))
+        return self._fid_cap()
+
+    def _fid_cap(self) -> int:
+        """min(sample.fid_n, test split, train split): N never exceeds either reference."""
+        return min(self.config.sample.fid_n, len(self.test_split), len(self.train_split))
 
     def sample_fid(self, samples: np.ndarray) -> dict:
         """FID of the first N integer samples (N ≤ `sample.fid_n`) against as many test
@@ -174,7 +178,7 @@ class Run:
         from vdm import fid
 
         clf = fid.load_or_train(self.config.data, log=print)
-        n = min(len(samples), self.config.sample.fid_n, len(self.test_split), len(self.train_split))
+        n = min(len(samples), self._fid_cap())
         ref = clf.features(self.test_split.get(np.arange(n))["image"])
         floor = fid.fid(clf.features(self.train_split.get(np.arange(n))["image"]), ref)
         return {

@@ -109,19 +109,18 @@ def _pool(parts: list[tuple[int, float, float]]) -> tuple[float, float]:
     return mean, math.sqrt(max(second - mean * mean, 0.0))
 
 
+def image_mean(rows: list[dict], fields) -> dict:
+    """Per-image means over runs on disjoint images, Σ nᵢ·fᵢ / Σ nᵢ, for each field that every
+    run reports (each row holds its run's image count `n` and per-image means)."""
+    n = sum(r["n"] for r in rows)
+    return {f: sum(r["n"] * r[f] for r in rows) / n for f in fields if all(f in r for r in rows)}
+
+
 def _merge_one(rows: list[dict]) -> dict:
     n = sum(r["n"] for r in rows)
     out = dict(rows[0], n=n, starts=[r.get("start", 0) for r in rows], parts=len(rows))
-    for f in (
-        "net_bpd",
-        "coded_prob_bpd",
-        "gaussian_bpd",
-        "clean_bpd",
-        "encode_s_per_image",
-        "decode_s_per_image",
-    ):
-        if all(f in r for r in rows):
-            out[f] = sum(r["n"] * r[f] for r in rows) / n
+    means = ("net_bpd", "coded_prob_bpd", "gaussian_bpd", "clean_bpd")
+    out.update(image_mean(rows, (*means, "encode_s_per_image", "decode_s_per_image")))
     # net_se = std(per-image bits, ddof 0) / dims / sqrt(n)  (`code_once`).
     _, std = _pool([(r["n"], r["coded_prob_bpd"], r["net_se"] * math.sqrt(r["n"])) for r in rows])
     out["net_se"] = std / math.sqrt(n)
