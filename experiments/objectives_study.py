@@ -17,11 +17,12 @@ Every cell trains the same network for the same steps on the same data, with
   images at each NFE in `--nfe`, with `--sampler` (one sample seed per cell: the spread over
   training seeds is the table's ±).
 Each cell is a normal training run in `<out>/cells/<cell>/`; finished cells are read back and
-interrupted ones resume from their checkpoints. `--keep=DIR` also writes each finished cell's
-row to `DIR/<cell>.json` and reads finished cells from there first: a grid longer than one
-sitting keeps its measured rows somewhere lasting (a tracked folder) while the checkpoints stay
-in `<out>`. Writes `<out>/results.json` (rows), `<out>/results.md` (table: mean ± SE over
-seeds) and `<out>/bpd_fid.png`.
+interrupted ones resume from their checkpoints. `--keep=DIR` also copies each finished cell's
+row and training log to `DIR/<cell>/` (`objectives_cell.json`, `metrics.jsonl`) and reads
+finished cells from there first: a grid longer than one sitting keeps what it measured
+somewhere lasting (a tracked folder) while the checkpoints stay in `<out>`. Writes
+`<out>/results.json` (rows), `<out>/results.md` (table: mean ± SE over seeds) and
+`<out>/bpd_fid.png`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ sys.path.insert(0, ROOT)
 from experiments.bench_io import csv_list  # noqa: E402
 
 NOISE = ("uniform_t", "adaptive")
+ROW = "objectives_cell.json"  # a finished cell's row, in its workdir (and --keep folder)
 # The measured grid (notebooks/objectives_digits.py): the quickstart's digits network with a
 # fixed schedule, 20 cells in well under an hour on a 2-core CPU. (A 28×28 MNIST cell runs at
 # ≈ 2 steps/s there: the same grid on MNIST is an overnight job, `--config=configs/mnist.py`.)
@@ -156,17 +158,17 @@ def run_cell(base, name, setting, args) -> dict:
     from vdm import session, train
 
     workdir = os.path.join(args.out, "cells", name)
-    done = os.path.join(workdir, "objectives_cell.json")
-    kept = os.path.join(args.keep, f"{name}.json") if args.keep else None
+    done = os.path.join(workdir, ROW)
+    kept = os.path.join(args.keep, name) if args.keep else None
     want = {"steps": args.steps, "nfe": args.nfe, "fid_n": args.fid_n, "sampler": args.sampler}
-    for path in (kept, done):
+    for path in (os.path.join(kept, ROW) if kept else None, done):
         if path and os.path.exists(path):
             with open(path) as f:
                 row = json.load(f)
             if all(row.get(k) == v for k, v in want.items()):
                 print(f"[done] {name}", flush=True)
-                if kept and path != kept:
-                    _write_json(row, kept)
+                if kept and path == done:
+                    keep_cell(workdir, kept, row)
                 return row
     config = cell_config(base, setting, args.steps)
     t0 = time.time()
@@ -198,9 +200,9 @@ def run_cell(base, name, setting, args) -> dict:
         fid_n_used=fid_n,
         classifier_test_accuracy=acc,
     )
-    for path in (done, kept):
-        if path:
-            _write_json(row, path)
+    _write_json(row, done)
+    if kept:
+        keep_cell(workdir, kept, row)
     fid_text = ", ".join(f"FID@{k} {v:.1f}" for k, v in fids.items())
     print(f"[new]  {name}: bpd {row['bpd']:.4f} ± {row['bpd_se']:.4f}, {fid_text}", flush=True)
     return row
@@ -212,6 +214,19 @@ def _write_json(row: dict, path: str) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(row, f, indent=1)
     os.replace(path + ".tmp", path)
+
+
+def keep_cell(workdir: str, kept: str, row: dict) -> None:
+    """A finished cell's training log, then its row, into `kept` (the row last: it marks the
+    cell done)."""
+    import shutil
+
+    os.makedirs(kept, exist_ok=True)
+    log = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(log):
+        shutil.copyfile(log, os.path.join(kept, "metrics.jsonl.tmp"))
+        os.replace(os.path.join(kept, "metrics.jsonl.tmp"), os.path.join(kept, "metrics.jsonl"))
+    _write_json(row, os.path.join(kept, ROW))
 
 
 def summarise(rows: list[dict]) -> list[dict]:

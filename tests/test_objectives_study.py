@@ -106,13 +106,16 @@ def test_kept_rows_are_read_back_without_training_and_finished_cells_are_kept(tm
     want = {"steps": 2, "nfe": [2], "fid_n": 40, "sampler": "ddim"}
     kept = _row("elbo", "uniform_t", 0, 2.0, 10.0, 4.0) | want
     done = _row("elbo", "adaptive", 0, 2.1, 12.0, 4.0, 1.0) | want
-    keep.mkdir()
-    (keep / "elbo_uniform_t_seed0.json").write_text(json.dumps(kept))
+    (keep / "elbo_uniform_t_seed0").mkdir(parents=True)
+    (keep / "elbo_uniform_t_seed0" / "objectives_cell.json").write_text(json.dumps(kept))
     cell = out / "cells" / "elbo_adaptive_seed0"
     cell.mkdir(parents=True)
     (cell / "objectives_cell.json").write_text(json.dumps(done))
+    (cell / "metrics.jsonl").write_text('{"step": 2, "split": "eval", "bpd": 2.1}\n')
     rows = objectives_study.main(grid)
     assert rows == [kept, done]  # both read back: nothing trained
-    assert os.listdir(cell) == ["objectives_cell.json"]
-    assert json.loads((keep / "elbo_adaptive_seed0.json").read_text()) == done
+    assert sorted(os.listdir(cell)) == ["metrics.jsonl", "objectives_cell.json"]
+    moved = keep / "elbo_adaptive_seed0"
+    assert json.loads((moved / "objectives_cell.json").read_text()) == done
+    assert (moved / "metrics.jsonl").read_text() == (cell / "metrics.jsonl").read_text()
     assert json.loads((out / "results.json").read_text())["cells"] == [kept, done]
