@@ -22,7 +22,8 @@ row and training log to `DIR/<cell>/` (`objectives_cell.json`, `metrics.jsonl`) 
 finished cells from there first: a grid longer than one sitting keeps what it measured
 somewhere lasting (a tracked folder) while the checkpoints stay in `<out>`. Writes
 `<out>/results.json` (rows), `<out>/results.md` (table: mean ± SE over seeds) and
-`<out>/bpd_fid.png`.
+`<out>/bpd_fid.png`. `--report-only` trains nothing: it tabulates the finished cells of the
+grid and names the ones still to run.
 """
 
 from __future__ import annotations
@@ -154,22 +155,37 @@ def fid_at(run, params, nfe: int, sampler: str, n: int) -> dict:
     return run.sample_fid(samples)
 
 
-def run_cell(base, name, setting, args) -> dict:
-    from vdm import session, train
+def _wanted(args) -> dict:
+    """The settings a finished row must have been measured under to count as this grid's."""
+    return {"steps": args.steps, "nfe": args.nfe, "fid_n": args.fid_n, "sampler": args.sampler}
 
+
+def finished_row(name: str, args) -> dict | None:
+    """The cell's row if it finished under this grid's settings (--keep first, then --out);
+    a row found only in --out is copied into --keep."""
     workdir = os.path.join(args.out, "cells", name)
-    done = os.path.join(workdir, ROW)
     kept = os.path.join(args.keep, name) if args.keep else None
-    want = {"steps": args.steps, "nfe": args.nfe, "fid_n": args.fid_n, "sampler": args.sampler}
-    for path in (os.path.join(kept, ROW) if kept else None, done):
+    for path in (os.path.join(kept, ROW) if kept else None, os.path.join(workdir, ROW)):
         if path and os.path.exists(path):
             with open(path) as f:
                 row = json.load(f)
-            if all(row.get(k) == v for k, v in want.items()):
-                print(f"[done] {name}", flush=True)
-                if kept and path == done:
+            if all(row.get(k) == v for k, v in _wanted(args).items()):
+                if kept and not path.startswith(kept + os.sep):
                     keep_cell(workdir, kept, row)
                 return row
+    return None
+
+
+def run_cell(base, name, setting, args) -> dict:
+    from vdm import session, train
+
+    if row := finished_row(name, args):
+        print(f"[done] {name}", flush=True)
+        return row
+    workdir = os.path.join(args.out, "cells", name)
+    done = os.path.join(workdir, ROW)
+    kept = os.path.join(args.keep, name) if args.keep else None
+    want = _wanted(args)
     config = cell_config(base, setting, args.steps)
     t0 = time.time()
     result = train.train_and_evaluate(config, workdir)
@@ -331,6 +347,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--fid-n", type=int, default=1000)
     p.add_argument("--var-n", type=int, default=500)
     p.add_argument("--keep", default="", help="folder that keeps each finished cell's row")
+    p.add_argument(
+        "--report-only", action="store_true", help="tabulate the finished cells; train nothing"
+    )
     p.add_argument("--set", action="append", default=[], help="config override a.b=value")
     args = p.parse_args(argv)
     from absl import logging
@@ -357,10 +376,15 @@ def main(argv=None) -> list[dict]:
         old = base[section][field]
         base[section][field] = type(old)(value) if not isinstance(old, bool) else value == "True"
     os.makedirs(args.out, exist_ok=True)
-    rows = [
-        run_cell(base, name, setting, args)
-        for name, setting in cells(weightings, noises, csv_list(args.seeds, int))
-    ]
+    grid = list(cells(weightings, noises, csv_list(args.seeds, int)))
+    if args.report_only:
+        rows = [row for name, _ in grid if (row := finished_row(name, args))]
+        missing = [name for name, _ in grid if not any(r["name"] == name for r in rows)]
+        print(f"{len(rows)} of {len(grid)} cells finished; to run: {', '.join(missing) or '—'}")
+        if not rows:
+            p.error("--report-only: no finished cell of this grid in --out or --keep")
+    else:
+        rows = [run_cell(base, name, setting, args) for name, setting in grid]
     write_report(rows, args.out)
     print(f"→ {args.out}/results.json, results.md, bpd_fid.png")
     return rows

@@ -89,7 +89,7 @@ def test_summary_is_mean_and_se_over_seeds_and_the_paired_variance_ratio(tmp_pat
     assert (tmp_path / "bpd_fid.png").stat().st_size > 2000
 
 
-def test_kept_rows_are_read_back_without_training_and_finished_cells_are_kept(tmp_path):
+def test_kept_rows_are_read_back_without_training_and_finished_cells_are_kept(tmp_path, capsys):
     """--keep: a grid longer than one sitting keeps its measured rows in a lasting folder."""
     keep, out = tmp_path / "keep", tmp_path / "out"
     grid = [
@@ -119,3 +119,13 @@ def test_kept_rows_are_read_back_without_training_and_finished_cells_are_kept(tm
     assert json.loads((moved / "objectives_cell.json").read_text()) == done
     assert (moved / "metrics.jsonl").read_text() == (cell / "metrics.jsonl").read_text()
     assert json.loads((out / "results.json").read_text())["cells"] == [kept, done]
+
+    # --report-only tabulates what is finished and names the rest; with nothing, it refuses
+    longer = [a for a in grid if not a.startswith("--seeds")] + ["--seeds=0,1", "--report-only"]
+    assert objectives_study.main(longer) == [kept, done]
+    assert "2 of 4 cells finished; to run: elbo_uniform_t_seed1, elbo_adaptive_seed1" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(SystemExit):
+        objectives_study.main([*longer, f"--out={tmp_path / 'none'}", "--keep="])
+    assert "no finished cell" in capsys.readouterr().err
