@@ -39,7 +39,8 @@ def test_grid_names_every_cell_and_runs_seed_zero_first():
         (["--weightings=elbo,sigmod"], "sigmod.*one of"),
         (["--weightings=sigmoid:x"], "shift"),
         (["--noise=uniform"], "--noise must be drawn from"),
-        (["--sampler=euler"], "--sampler must be one of"),
+        (["--sampler=euler"], "--sampler must be drawn from"),
+        (["--sampler=ddim,euler"], "--sampler must be drawn from.*'ddim,euler'"),
         (["--set=model.n_embed=8"], "model.n_embed.*not a config field"),
     ],
 )
@@ -87,6 +88,12 @@ def test_summary_is_mean_and_se_over_seeds_and_the_paired_variance_ratio(tmp_pat
     assert "| elbo | adaptive | 2 | 2.1000 ± 0.0000 | 12.00 ± 0.00 | 0.38 ± 0.12 |" in table
     assert json.loads((tmp_path / "results.json").read_text())["summary"] == summary
     assert (tmp_path / "bpd_fid.png").stat().st_size > 2000
+    assert objectives_study.claims(summary) == [
+        "lowest bpd: elbo, uniform_t: 2.1000",
+        "lowest FID @ 20 NFE: elbo, uniform_t: 12.00",
+        "Var L_w, adaptive p(λ) / uniform t on the same trained model: elbo 0.38 "
+        "(geometric mean 0.38)",
+    ]
 
 
 def test_kept_rows_are_read_back_without_training_and_finished_cells_are_kept(tmp_path, capsys):
@@ -129,3 +136,17 @@ def test_kept_rows_are_read_back_without_training_and_finished_cells_are_kept(tm
     with pytest.raises(SystemExit):
         objectives_study.main([*longer, f"--out={tmp_path / 'none'}", "--keep="])
     assert "no finished cell" in capsys.readouterr().err
+
+
+def test_a_sampler_pick_is_reused_only_by_the_grid_it_was_measured_on(tmp_path):
+    """--sampler=a,b: the first cell measures both; a rerun of the same grid reads the pick."""
+    args = objectives_study.argparse.Namespace(
+        keep="", out=str(tmp_path), samplers=["ancestral", "ddim"], steps=5, nfe=[2], fid_n=8
+    )
+    assert objectives_study.read_pick(args, "elbo_uniform_t_seed0") is None
+    pick = objectives_study._pick_key(args, "elbo_uniform_t_seed0") | {"best": "ddim"}
+    (tmp_path / "sampler_pick.json").write_text(json.dumps(pick))
+    assert objectives_study.read_pick(args, "elbo_uniform_t_seed0") == "ddim"
+    assert objectives_study.read_pick(args, "edm_uniform_t_seed0") is None  # another first cell
+    args.fid_n = 16
+    assert objectives_study.read_pick(args, "elbo_uniform_t_seed0") is None  # another N
