@@ -1,11 +1,13 @@
 """What every benchmark script shares: one measurement in its own subprocess (its last
-stdout line is JSON), and the results file (the command, the machine, the rows)."""
+stdout line is JSON), the results file (the command, the machine, the rows), and the finished
+cells of a long grid kept in a lasting folder (`--keep`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 
@@ -38,3 +40,39 @@ def write_results(out: str, script: str, results: list[dict]) -> None:
 def csv_list(s: str, cast=str) -> list:
     """'a,b,,c' → ['a', 'b', 'c'] (each through `cast`): a comma-separated argument."""
     return [cast(v) for v in s.split(",") if v]
+
+
+def write_json(obj, path: str) -> None:
+    """Atomically: a run interrupted mid-write never leaves a half row that reads as done."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def keep_cell(workdir: str, kept: str, row: dict, row_file: str) -> None:
+    """A finished cell's training log (`metrics.jsonl`), then its row (`row_file`), from its
+    workdir into `kept`: the row last, since it marks the cell done."""
+    os.makedirs(kept, exist_ok=True)
+    log = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(log):
+        shutil.copyfile(log, os.path.join(kept, "metrics.jsonl.tmp"))
+        os.replace(os.path.join(kept, "metrics.jsonl.tmp"), os.path.join(kept, "metrics.jsonl"))
+    write_json(row, os.path.join(kept, row_file))
+
+
+def finished_row(out: str, keep: str, name: str, row_file: str, matches) -> dict | None:
+    """Cell `name`'s row if it finished under the grid's settings (`matches(row)`): from the
+    `keep` folder first, then its workdir `out/cells/name/`; a row found only in the workdir is
+    copied into `keep` (with its training log)."""
+    workdir = os.path.join(out, "cells", name)
+    kept = os.path.join(keep, name) if keep else None
+    for path in (os.path.join(kept, row_file) if kept else None, os.path.join(workdir, row_file)):
+        if path and os.path.exists(path):
+            with open(path) as f:
+                row = json.load(f)
+            if matches(row):
+                if kept and not path.startswith(kept + os.sep):
+                    keep_cell(workdir, kept, row, row_file)
+                return row
+    return None

@@ -15,6 +15,11 @@ test bpd ± SE and its recon / prior / diffusion terms. For the last checkpoint 
 loss is also resolved by noise level: in continuous time L_∞ = ∫ ½ E‖ε − ε̂(z_γ; γ)‖² dγ over
 [γ₀, γ₁] (VDM eq. 18), so ½ E‖ε − ε̂‖² at fixed γ is the loss per unit γ, comparable across
 cells whatever their learned schedules. Writes results.json, results.md, curves.png, by_gamma.png.
+
+A cell of 10,000 steps takes ≈ 2 h on a 2-core CPU: `--keep=DIR` copies each finished cell's
+row and training log to `DIR/<cell>_seed<s>/` and reads finished cells from there first, so
+the grid can be run a few cells at a time with what was measured kept in a lasting (tracked)
+folder; `--report-only` draws the table and figures from the finished cells, training nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from experiments.bench_io import csv_list  # noqa: E402
+from experiments import bench_io  # noqa: E402
+from experiments.bench_io import csv_list, keep_cell, write_json  # noqa: E402
+
+ROW = "fourier_cell.json"  # a finished cell's row, in its workdir (and --keep folder)
 
 CELLS = {
     "off": {"fourier_features": False},
@@ -88,14 +96,11 @@ def run_cell(base, cell: str, seed: int, args) -> dict:
 
     name = f"{cell}_seed{seed}"
     workdir = os.path.join(args.out, "cells", name)
-    done = os.path.join(workdir, "fourier_cell.json")
-    key = (args.steps, args.every, args.eval_examples, args.repeats)
-    if os.path.exists(done):
-        with open(done) as f:
-            row = json.load(f)
-        if tuple(row["key"]) == key:
-            print(f"[done] {name}", flush=True)
-            return row
+    done = os.path.join(workdir, ROW)
+    kept = os.path.join(args.keep, name) if args.keep else None
+    if row := finished_row(name, args):
+        print(f"[done] {name}", flush=True)
+        return row
     config = cell_config(base, cell, seed, args.steps, args.every)
     t0 = time.time()
     train.train_and_evaluate(config, workdir)
@@ -119,13 +124,25 @@ def run_cell(base, cell: str, seed: int, args) -> dict:
     x = np.asarray(subset.get(np.arange(n))["image"])
     by_gamma = density_by_gamma(run.model, params, x, jax.random.key(54321), gammas)
     row = dict(
-        cell=cell, seed=seed, key=key, wall_s=wall, curve=curve, gammas=gammas.tolist(),
-        by_gamma=by_gamma,
+        cell=cell, seed=seed, key=list(_key(args)), wall_s=wall, curve=curve,
+        gammas=gammas.tolist(), by_gamma=by_gamma,
     )  # fmt: skip
-    with open(done + ".tmp", "w") as f:
-        json.dump(row, f)
-    os.replace(done + ".tmp", done)
+    write_json(row, done)
+    if kept:
+        keep_cell(workdir, kept, row, ROW)
     return row
+
+
+def _key(args) -> tuple:
+    """What a finished row must have been measured under to count as this grid's."""
+    return (args.steps, args.every, args.eval_examples, args.repeats)
+
+
+def finished_row(name: str, args) -> dict | None:
+    """The cell's row if it finished under this grid's settings (--keep first, then --out)."""
+    return bench_io.finished_row(
+        args.out, args.keep, name, ROW, lambda row: tuple(row["key"]) == _key(args)
+    )
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -214,6 +231,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--every", type=int, default=1000)
     p.add_argument("--eval_examples", type=int, default=500)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--keep", default="", help="folder that keeps each finished cell's row")
+    p.add_argument(
+        "--report-only", action="store_true", help="report the finished cells; train nothing"
+    )
     args = p.parse_args(argv)
     cells = csv_list(args.cells)
     bad = [c for c in cells if c not in CELLS]
@@ -226,7 +247,16 @@ def main(argv=None) -> list[dict]:
     logging.set_verbosity(logging.WARNING)
     base = load_config(args.config)
     os.makedirs(args.out, exist_ok=True)
-    rows = [run_cell(base, c, s, args) for s in csv_list(args.seeds, int) for c in cells]
+    grid = [(c, s) for s in csv_list(args.seeds, int) for c in cells]
+    if args.report_only:
+        found = {(c, s): finished_row(f"{c}_seed{s}", args) for c, s in grid}
+        rows = [r for r in found.values() if r]
+        missing = [f"{c}_seed{s}" for (c, s), r in found.items() if not r]
+        print(f"{len(rows)} of {len(grid)} cells finished; to run: {', '.join(missing) or '—'}")
+        if not rows:
+            p.error("--report-only: no finished cell of this grid in --out or --keep")
+    else:
+        rows = [run_cell(base, c, s, args) for c, s in grid]
     command = "python experiments/fourier_ablation.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )

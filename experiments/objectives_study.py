@@ -39,7 +39,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from experiments.bench_io import csv_list  # noqa: E402
+from experiments import bench_io  # noqa: E402
+from experiments.bench_io import csv_list, keep_cell, write_json  # noqa: E402
 
 NOISE = ("uniform_t", "adaptive")
 ROW = "objectives_cell.json"  # a finished cell's row, in its workdir (and --keep folder)
@@ -193,19 +194,10 @@ def read_pick(args, first: str) -> str | None:
 
 
 def finished_row(name: str, args) -> dict | None:
-    """The cell's row if it finished under this grid's settings (--keep first, then --out);
-    a row found only in --out is copied into --keep."""
-    workdir = os.path.join(args.out, "cells", name)
-    kept = os.path.join(args.keep, name) if args.keep else None
-    for path in (os.path.join(kept, ROW) if kept else None, os.path.join(workdir, ROW)):
-        if path and os.path.exists(path):
-            with open(path) as f:
-                row = json.load(f)
-            if all(row.get(k) == v for k, v in _wanted(args).items()):
-                if kept and not path.startswith(kept + os.sep):
-                    keep_cell(workdir, kept, row)
-                return row
-    return None
+    """The cell's row if it finished under this grid's settings (--keep first, then --out)."""
+    want = _wanted(args)
+    matches = lambda row: all(row.get(k) == v for k, v in want.items())  # noqa: E731
+    return bench_io.finished_row(args.out, args.keep, name, ROW, matches)
 
 
 def run_cell(base, name, setting, args) -> dict:
@@ -237,7 +229,7 @@ def run_cell(base, name, setting, args) -> dict:
     if not args.sampler:  # the first cell of a grid that picks its sampler
         args.sampler = min(by_sampler, key=lambda k: sum(by_sampler[k].values()))
         picked = {"fid_by_sampler": by_sampler}
-        _write_json({**_pick_key(args, name), "best": args.sampler, **picked}, _pick_path(args))
+        write_json({**_pick_key(args, name), "best": args.sampler, **picked}, _pick_path(args))
         print(f"[pick] {args.sampler}: " + json.dumps(by_sampler), flush=True)
     fids = by_sampler[args.sampler]
     row = dict(
@@ -257,33 +249,12 @@ def run_cell(base, name, setting, args) -> dict:
         fid_n_used=fid_n,
         classifier_test_accuracy=acc,
     )
-    _write_json(row, done)
+    write_json(row, done)
     if kept:
-        keep_cell(workdir, kept, row)
+        keep_cell(workdir, kept, row, ROW)
     fid_text = ", ".join(f"FID@{k} {v:.1f}" for k, v in fids.items())
     print(f"[new]  {name}: bpd {row['bpd']:.4f} ± {row['bpd_se']:.4f}, {fid_text}", flush=True)
     return row
-
-
-def _write_json(row: dict, path: str) -> None:
-    """Atomically: a cell interrupted mid-write never leaves a half row that reads as done."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(row, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-def keep_cell(workdir: str, kept: str, row: dict) -> None:
-    """A finished cell's training log, then its row, into `kept` (the row last: it marks the
-    cell done)."""
-    import shutil
-
-    os.makedirs(kept, exist_ok=True)
-    log = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(log):
-        shutil.copyfile(log, os.path.join(kept, "metrics.jsonl.tmp"))
-        os.replace(os.path.join(kept, "metrics.jsonl.tmp"), os.path.join(kept, "metrics.jsonl"))
-    _write_json(row, os.path.join(kept, ROW))
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -62,3 +62,33 @@ def test_bad_grid_values_are_clear_errors(capsys):
     with pytest.raises(SystemExit):
         ablate_schedules.main(["--schedules", "linear"])
     assert "--schedules must be drawn from" in capsys.readouterr().err
+
+
+def test_fourier_ablation_reports_kept_cells_without_training(tmp_path, capsys):
+    """experiments/fourier_ablation.py --keep/--report-only: a grid of ≈ 2 h cells run a few at
+    a time keeps each finished cell's row; the report draws from whatever is finished."""
+    import json
+
+    import fourier_ablation
+
+    keep, out = tmp_path / "keep", tmp_path / "out"
+    grid = ["--cells=off,gated", "--seeds=0", "--steps=20", "--every=10", "--repeats=1"]
+    grid += ["--eval_examples=8", f"--out={out}", f"--keep={keep}"]
+    curve = [
+        dict(step=s, bpd=b, bpd_se=0.1, recon=0.1, prior=0.0, diffusion=b - 0.1, gamma_0=-13.0,
+             gamma_1=5.0)
+        for s, b in ((10, 3.0), (20, 2.5))
+    ]  # fmt: skip
+    row = dict(cell="gated", seed=0, key=[20, 10, 8, 1], wall_s=1.0, curve=curve,
+               gammas=[-13.0, 6.0], by_gamma=[0.1, 0.01])  # fmt: skip
+    (keep / "gated_seed0").mkdir(parents=True)
+    (keep / "gated_seed0" / "fourier_cell.json").write_text(json.dumps(row))
+    rows = fourier_ablation.main([*grid, "--report-only"])
+    assert rows == [row]
+    assert "1 of 2 cells finished; to run: off_seed0" in capsys.readouterr().out
+    assert "| gated | 1 | 20 | 2.5000 |" in (out / "results.md").read_text()
+    assert not (out / "cells").exists()  # nothing trained
+    # a row measured under other settings is not this grid's
+    with pytest.raises(SystemExit):
+        fourier_ablation.main([*grid, "--report-only", "--steps=40", "--every=20"])
+    assert "no finished cell" in capsys.readouterr().err
