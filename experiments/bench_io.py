@@ -61,7 +61,7 @@ def keep_cell(workdir: str, kept: str, row: dict, row_file: str) -> None:
     write_json(row, os.path.join(kept, row_file))
 
 
-def finished_row(out: str, keep: str, name: str, row_file: str, matches) -> dict | None:
+def finished_row_in(out: str, keep: str, name: str, row_file: str, matches) -> dict | None:
     """Cell `name`'s row if it finished under the grid's settings (`matches(row)`): from the
     `keep` folder first, then its workdir `out/cells/name/`; a row found only in the workdir is
     copied into `keep` (with its training log)."""

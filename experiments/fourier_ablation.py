@@ -34,8 +34,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from experiments import bench_io  # noqa: E402
-from experiments.bench_io import csv_list, keep_cell, write_json  # noqa: E402
+from experiments.bench_io import csv_list, finished_row_in, keep_cell, write_json  # noqa: E402
 
 ROW = "fourier_cell.json"  # a finished cell's row, in its workdir (and --keep folder)
 
@@ -140,7 +139,7 @@ def _key(args) -> tuple:
 
 def finished_row(name: str, args) -> dict | None:
     """The cell's row if it finished under this grid's settings (--keep first, then --out)."""
-    return bench_io.finished_row(
+    return finished_row_in(
         args.out, args.keep, name, ROW, lambda row: tuple(row["key"]) == _key(args)
     )
 

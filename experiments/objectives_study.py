@@ -39,8 +39,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from experiments import bench_io  # noqa: E402
-from experiments.bench_io import csv_list, keep_cell, write_json  # noqa: E402
+from experiments.bench_io import csv_list, finished_row_in, keep_cell, write_json  # noqa: E402
 
 NOISE = ("uniform_t", "adaptive")
 ROW = "objectives_cell.json"  # a finished cell's row, in its workdir (and --keep folder)
@@ -197,7 +196,7 @@ def finished_row(name: str, args) -> dict | None:
     """The cell's row if it finished under this grid's settings (--keep first, then --out)."""
     want = _wanted(args)
     matches = lambda row: all(row.get(k) == v for k, v in want.items())  # noqa: E731
-    return bench_io.finished_row(args.out, args.keep, name, ROW, matches)
+    return finished_row_in(args.out, args.keep, name, ROW, matches)
 
 
 def run_cell(base, name, setting, args) -> dict:
