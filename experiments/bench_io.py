@@ -76,3 +76,16 @@ def finished_row_in(out: str, keep: str, name: str, row_file: str, matches) -> d
                     keep_cell(workdir, kept, row, row_file)
                 return row
     return None
+
+
+def report_finished(names: list[str], lookup) -> list[dict]:
+    """`--report-only`: the rows of the finished cells among `names` (`lookup(name)` → row or
+    None), after printing "k of n cells finished; to run: …". Exits if none is finished."""
+    found = {name: lookup(name) for name in names}
+    rows = [row for row in found.values() if row]
+    missing = [name for name, row in found.items() if not row]
+    print(f"{len(rows)} of {len(names)} cells finished; to run: {', '.join(missing) or '—'}")
+    if not rows:
+        print("--report-only: no finished cell of this grid in --out or --keep", file=sys.stderr)
+        sys.exit(2)
+    return rows

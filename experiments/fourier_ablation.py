@@ -34,7 +34,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from experiments.bench_io import csv_list, finished_row_in, keep_cell, write_json  # noqa: E402
+from experiments.bench_io import (  # noqa: E402
+    csv_list,
+    finished_row_in,
+    keep_cell,
+    report_finished,
+    write_json,
+)
 
 ROW = "fourier_cell.json"  # a finished cell's row, in its workdir (and --keep folder)
 
@@ -248,12 +254,8 @@ def main(argv=None) -> list[dict]:
     os.makedirs(args.out, exist_ok=True)
     grid = [(c, s) for s in csv_list(args.seeds, int) for c in cells]
     if args.report_only:
-        found = {(c, s): finished_row(f"{c}_seed{s}", args) for c, s in grid}
-        rows = [r for r in found.values() if r]
-        missing = [f"{c}_seed{s}" for (c, s), r in found.items() if not r]
-        print(f"{len(rows)} of {len(grid)} cells finished; to run: {', '.join(missing) or '—'}")
-        if not rows:
-            p.error("--report-only: no finished cell of this grid in --out or --keep")
+        names = [f"{c}_seed{s}" for c, s in grid]
+        rows = report_finished(names, lambda name: finished_row(name, args))
     else:
         rows = [run_cell(base, c, s, args) for c, s in grid]
     command = "python experiments/fourier_ablation.py " + " ".join(

@@ -39,7 +39,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from experiments.bench_io import csv_list, finished_row_in, keep_cell, write_json  # noqa: E402
+from experiments.bench_io import (  # noqa: E402
+    csv_list,
+    finished_row_in,
+    keep_cell,
+    report_finished,
+    write_json,
+)
 
 NOISE = ("uniform_t", "adaptive")
 ROW = "objectives_cell.json"  # a finished cell's row, in its workdir (and --keep folder)
@@ -421,11 +427,7 @@ def main(argv=None) -> list[dict]:
     if args.report_only and not args.sampler:
         p.error(f"--report-only: no sampler picked yet ({_pick_path(args)})")
     if args.report_only:
-        rows = [row for name, _ in grid if (row := finished_row(name, args))]
-        missing = [name for name, _ in grid if not any(r["name"] == name for r in rows)]
-        print(f"{len(rows)} of {len(grid)} cells finished; to run: {', '.join(missing) or '—'}")
-        if not rows:
-            p.error("--report-only: no finished cell of this grid in --out or --keep")
+        rows = report_finished([name for name, _ in grid], lambda name: finished_row(name, args))
     else:
         rows = [run_cell(base, name, setting, args) for name, setting in grid]
     write_report(rows, args.out)
