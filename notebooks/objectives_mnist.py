@@ -127,22 +127,26 @@ print("\n".join(objectives_study.claims(summary)))
 
 # %% [markdown]
 # ## Measured so far
-# 2026-12-02, 5 of 20 cells (seed 0: ELBO and sigmoid(2 − λ), each under uniform t and the
-# adaptive p(λ); sigmoid(−2 − λ) under uniform t); `python -m vdm.report
-# --only=objectives_mnist` renders what is kept.
+# 2026-12-02, 10 of 20 cells: every weighting under both p(λ), seed 0; the second seed is
+# still to run. `python -m vdm.report --only=objectives_mnist` renders what is kept.
 #
 # - The sampler: on the first cell ancestral sampling scores FID 524 / 456 at 20 / 100 NFE,
 #   DDIM 689 / 1,063 and DPM-Solver++(2M) 1,331 / 1,197 — the deterministic samplers do worse
 #   with more steps on this model, so ancestral samples every cell.
 # - After 1,000 steps of batch 32 the samples are strokes and blobs, not yet digits: every
-#   FID is 20–40× the train-vs-test floor (14.3), so the FIDs here rank how digit-like the
+#   FID is 20–50× the train-vs-test floor (14.3), so the FIDs here rank how digit-like the
 #   strokes are, not fine detail.
-# - sigmoid(2 − λ) trades likelihood for sample quality, as on digits but more so: test bpd
-#   2.51–2.58 against the ELBO weighting's 1.53–1.54, FID 324–351 against 491–524 at 20 NFE.
-# - Shifting the sigmoid further, sigmoid(−2 − λ), costs far more likelihood (4.15 bpd) and
-#   gains less FID (410 / 368), as on digits where it was worse on both.
+# - The paper's trade holds in every cell: the ELBO weighting has the best likelihood
+#   (1.53–1.54 bpd) and the worst FID (491–524 at 20 NFE); each weighting that discounts the
+#   low noise levels pays bpd for FID. sigmoid(2 − λ) has the best FID (324–351 at 20 NFE,
+#   306–326 at 100) for 2.51–2.58 bpd; EDM comes close on FID (339–355, 321–326) for less
+#   likelihood (2.13–2.34 bpd); v/cosine pays 2.25–2.37 bpd for FID 382–407 at 20 NFE and gets
+#   worse with more steps (563–735 at 100); sigmoid(−2 − λ) pays most (3.87–4.15 bpd) for FID
+#   359–410.
 # - The adaptive p(λ) cuts the variance of the per-example L_w on the same trained model to
-#   0.20× (ELBO) and 0.09× (sigmoid, b = 2) of uniform t's.
+#   0.09–0.20× of uniform t's (geometric mean 0.12 over the five weightings). Its FID at 20 NFE
+#   is lower than uniform t's in all five pairs (by 16–51); its bpd is lower in two and higher
+#   in three (−0.28 to +0.20).
 #
-# One seed so far: no ± yet. The grid's command is at the top; the cells still to run are
-# named under "The kept cells".
+# One seed so far: no ± yet, and differences of a few tens of FID may be seed noise. The
+# grid's command is at the top; the cells still to run are named under "The kept cells".
