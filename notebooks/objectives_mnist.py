@@ -128,7 +128,8 @@ print("\n".join(objectives_study.claims(summary)))
 # %% [markdown]
 # ## Measured so far
 # 2026-12-02, 12 of 20 cells: every weighting under both p(λ) at seed 0, and the ELBO's two
-# cells at seed 1; the other eight seed-1 cells are still to run. `python -m vdm.report --only=objectives_mnist` renders what is kept.
+# cells at seed 1; the other eight seed-1 cells are still to run. `python -m vdm.report
+# --only=objectives_mnist` renders what is kept.
 #
 # - The sampler: on the first cell ancestral sampling scores FID 524 / 456 at 20 / 100 NFE,
 #   DDIM 689 / 1,063 and DPM-Solver++(2M) 1,331 / 1,197 — the deterministic samplers do worse
