@@ -127,9 +127,9 @@ print("\n".join(objectives_study.claims(summary)))
 
 # %% [markdown]
 # ## Measured so far
-# 2026-12-02, 12 of 20 cells: every weighting under both p(λ) at seed 0, and the ELBO's two
-# cells at seed 1; the other eight seed-1 cells are still to run. `python -m vdm.report
-# --only=objectives_mnist` renders what is kept.
+# 2026-12-02, 14 of 20 cells: every weighting under both p(λ) at seed 0, and the ELBO's and
+# sigmoid(2 − λ)'s four cells at seed 1; the other six seed-1 cells are still to run.
+# `python -m vdm.report --only=objectives_mnist` renders what is kept.
 #
 # - The sampler: on the first cell ancestral sampling scores FID 524 / 456 at 20 / 100 NFE,
 #   DDIM 689 / 1,063 and DPM-Solver++(2M) 1,331 / 1,197 — the deterministic samplers do worse
@@ -139,16 +139,20 @@ print("\n".join(objectives_study.claims(summary)))
 #   strokes are, not fine detail.
 # - The paper's trade holds in every cell: the ELBO weighting has the best likelihood
 #   (1.53–1.55 bpd) and the worst FID (491–558 at 20 NFE); each weighting that discounts the
-#   low noise levels pays bpd for FID. sigmoid(2 − λ) has the best FID (324–351 at 20 NFE,
-#   306–326 at 100) for 2.51–2.58 bpd; EDM comes close on FID (339–355, 321–326) for less
+#   low noise levels pays bpd for FID. sigmoid(2 − λ) has the best FID at 20 NFE over both
+#   seeds (342 ± 9 uniform t, 329 ± 4 adaptive; 349 ± 22 and 311 ± 5 at 100) for 2.53 ± 0.02
+#   and 2.63 ± 0.06 bpd; at seed 0 EDM comes close on FID (339–355, 321–326) for less
 #   likelihood (2.13–2.34 bpd); v/cosine pays 2.25–2.37 bpd for FID 382–407 at 20 NFE and gets
 #   worse with more steps (563–735 at 100); sigmoid(−2 − λ) pays most (3.87–4.15 bpd) for FID
 #   359–410.
 # - The adaptive p(λ) cuts the variance of the per-example L_w on the same trained model to
-#   0.09–0.25× of uniform t's. Its FID at 20 NFE is lower than uniform t's in all five seed-0
-#   pairs (by 16–51) but higher in the first seed-1 pair (ELBO: 558 against 522); its bpd is
-#   lower in two seed-0 pairs and higher in three (−0.28 to +0.20).
+#   0.09–0.25× of uniform t's (0.09 ± 0.00 for sigmoid(2 − λ) over both seeds). Its FID at
+#   20 NFE is lower than uniform t's in all five seed-0 pairs (by 16–51); at seed 1 it is
+#   higher in the ELBO pair (558 against 522) and the same in the sigmoid(2 − λ) pair (333
+#   against 334), though lower there at 100 NFE (317 against 371). Its bpd is lower in two
+#   seed-0 pairs and higher in three (−0.28 to +0.20), and higher in both seed-1 pairs
+#   (+0.001, +0.14).
 #
-# The ELBO's two seeds differ by up to 40 FID in one cell, so differences of a few tens of
-# FID are within seed noise until the second seed is in. The
+# The two seeds of one cell differ by up to 66 FID (ELBO, adaptive p(λ), 20 NFE), so
+# differences of a few tens of FID are within seed noise until the second seed is in. The
 # grid's command is at the top; the cells still to run are named under "The kept cells".
