@@ -127,8 +127,9 @@ print("\n".join(objectives_study.claims(summary)))
 
 # %% [markdown]
 # ## Measured so far
-# 2026-12-02, 14 of 20 cells: every weighting under both p(λ) at seed 0, and the ELBO's and
-# sigmoid(2 − λ)'s four cells at seed 1; the other six seed-1 cells are still to run.
+# 2026-12-02, 15 of 20 cells: every weighting under both p(λ) at seed 0, and the ELBO's and
+# sigmoid(2 − λ)'s four cells and sigmoid(−2 − λ)'s uniform-t cell at seed 1; the other
+# five seed-1 cells are still to run.
 # `python -m vdm.report --only=objectives_mnist` renders what is kept.
 #
 # - The sampler: on the first cell ancestral sampling scores FID 524 / 456 at 20 / 100 NFE,
@@ -143,7 +144,7 @@ print("\n".join(objectives_study.claims(summary)))
 #   seeds (342 ± 9 uniform t, 329 ± 4 adaptive; 349 ± 22 and 311 ± 5 at 100) for 2.53 ± 0.02
 #   and 2.63 ± 0.06 bpd; at seed 0 EDM comes close on FID (339–355, 321–326) for less
 #   likelihood (2.13–2.34 bpd); v/cosine pays 2.25–2.37 bpd for FID 382–407 at 20 NFE and gets
-#   worse with more steps (563–735 at 100); sigmoid(−2 − λ) pays most (3.87–4.15 bpd) for FID
+#   worse with more steps (563–735 at 100); sigmoid(−2 − λ) pays most (3.87–4.16 bpd) for FID
 #   359–410.
 # - The adaptive p(λ) cuts the variance of the per-example L_w on the same trained model to
 #   0.09–0.25× of uniform t's (0.09 ± 0.00 for sigmoid(2 − λ) over both seeds). Its FID at
