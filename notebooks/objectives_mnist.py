@@ -127,10 +127,9 @@ print("\n".join(objectives_study.claims(summary)))
 
 # %% [markdown]
 # ## Measured so far
-# 2026-12-02, 15 of 20 cells: every weighting under both p(λ) at seed 0, and the ELBO's and
-# sigmoid(2 − λ)'s four cells and sigmoid(−2 − λ)'s uniform-t cell at seed 1; the other
-# five seed-1 cells are still to run.
-# `python -m vdm.report --only=objectives_mnist` renders what is kept.
+# 2026-12-02/03, 18 of 20 cells: every weighting under both p(λ) at seed 0, and all but
+# v/cosine's two cells at seed 1 (those two are still to run). ± is the standard error over
+# the two seeds. `python -m vdm.report --only=objectives_mnist` renders what is kept.
 #
 # - The sampler: on the first cell ancestral sampling scores FID 524 / 456 at 20 / 100 NFE,
 #   DDIM 689 / 1,063 and DPM-Solver++(2M) 1,331 / 1,197 — the deterministic samplers do worse
@@ -138,22 +137,26 @@ print("\n".join(objectives_study.claims(summary)))
 # - After 1,000 steps of batch 32 the samples are strokes and blobs, not yet digits: every
 #   FID is 20–50× the train-vs-test floor (14.3), so the FIDs here rank how digit-like the
 #   strokes are, not fine detail.
-# - The paper's trade holds in every cell: the ELBO weighting has the best likelihood
-#   (1.53–1.55 bpd) and the worst FID (491–558 at 20 NFE); each weighting that discounts the
-#   low noise levels pays bpd for FID. sigmoid(2 − λ) has the best FID at 20 NFE over both
-#   seeds (342 ± 9 uniform t, 329 ± 4 adaptive; 349 ± 22 and 311 ± 5 at 100) for 2.53 ± 0.02
-#   and 2.63 ± 0.06 bpd; at seed 0 EDM comes close on FID (339–355, 321–326) for less
-#   likelihood (2.13–2.34 bpd); v/cosine pays 2.25–2.37 bpd for FID 382–407 at 20 NFE and gets
-#   worse with more steps (563–735 at 100); sigmoid(−2 − λ) pays most (3.87–4.16 bpd) for FID
-#   359–410.
+# - The paper's trade holds: the ELBO weighting has the best likelihood (1.540 ± 0.004 bpd
+#   uniform t, 1.538 ± 0.008 adaptive) and the worst FID (523 ± 1 and 524 ± 33 at 20 NFE);
+#   every weighting that discounts the low noise levels pays bpd for FID.
+#   sigmoid(2 − λ) has the best FID at 20 NFE (342 ± 9 uniform t, 329 ± 4 adaptive; 349 ± 22
+#   and 311 ± 5 at 100) for 2.53 ± 0.02 and 2.63 ± 0.06 bpd. EDM is close on FID for much less
+#   likelihood: 361 ± 6 and 343 ± 4 at 20 NFE, 330 ± 9 and 324 ± 3 at 100, for 2.133 ± 0.001
+#   and 2.33 ± 0.01 bpd — at 100 NFE under uniform t it is level with sigmoid(2 − λ) on FID
+#   and 0.4 bpd better. sigmoid(−2 − λ) pays most (4.155 ± 0.005 and 4.00 ± 0.12 bpd) for FID
+#   408 ± 2 and 365 ± 6; v/cosine (seed 0 only) pays 2.25–2.37 bpd for FID 382–407 at 20 NFE
+#   and gets worse with more steps (563–735 at 100).
 # - The adaptive p(λ) cuts the variance of the per-example L_w on the same trained model to
-#   0.09–0.25× of uniform t's (0.09 ± 0.00 for sigmoid(2 − λ) over both seeds). Its FID at
-#   20 NFE is lower than uniform t's in all five seed-0 pairs (by 16–51); at seed 1 it is
-#   higher in the ELBO pair (558 against 522) and the same in the sigmoid(2 − λ) pair (333
-#   against 334), though lower there at 100 NFE (317 against 371). Its bpd is lower in two
-#   seed-0 pairs and higher in three (−0.28 to +0.20), and higher in both seed-1 pairs
-#   (+0.001, +0.14).
+#   0.09–0.25× of uniform t's (geometric mean 0.12; 0.09 ± 0.00 to 0.23 ± 0.03 over the two
+#   seeds). Its FID at 20 NFE is lower than uniform t's in 7 of the 9 pairs (by 16–51), the
+#   same in one (sigmoid(2 − λ), seed 1: 333 against 334) and higher in one (ELBO, seed 1:
+#   558 against 522); over the two seeds it is lower for sigmoid(2 − λ), sigmoid(−2 − λ) and
+#   EDM and level for the ELBO. It does not buy likelihood: its bpd is higher in five pairs
+#   (by up to 0.20: EDM, sigmoid(2 − λ), v/cosine), level in one (ELBO, seed 1) and lower in
+#   three (ELBO seed 0 by 0.005, sigmoid(−2 − λ) by 0.04 and 0.28).
 #
-# The two seeds of one cell differ by up to 66 FID (ELBO, adaptive p(λ), 20 NFE), so
-# differences of a few tens of FID are within seed noise until the second seed is in. The
-# grid's command is at the top; the cells still to run are named under "The kept cells".
+# The two seeds of one cell differ by up to 76 FID (sigmoid(−2 − λ), adaptive p(λ), 100
+# NFE), so differences of a few tens of FID in one seed are within seed noise; the orderings
+# above are of the two seeds' means. The grid's command is at the top; the cells still to run
+# are named under "The kept cells".
