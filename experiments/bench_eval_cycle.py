@@ -22,7 +22,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import bench_io  # noqa: E402  (experiments/ is on sys.path when a script runs)
+sys.path.insert(0, ROOT)
+
+from experiments import bench_io  # noqa: E402
 
 
 def run_devices(config: str, cycles: int, pf_ode_examples: int) -> dict:

@@ -20,7 +20,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import bench_io  # noqa: E402  (experiments/ is on sys.path when a script runs)
+sys.path.insert(0, ROOT)
+
+from experiments import bench_io  # noqa: E402
 
 
 def case_config(name: str):
