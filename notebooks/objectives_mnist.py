@@ -31,10 +31,10 @@
 # the first cell (ELBO, uniform t, seed 0) is sampled with ancestral, DDIM (η = 0) and
 # DPM-Solver++(2M), and the one with the lowest FID summed over the two NFEs samples every cell.
 #
-# A cell costs ≈ 16 min on a 2-core CPU, so the grid runs across sittings: each finished
-# cell's row and training log are kept in `docs/data/objectives_mnist/` (`--keep`), and this
-# notebook tabulates what is kept (`--report-only`), training nothing. To run the cells still
-# missing:
+# A cell costs 16–50 min on a shared 2-core CPU, so the grid ran across sittings: each
+# finished cell's row and training log are kept in `docs/data/objectives_mnist/` (`--keep`),
+# and this notebook tabulates what is kept (`--report-only`), training nothing. All 20 cells
+# are kept; the command that measured them (it reruns only cells missing from the folder):
 #
 #     python experiments/objectives_study.py --config=configs/mnist.py \
 #         --out=results/objectives_mnist --keep=docs/data/objectives_mnist \
@@ -118,45 +118,44 @@ display(Image(png))
 
 # %% [markdown]
 # ## The two claims, read off the table
-# Read these once the table holds every cell: the first line under "The kept cells" says
-# how many of the 20 this render holds.
+# The first line under "The kept cells" says how many of the 20 cells this render holds.
 
 # %%
 summary = json.load(open(os.path.join(OUT, "results.json")))["summary"]
 print("\n".join(objectives_study.claims(summary)))
 
 # %% [markdown]
-# ## Measured so far
-# 2026-12-02/03, 18 of 20 cells: every weighting under both p(λ) at seed 0, and all but
-# v/cosine's two cells at seed 1 (those two are still to run). ± is the standard error over
-# the two seeds. `python -m vdm.report --only=objectives_mnist` renders what is kept.
+# ## What the table shows
+# 2026-12-02/03, all 20 cells (5 weightings × 2 p(λ) × 2 seeds). ± is the standard error
+# over the two seeds. `python -m vdm.report --only=objectives_mnist` renders what is kept.
 #
 # - The sampler: on the first cell ancestral sampling scores FID 524 / 456 at 20 / 100 NFE,
 #   DDIM 689 / 1,063 and DPM-Solver++(2M) 1,331 / 1,197 — the deterministic samplers do worse
 #   with more steps on this model, so ancestral samples every cell.
 # - After 1,000 steps of batch 32 the samples are strokes and blobs, not yet digits: every
-#   FID is 20–50× the train-vs-test floor (14.3), so the FIDs here rank how digit-like the
+#   FID is 21–52× the train-vs-test floor (14.3), so the FIDs here rank how digit-like the
 #   strokes are, not fine detail.
-# - The paper's trade holds: the ELBO weighting has the best likelihood (1.540 ± 0.004 bpd
-#   uniform t, 1.538 ± 0.008 adaptive) and the worst FID (523 ± 1 and 524 ± 33 at 20 NFE);
-#   every weighting that discounts the low noise levels pays bpd for FID.
+# - Claim 1, the paper's trade, holds: the ELBO weighting has the best likelihood (1.540 ±
+#   0.004 bpd uniform t, 1.538 ± 0.008 adaptive) and the worst FID (523 ± 1 and 524 ± 33 at
+#   20 NFE); every weighting that discounts the low noise levels pays bpd for FID.
 #   sigmoid(2 − λ) has the best FID at 20 NFE (342 ± 9 uniform t, 329 ± 4 adaptive; 349 ± 22
 #   and 311 ± 5 at 100) for 2.53 ± 0.02 and 2.63 ± 0.06 bpd. EDM is close on FID for much less
 #   likelihood: 361 ± 6 and 343 ± 4 at 20 NFE, 330 ± 9 and 324 ± 3 at 100, for 2.133 ± 0.001
 #   and 2.33 ± 0.01 bpd — at 100 NFE under uniform t it is level with sigmoid(2 − λ) on FID
 #   and 0.4 bpd better. sigmoid(−2 − λ) pays most (4.155 ± 0.005 and 4.00 ± 0.12 bpd) for FID
-#   408 ± 2 and 365 ± 6; v/cosine (seed 0 only) pays 2.25–2.37 bpd for FID 382–407 at 20 NFE
-#   and gets worse with more steps (563–735 at 100).
-# - The adaptive p(λ) cuts the variance of the per-example L_w on the same trained model to
-#   0.09–0.25× of uniform t's (geometric mean 0.12; 0.09 ± 0.00 to 0.23 ± 0.03 over the two
-#   seeds). Its FID at 20 NFE is lower than uniform t's in 7 of the 9 pairs (by 16–51), the
-#   same in one (sigmoid(2 − λ), seed 1: 333 against 334) and higher in one (ELBO, seed 1:
-#   558 against 522); over the two seeds it is lower for sigmoid(2 − λ), sigmoid(−2 − λ) and
-#   EDM and level for the ELBO. It does not buy likelihood: its bpd is higher in five pairs
-#   (by up to 0.20: EDM, sigmoid(2 − λ), v/cosine), level in one (ELBO, seed 1) and lower in
-#   three (ELBO seed 0 by 0.005, sigmoid(−2 − λ) by 0.04 and 0.28).
+#   408 ± 2 and 365 ± 6. v/cosine pays 2.29 ± 0.04 and 2.45 ± 0.08 bpd for FID 422 ± 16 and
+#   405 ± 22 at 20 NFE, and is the one weighting that gets worse with more steps (655 ± 79
+#   and 539 ± 24 at 100): at this budget it buys the least FID per bpd given up.
+# - Claim 2 holds: the adaptive p(λ) cuts the variance of the per-example L_w on the same
+#   trained model to 0.09–0.25× of uniform t's in all 10 pairs (geometric mean 0.12; 0.09 ±
+#   0.00 to 0.23 ± 0.03 over the two seeds). Its FID at 20 NFE is lower than uniform t's in
+#   8 of the 10 pairs (by 11–51), the same in one (sigmoid(2 − λ), seed 1: 333 against 334)
+#   and higher in one (ELBO, seed 1: 558 against 522); over the two seeds it is lower for
+#   sigmoid(2 − λ), sigmoid(−2 − λ), EDM and v/cosine and level for the ELBO. It does not buy
+#   likelihood: its bpd is higher in six pairs (by 0.06–0.20: sigmoid(2 − λ), EDM and
+#   v/cosine, both seeds each), level in one (ELBO, seed 1) and lower in three (ELBO seed 0 by
+#   0.005, sigmoid(−2 − λ) by 0.04 and 0.28).
 #
-# The two seeds of one cell differ by up to 76 FID (sigmoid(−2 − λ), adaptive p(λ), 100
-# NFE), so differences of a few tens of FID in one seed are within seed noise; the orderings
-# above are of the two seeds' means. The grid's command is at the top; the cells still to run
-# are named under "The kept cells".
+# The two seeds of one cell differ by up to 159 FID (v/cosine, uniform t, 100 NFE; 76 for
+# every other cell), so differences of a few tens of FID in one seed are within seed noise;
+# the orderings above are of the two seeds' means. The grid's command is at the top.
