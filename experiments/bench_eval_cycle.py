@@ -30,7 +30,6 @@ from experiments import bench_io  # noqa: E402
 def run_devices(config: str, cycles: int, pf_ode_examples: int) -> dict:
     import jax
 
-    sys.path.insert(0, ROOT)
     from vdm import likelihood, session
     from vdm.config import load_file
     from vdm.samplers import generate

@@ -26,7 +26,6 @@ from experiments import bench_io  # noqa: E402
 
 
 def case_config(name: str):
-    sys.path.insert(0, ROOT)
     from vdm.config import load_file
 
     c = load_file(name)

@@ -43,7 +43,6 @@ CASES = ("digits", "fashion_mnist", "cifar_small", "official_cifar")
 
 
 def case_config(name: str):
-    sys.path.insert(0, ROOT)
     from vdm.configs import cifar10, digits, fashion_mnist
 
     if name == "digits":
