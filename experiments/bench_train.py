@@ -11,11 +11,14 @@ weight decay 0.01, 100 warm-up steps; EMA 0.9999). DIR holds the official, unmod
 `model_vdm.py` (fetched by the user, with `chex` installed; nothing of it is in this
 repository); its train step is the official one (experiment.py's `train_step` and
 `loss_fn`, train_state.py's EMA) written out for one device. Each side runs in its own
-subprocess, alternated over `--rounds` (the order swapped every round); the ratios project /
-official of throughput, compile time and peak RSS are per round and their median. Then both
-steps are compiled in one process and timed in alternating turns of `--steps` steps
-(`interleaved`): load from other jobs falls on both alike, so that throughput ratio is the one
-to quote on a shared machine. Writes `--out` (JSON) and a Markdown table beside it.
+subprocess as its users run it (the project with the XLA:CPU defaults `import vdm` sets,
+`vdm/runtime.py`; the official code with jaxlib's), alternated over `--rounds` (the order
+swapped every round); the ratios project / official of throughput, compile time and peak RSS
+are per round and their median. Then both steps are compiled in one process and timed in
+alternating turns of `--steps` steps (`interleaved`), once under each runtime: the same flags
+on both sides, so that ratio is the code's alone, and load from other jobs falls on both
+alike. Every measurement records the XLA_FLAGS it ran under. Writes `--out` (JSON) and a
+Markdown table beside it.
 
 Each (case, variant) runs in its own subprocess (so peak RSS is its own) with the config's
 real model and a batch of the config's shape; FLOPs come from XLA's cost analysis of the
@@ -34,6 +37,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")  # before `import vdm` adds its CPU defaults
 
 sys.path.insert(0, ROOT)
 
@@ -63,6 +67,17 @@ def case_config(name: str):
 
 
 VARIANTS = {"base": {}, "remat": {"remat": True}, "bf16": {"dtype": "bfloat16"}}
+
+
+def runtime_env(project_defaults: bool) -> dict:
+    """The environment of a measuring subprocess: with `vdm`'s XLA:CPU defaults
+    (`vdm/runtime.py`, what `import vdm` sets) or without them (jaxlib's own defaults, what
+    a user of the official code runs with); the user's own XLA_FLAGS either way."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if USER_XLA_FLAGS is not None:
+        env["XLA_FLAGS"] = USER_XLA_FLAGS
+    env["VDM_XLA_CPU_DEFAULTS"] = "1" if project_defaults else "0"
+    return env
 
 
 def compile_and_time(step, state, batch, key, steps: int):
@@ -137,6 +152,7 @@ def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> di
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
@@ -224,6 +240,7 @@ def run_official(directory: str, steps: int, batch: int = 0) -> dict:
         "train_bpd_last": float(m["bpd"]),
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
@@ -261,24 +278,28 @@ def interleaved(directory: str, rounds: int, steps: int, batch: int = 0) -> dict
         "throughput_ratio": o / p,
         "turns": 2 * rounds,
         "steps_per_turn": steps,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
 def side_by_side(directory: str, rounds: int, steps: int, batch: int, out: str) -> list[dict]:
-    """Project and official train steps alternated over `rounds`, each in its own process."""
+    """Project and official train steps alternated over `rounds`, each in its own process and
+    each as its users run it: the project with `vdm`'s XLA:CPU defaults, the official code
+    with jaxlib's. Then both in one process, once under each runtime: the code alone."""
     if not os.path.exists(os.path.join(directory, "model_vdm.py")):
         sys.exit(f"--official: {directory!r} holds no model_vdm.py (google-research/vdm)")
     sides = {
-        "project": ["--one", "official_cifar:base"],
-        "official": ["--one-official", directory],
+        "project": (["--one", "official_cifar:base"], runtime_env(True)),
+        "official": (["--one-official", directory], runtime_env(False)),
     }
     rows = []
     for r in range(rounds):
         order = ["project", "official"] if r % 2 == 0 else ["official", "project"]
         got = {}
         for side in order:
-            cmd = [sys.executable, __file__, *sides[side], "--steps", str(steps)]
-            got[side] = bench_io.run_json([*cmd, "--batch", str(batch)], f"{side} side")
+            args, env = sides[side]
+            cmd = [sys.executable, __file__, *args, "--steps", str(steps), "--batch", str(batch)]
+            got[side] = bench_io.run_json(cmd, f"{side} side", env=env)
         p, o = got["project"], got["official"]
         row = {
             "round": r,
@@ -299,13 +320,18 @@ def side_by_side(directory: str, rounds: int, steps: int, batch: int, out: str) 
     import numpy as np
 
     median = {k: float(np.median([r[k] for r in rows])) for k in rows[0] if k.endswith("ratio")}
-    cmd = [sys.executable, __file__, "--one-interleaved", directory, "--steps", str(steps)]
-    inter = bench_io.run_json([*cmd, "--rounds", str(rounds), "--batch", str(batch)], "interleaved")
-    print(
-        f"interleaved in one process: project {inter['project_steps_per_s']:.3f} steps/s, "
-        f"official {inter['official_steps_per_s']:.3f} → {inter['throughput_ratio']:.2f}×",
-        flush=True,
-    )
+    inter = {}
+    for name, project_defaults in (("vdm runtime", True), ("jaxlib defaults", False)):
+        cmd = [sys.executable, __file__, "--one-interleaved", directory, "--steps", str(steps)]
+        cmd += ["--rounds", str(rounds), "--batch", str(batch)]
+        inter[name] = bench_io.run_json(cmd, "interleaved", env=runtime_env(project_defaults))
+        i = inter[name]
+        print(
+            f"interleaved in one process, both under {name}: project "
+            f"{i['project_steps_per_s']:.3f} steps/s, official {i['official_steps_per_s']:.3f}"
+            f" → {i['throughput_ratio']:.2f}×",
+            flush=True,
+        )
     bench_io.write_results(out, __file__, [*rows, {"median": median}, {"interleaved": inter}])
     lines = [
         "| round | order | project steps/s | official steps/s | throughput | compile | peak RSS |",
@@ -318,13 +344,15 @@ def side_by_side(directory: str, rounds: int, steps: int, batch: int, out: str) 
             f"{r['compile_ratio']:.2f}× | {r['peak_rss_ratio']:.2f}× |"
         )
     lines.append(
-        f"| median | | | | {median['throughput_ratio']:.2f}× | {median['compile_ratio']:.2f}× "
-        f"| {median['peak_rss_ratio']:.2f}× |"
+        f"| median (each side's own runtime) | | | | {median['throughput_ratio']:.2f}× | "
+        f"{median['compile_ratio']:.2f}× | {median['peak_rss_ratio']:.2f}× |"
     )
-    lines.append(
-        f"| interleaved, one process | | {inter['project_steps_per_s']:.3f} | "
-        f"{inter['official_steps_per_s']:.3f} | {inter['throughput_ratio']:.2f}× | | |"
-    )
+    for name, i in inter.items():
+        lines.append(
+            f"| interleaved, one process, both under {name} | | "
+            f"{i['project_steps_per_s']:.3f} | {i['official_steps_per_s']:.3f} | "
+            f"{i['throughput_ratio']:.2f}× | | |"
+        )
     with open(os.path.splitext(out)[0] + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -141,3 +141,17 @@ def test_unet_conditioning_starts_at_zero_without_bias():
     projs = [v["cond_proj"] for k, v in params["net"].items() if k.startswith("ResnetBlock")]
     assert projs and all(set(p) == {"kernel"} for p in projs)
     assert all(float(jnp.abs(p["kernel"]).max()) == 0.0 for p in projs)
+
+
+def test_attention_is_softmax_of_scaled_scores_times_values():
+    """unet.attention against the definition, in float64 numpy, and against jax.nn's."""
+    from vdm.networks.unet import attention
+
+    q, k, v = (np.random.default_rng(i).normal(size=(2, 7, 4)) for i in range(3))
+    s = np.einsum("bqc,bkc->bqk", q, k) / 2.0  # √c = 2
+    w = np.exp(s - s.max(-1, keepdims=True))
+    want = np.einsum("bqk,bkc->bqc", w / w.sum(-1, keepdims=True), v)
+    args = [jnp.asarray(a, jnp.float32) for a in (q, k, v)]
+    np.testing.assert_allclose(attention(*args), want, rtol=1e-5, atol=1e-6)
+    ref = jax.nn.dot_product_attention(*(a[:, :, None] for a in args))[:, :, 0]
+    np.testing.assert_allclose(attention(*args), ref, rtol=1e-5, atol=1e-6)
