@@ -2,6 +2,8 @@
 
 import math
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -85,3 +87,56 @@ def test_timestep_embedding_matches_the_official_fairseq_form():
 def test_fourier_bad_octaves_is_a_clear_error():
     with pytest.raises(ValueError, match="model.fourier_octaves must be >= 1"):
         fourier_frequencies(7.0, 0)
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 6, 5, 8), 4), ((3, 4, 4, 64), 32)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_group_norm_is_flaxs_with_the_same_parameters(shape, groups, dtype):
+    from vdm.networks.layers import GroupNorm
+
+    x = (jax.random.normal(jax.random.key(0), shape) * 3 + 1).astype(dtype)
+    ours, theirs = GroupNorm(groups, dtype=dtype), nn.GroupNorm(groups, dtype=dtype)
+    params = theirs.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(
+        jnp.shape, params
+    )  # checkpoints written with flax's GroupNorm load as they are
+    params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    got, want = ours.apply(params, x), theirs.apply(params, x)
+    assert got.dtype == want.dtype == dtype
+    np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=tol, atol=tol)
+
+    def loss(module):
+        return lambda p, x: jnp.sum(nn.swish(module.apply(p, x).astype(jnp.float32)) * x)
+
+    if dtype == jnp.float32:
+        for g, w in zip(
+            jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
+            jax.tree.leaves(jax.grad(loss(theirs), argnums=(0, 1))(params, x)),
+            strict=True,
+        ):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_keeps_each_element_with_its_rounded_probability_and_is_unbiased():
+    from vdm.networks.layers import Dropout, dropout_keep, dropout_mask
+
+    assert dropout_keep(0.1) == 58982 / 65536  # 1 − 0.1 to 2⁻¹⁶
+    assert abs(dropout_keep(0.1) - 0.9) < 2**-17
+    n = 400_001  # odd: the last word's second half is dropped
+    mask = dropout_mask(jax.random.key(0), 0.1, (n,))
+    keep = dropout_keep(0.1)
+    assert mask.shape == (n,) and mask.dtype == jnp.bool_
+    assert abs(float(mask.mean()) - keep) < 4 * np.sqrt(keep * (1 - keep) / n)
+    # neighbours (the two halves of one random word) are independent
+    m = np.asarray(mask, np.float64)
+    assert abs(np.corrcoef(m[:-1:2], m[1::2])[0, 1]) < 4 / np.sqrt(n / 2)
+
+    x = jnp.ones((64, 64, 8))
+    y = Dropout(0.1).apply({}, x, rngs={"dropout": jax.random.key(1)})
+    assert set(np.unique(np.asarray(y))) == {0.0, np.float32(1 / keep)}
+    assert abs(float(y.mean()) - 1.0) < 4 * np.sqrt((1 - keep) / keep / x.size)
+    assert Dropout(0.1, deterministic=True).apply({}, x) is x
+    assert Dropout(0.0).apply({}, x) is x
+    with pytest.raises(ValueError, match="model.dropout"):
+        Dropout(1.0).apply({}, x, rngs={"dropout": jax.random.key(1)})

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from vdm.networks.layers import (
     Conditioning,
+    Dropout,
     FourierFeatures,
     fourier_features,
     fourier_frequencies,
@@ -46,7 +47,7 @@ class MLP(nn.Module):
         for i in range(self.n_layer):
             r = nn.swish(nn.LayerNorm(name=f"norm_{i}")(h)) + nn.Dense(self.n_embd)(cond)
             r = nn.Dense(self.n_embd)(nn.swish(nn.Dense(self.n_embd)(r)))
-            h = h + nn.Dropout(self.dropout, deterministic=not train)(r)
+            h = h + Dropout(self.dropout, deterministic=not train)(r)
         out = zeros_dense(z.shape[-1], name="dense_out")(nn.swish(h))
         return z + out if self.base_measure_skip else out
 
@@ -90,6 +91,6 @@ class ConcatMLP(nn.Module):
             h = jnp.concatenate([h, fourier_features(h, freqs)], axis=-1)
         for i in range(self.n_layer):
             h = nn.swish(nn.Dense(self.n_embd, name=f"dense{i + 1}")(h))
-            h = nn.Dropout(self.dropout, deterministic=not train)(h)
+            h = Dropout(self.dropout, deterministic=not train)(h)
         out = nn.Dense(z.shape[-1], name="dense_out")(h)
         return z + out if self.base_measure_skip else out

@@ -12,7 +12,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdm.networks.layers import Conditioning, FourierFeatures, normalized_gamma
+from vdm.networks.layers import (
+    Conditioning,
+    Dropout,
+    FourierFeatures,
+    GroupNorm,
+    normalized_gamma,
+)
 
 
 def _groups(channels: int) -> int:
@@ -36,7 +42,7 @@ class ResnetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, cond, train: bool):
-        h = nn.swish(nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
+        h = nn.swish(GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
         h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(h)
         # Zero-initialised and without bias, as the official ScoreUNet: every block starts as
         # the identity whatever the conditioning.
@@ -48,8 +54,8 @@ class ResnetBlock(nn.Module):
             name="cond_proj",
         )
         h = h + cond_proj(cond)[:, None, None, :]
-        h = nn.swish(nn.GroupNorm(_groups(self.out_ch), dtype=self.dtype)(h))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.swish(GroupNorm(_groups(self.out_ch), dtype=self.dtype)(h))
+        h = Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
         if x.shape[-1] != self.out_ch:
             x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype, name="skip")(x)
@@ -76,7 +82,7 @@ class AttnBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, hh, ww, c = x.shape
-        h = nn.GroupNorm(_groups(c), dtype=self.dtype)(x).reshape(b, hh * ww, c)
+        h = GroupNorm(_groups(c), dtype=self.dtype)(x).reshape(b, hh * ww, c)
         q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h) for n in ("q", "k", "v"))
         h = attention(q, k, v)
         h = nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="proj_out")(h)
@@ -157,7 +163,7 @@ class ScoreUNet(nn.Module):
             if self.with_attention:
                 h = attn()(h)
 
-        h = nn.swish(nn.GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))
+        h = nn.swish(GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))
         h = nn.Conv(
             z.shape[-1],
             (3, 3),
