@@ -147,11 +147,17 @@ class GroupNorm(nn.Module):
 DROPOUT_BITS = 16  # random bits per element of a dropout mask
 
 
-def dropout_keep(rate: float) -> float:
-    """The keep probability a `Dropout` of `rate` draws: 1 − rate rounded to 2⁻¹⁶."""
+def dropout_threshold(rate: float) -> int:
+    """The integer t with P(keep) = t / 2¹⁶: (1 − rate) · 2¹⁶ rounded, kept within [1, 2¹⁶ − 1]
+    so that the keep-mask is `bits < t` on 16-bit draws."""
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"model.dropout must be in [0, 1), got {rate}")
-    return min(max(round((1.0 - rate) * 2**DROPOUT_BITS), 1), 2**DROPOUT_BITS - 1) / 2.0**16
+    return min(max(round((1.0 - rate) * 2**DROPOUT_BITS), 1), 2**DROPOUT_BITS - 1)
+
+
+def dropout_keep(rate: float) -> float:
+    """The keep probability a `Dropout` of `rate` draws: 1 − rate rounded to 2⁻¹⁶."""
+    return dropout_threshold(rate) / 2**DROPOUT_BITS
 
 
 def dropout_mask(key: jax.Array, rate: float, shape) -> jax.Array:
@@ -165,8 +171,7 @@ def dropout_mask(key: jax.Array, rate: float, shape) -> jax.Array:
     n = math.prod(shape)
     words = jax.random.bits(key, ((n + 1) // 2,), jnp.uint32)
     halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n]
-    threshold = round(dropout_keep(rate) * 2**DROPOUT_BITS)
-    return (halves < threshold).reshape(shape)
+    return (halves < dropout_threshold(rate)).reshape(shape)
 
 
 class Dropout(nn.Module):
@@ -178,7 +183,7 @@ class Dropout(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        keep = dropout_keep(self.rate)
+        keep = dropout_keep(self.rate)  # validates the rate, deterministic or not
         if self.deterministic or self.rate == 0.0:
             return x
         mask = dropout_mask(self.make_rng("dropout"), self.rate, x.shape)
