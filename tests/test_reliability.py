@@ -215,9 +215,11 @@ def _damage(step_dir, kind):
         return
     files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
     if kind == "truncated_array":
-        target = max((f for f in files if "/d/" in f), key=os.path.getsize)
-        with open(target, "r+b") as f:
-            f.truncate(os.path.getsize(target) // 3)
+        # Every OCDBT data file: orbax leaves some superseded B-tree nodes and chunks on disk
+        # that nothing references, so damaging one chosen file may harm nothing at all.
+        for target in (f for f in files if f"{os.sep}d{os.sep}" in f):
+            with open(target, "r+b") as f:
+                f.truncate(os.path.getsize(target) // 3)
     elif kind == "garbage_metadata":
         for f in files:
             if os.path.basename(f) == "_METADATA":
