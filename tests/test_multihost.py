@@ -14,13 +14,14 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "--config=configs/digits.py:smoke"
+FLAGS = os.environ.get("XLA_FLAGS", "")  # the suite's own (tests/conftest.py), kept
 
 
 def _env(devices: int) -> dict:
     return dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"{FLAGS} --xla_force_host_platform_device_count={devices}".strip(),
         JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
     )
 

@@ -140,7 +140,7 @@ def test_two_devices_give_the_same_loss_update_samples_and_likelihood_as_one():
         os.environ,
         JAX_PLATFORMS="cpu",
         PYTHONPATH=ROOT,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
     )
     proc = subprocess.run(
         [sys.executable, script], cwd=ROOT, env=env, capture_output=True, text=True
