@@ -16,6 +16,7 @@ are the same and a digits smoke run needs 0.6× the CPU time). A level already i
 wins, e.g. `XLA_FLAGS=--xla_backend_optimization_level=2 pytest` tests at the users' level.
 """
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -24,11 +25,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _OWN_CACHE = None
-if _CACHE_ENV not in os.environ:  # the controller makes it; xdist workers inherit it
-    _OWN_CACHE = tempfile.mkdtemp(prefix="vdm-tests-xla-cache-")
-    os.environ[_CACHE_ENV] = _OWN_CACHE
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# Without `filelock` (an install without the test extras) JAX cannot lock a size-limited
+# cache, so the suite shares none rather than risk a half-written entry.
+if importlib.util.find_spec("filelock") is not None:
+    if _CACHE_ENV not in os.environ:  # the controller makes it; xdist workers inherit it
+        _OWN_CACHE = tempfile.mkdtemp(prefix="vdm-tests-xla-cache-")
+        os.environ[_CACHE_ENV] = _OWN_CACHE
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     _flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     os.environ["XLA_FLAGS"] = _flags.strip()
