@@ -140,7 +140,10 @@ def test_two_devices_give_the_same_loss_update_samples_and_likelihood_as_one():
         os.environ,
         JAX_PLATFORMS="cpu",
         PYTHONPATH=ROOT,
-        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
+        # the suite's own flags (tests/conftest.py) kept, two host devices added
+        XLA_FLAGS=" ".join(
+            [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=2"]
+        ).strip(),
     )
     proc = subprocess.run(
         [sys.executable, script], cwd=ROOT, env=env, capture_output=True, text=True
