@@ -251,12 +251,13 @@ def test_restore_walks_back_past_a_damaged_latest_checkpoint(run_dir, kind):
     assert os.path.exists(run_dir / f"eval_step_{4 if bad == 6 else 6}.json")
 
 
-def test_no_readable_checkpoint_is_one_line(run_dir):
+def test_no_readable_checkpoint_is_one_line_and_the_last_one_stays(run_dir):
     for s in (2, 4, 6):
         _damage(str(run_dir / "checkpoints" / str(s)), "garbage_metadata")
     proc = vdm_main(f"--workdir={run_dir}", "--mode=eval")
-    assert_one_clear_line(proc, "no readable checkpoint")
-    assert sorted(os.listdir(run_dir / "checkpoints" / "corrupt")) == ["2", "4", "6"]
+    assert_one_clear_line(proc, "no readable checkpoint", "step 2", "left in place")
+    assert sorted(os.listdir(run_dir / "checkpoints" / "corrupt")) == ["4", "6"]
+    assert os.path.isdir(run_dir / "checkpoints" / "2")  # never the last one moved aside
 
 
 # ---- metrics.jsonl survives crashes and resumes. ----

@@ -75,7 +75,7 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(resumed_and_straight):
     } <= set(rows[0])
     assert os.path.exists(os.path.join(a, "config.json"))
     assert any(f.startswith("events") for f in os.listdir(os.path.join(a, "tb")))
-    assert sorted(os.listdir(os.path.join(a, "checkpoints"))) == ["2", "4", "6"]
+    assert sorted(os.listdir(os.path.join(a, "checkpoints"))) == ["2", "4", "6", "best.json"]
 
 
 def test_eval_and_sample_modes(resumed_and_straight):

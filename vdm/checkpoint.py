@@ -1,10 +1,21 @@
-"""Checkpoints with orbax's CheckpointManager: periodic saves, max_to_keep, auto-resume.
+"""Checkpoints with orbax's CheckpointManager: periodic saves, rotation, auto-resume.
 
 orbax writes each step to a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoints intact and the partial one is never restored. Restore
-walks back: a step that cannot be read (any orbax/tensorstore error, a missing file, an empty
-step directory) is reported in one line, moved aside to `checkpoints/corrupt/<step>` (never
-deleted), and the next older one is tried. Only healthy states are ever saved (vdm/health.py).
+mid-save leaves the previous checkpoints intact and the partial one is never restored.
+
+Restore tells damage from a mismatch. Before reading a step's arrays, its tree metadata
+(paths, shapes, dtypes) is compared with the state the config builds: a difference is a
+`StructureMismatch` (nothing is moved: the checkpoint is fine, the config is not the run's).
+A step that is proven unreadable (a missing or garbled file, a read error) is reported in one
+line, moved aside to `checkpoints/corrupt/<step>` (never deleted) and the next older one is
+tried; the last remaining step is never moved: restore refuses in one line instead. With
+several processes, process 0 chooses each step to try and every process tries that step, so
+all restore the same one.
+
+Rotation keeps the newest `max_to_keep` steps and the step with the best eval bpd
+(`record_eval`, kept in `checkpoints/best.json`). A save that fails (disk full, permission,
+quota) is one `CheckpointWriteError` naming the path; orbax's threads print nothing.
+Only healthy states are ever saved (vdm/health.py).
 """
 
 from __future__ import annotations
@@ -14,13 +25,44 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+
+class StructureMismatch(ValueError):
+    """A readable checkpoint whose tree differs from the state the config builds."""
+
+    def __init__(self, step: int, differences: list[str]):
+        self.step, self.differences = step, differences
+        shown = "; ".join(differences[:4]) + (" …" if len(differences) > 4 else "")
+        super().__init__(f"checkpoint step {step} holds a different state: {shown}")
+
+
+class CheckpointWriteError(OSError):
+    """A save that could not be written; the earlier checkpoints are untouched."""
+
+
+class UnreadableCheckpoint(FileNotFoundError):
+    """No step could be restored; the message says which and why."""
+
+
+class _LatestAndBest(preservation_policy.PreservationPolicy):
+    """orbax's rotation: the newest `n` steps, and the step pinned as the best."""
+
+    def __init__(self, n: int, best_step: int | None):
+        self.n, self.best_step = n, best_step
+
+    def should_preserve(self, checkpoints, *, context):
+        k = len(checkpoints)
+        return [i >= k - self.n or c.step == self.best_step for i, c in enumerate(checkpoints)]
 
 
 class Checkpointer:
@@ -29,12 +71,15 @@ class Checkpointer:
     def __init__(self, directory: str, max_to_keep: int = 3):
         self.directory = os.path.abspath(directory)
         self.max_to_keep = max_to_keep
+        self.best = _read_json(os.path.join(self.directory, "best.json"))
+        self.policy = _LatestAndBest(max_to_keep, self.best.get("step"))
+        _silence_abandoned_reads()  # orbax's threads report errors the main thread raises
         self.manager = self._new_manager()
 
     def _new_manager(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(preservation_policy=self.policy, create=True),
         )
 
     def latest_step(self) -> int | None:
@@ -47,11 +92,40 @@ class Checkpointer:
             on_disk = {int(d) for d in os.listdir(self.directory) if d.isdigit()}
         return sorted(set(self.manager.all_steps()) | on_disk)
 
+    # ---- saving ----
+
     def save(self, step: int, state) -> None:
-        self.manager.save(step, args=ocp.args.StandardSave(state))
+        """Save `step` (asynchronously); an error of this or the previous save is one
+        `CheckpointWriteError` line."""
+        with _quiet_writes(self.directory, step):
+            self.manager.save(step, args=ocp.args.StandardSave(state))
+
+    def wait(self) -> None:
+        """Block until every save is on disk; a failed one raises `CheckpointWriteError`."""
+        with _quiet_writes(self.directory):
+            self.manager.wait_until_finished()
+
+    def record_eval(self, step: int, bpd: float) -> bool:
+        """Pin `step` against rotation if its eval bpd is the best so far; True if it is."""
+        if not np.isfinite(bpd) or ("bpd" in self.best and self.best["bpd"] <= bpd):
+            return False
+        self.best = {"step": int(step), "bpd": float(bpd)}
+        self.policy.best_step = int(step)
+        if jax.process_index() == 0:
+            _write_json(os.path.join(self.directory, "best.json"), self.best)
+        return True
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    # ---- restoring ----
 
     def restore(self, abstract_state, step: int | None = None):
-        """Restore `step`, or the newest readable step, into the structure and shardings given."""
+        """Restore `step`, or the newest readable step, into the structure and shardings given.
+
+        Raises `StructureMismatch` (nothing moved) when a readable step holds a different tree,
+        `UnreadableCheckpoint` when no step can be read.
+        """
         steps = self.steps()
         if step is not None:
             if step not in steps:
@@ -59,10 +133,11 @@ class Checkpointer:
                 raise FileNotFoundError(
                     f"no checkpoint step {step} in {self.directory} (steps: {listed})"
                 )
+            self.check_structure(step, abstract_state)
             try:
                 return self._restore(step, abstract_state)
             except Exception as e:  # noqa: BLE001 - any reader error means "unreadable"
-                raise FileNotFoundError(
+                raise UnreadableCheckpoint(
                     f"checkpoint step {step} in {self.directory} is unreadable: {_why(e)}"
                 ) from None
         if not steps:
@@ -72,13 +147,7 @@ class Checkpointer:
         # held for the whole walk and, if anything failed, replaced by one line per step.
         held, failed, restored = io.StringIO(), [], None
         with contextlib.redirect_stderr(held):
-            for s in reversed(steps):
-                try:
-                    restored = self._restore(s, abstract_state)
-                    break
-                except Exception as e:  # noqa: BLE001 - walk back past any damage
-                    failed.append((s, _why(e), self._move_aside(s)))
-                    _silence_abandoned_reads()
+            restored, failed, kept = self._walk_back(steps, abstract_state)
             if failed:
                 _wait_until_quiet(held)  # let the abandoned reads finish into the held buffer
         if not failed:
@@ -92,15 +161,88 @@ class Checkpointer:
                     flush=True,
                 )
         if restored is None:
-            raise FileNotFoundError(
-                f"no readable checkpoint in {self.directory} (damaged steps moved to corrupt/)"
+            raise UnreadableCheckpoint(
+                f"no readable checkpoint in {self.directory}: step {kept[0]} is unreadable "
+                f"({kept[1]}); it is the last one, so it was left in place"
+                + (" (the damaged newer steps are in corrupt/)" if failed else "")
             )
         return restored
 
+    def _walk_back(self, steps: list[int], abstract_state):
+        """Newest first: try each step on every process until all read it; move the failed
+        ones aside (process 0), never the last remaining one. → (state, failed, kept)."""
+        failed, remaining = [], list(steps)
+        while remaining:
+            s, problem = self._choose(remaining, abstract_state)  # process 0's choice
+            why = problem
+            if why is None:
+                try:
+                    state = self._restore(s, abstract_state)
+                except Exception as e:  # noqa: BLE001 - walk back past any damage
+                    why = _why(e)
+                    _silence_abandoned_reads()
+            if _all_agree(why is None):
+                return state, failed, None
+            why = why or "unreadable on another process"
+            if len(remaining) == 1:
+                return None, failed, (s, why)
+            failed.append((s, why, self._move_aside(s)))
+            remaining.remove(s)
+        return None, failed, None
+
+    def _choose(self, remaining: list[int], abstract_state) -> tuple[int, str | None]:
+        """Process 0's candidate (the newest remaining step) and what is wrong with it before
+        any array is read (None: fine so far). A tree mismatch raises on every process."""
+        s = int(_from_process_0(remaining[-1]))
+        problem = _structural_problem(self._step_dir(s))
+        if problem is None and s not in self.manager.all_steps():
+            problem = "an incomplete step directory"
+        mismatch = None
+        if problem is None:
+            try:
+                mismatch = self.compare(s, abstract_state)
+            except Exception as e:  # noqa: BLE001 - metadata that cannot be read is damage
+                problem = f"unreadable tree metadata ({_why(e)})"
+        if _any_true(bool(mismatch)):
+            raise StructureMismatch(s, mismatch or ["differs on another process"])
+        return s, problem
+
+    def check_structure(self, step: int, abstract_state) -> None:
+        """Raise `StructureMismatch` if `step`'s tree differs from `abstract_state`'s."""
+        try:
+            differences = self.compare(step, abstract_state)
+        except Exception:  # noqa: BLE001 - unreadable metadata: the restore will say so
+            return
+        if differences:
+            raise StructureMismatch(step, differences)
+
+    def compare(self, step: int, abstract_state) -> list[str]:
+        """The differences between `step`'s saved tree (paths, shapes, dtypes) and
+        `abstract_state`'s, one line each; empty when they match."""
+        return tree_differences(self.saved_signature(step), signature(abstract_state))
+
+    def saved_signature(self, step: int) -> dict[str, tuple]:
+        """{path: (shape, dtype)} of `step`, from its metadata (no array is read).
+
+        The paths come from the step's `_METADATA` file; shapes and dtypes from orbax's
+        metadata reader, which reads the arrays' headers: a path it cannot describe means
+        damaged array files (raised, so the step counts as unreadable), not another tree."""
+        item = os.path.join(self._step_dir(step), "default")
+        with open(os.path.join(item, "_METADATA")) as f:
+            tree = json.load(f)["tree_metadata"]
+        saved = [
+            "/".join(str(k["key"]) for k in v["key_metadata"])
+            for v in tree.values()
+            if v["value_metadata"].get("value_type") not in (None, "None")
+        ]
+        with contextlib.redirect_stderr(io.StringIO()):
+            described = signature(ocp.StandardCheckpointer().metadata(item).item_metadata)
+        missing = sorted(set(saved) - set(described))
+        if missing:
+            raise FileNotFoundError(f"no array metadata for {missing[0]} ({len(missing)} in all)")
+        return {p: described[p] for p in saved}
+
     def _restore(self, step: int, abstract_state):
-        problem = _structural_problem(os.path.join(self.directory, str(step)))
-        if problem or step not in self.manager.all_steps():
-            raise FileNotFoundError(problem or "an incomplete step directory")
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
     def _move_aside(self, step: int) -> str:
@@ -110,18 +252,147 @@ class Checkpointer:
             k = 1
             while os.path.exists(dest):
                 dest, k = os.path.join(self.directory, "corrupt", f"{step}.{k}"), k + 1
-            shutil.move(os.path.join(self.directory, str(step)), dest)
+            shutil.move(self._step_dir(step), dest)
+        barrier(f"vdm-moved-{step}")
         # A failed restore can leave the manager's handler state unusable for the next step:
         # start from a fresh one rather than reloading.
         self.manager.close()
         self.manager = self._new_manager()
         return dest
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
-        self.manager.close()
+        with _quiet_writes(self.directory):
+            self.manager.close()
+
+
+def _key_name(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def signature(tree) -> dict[str, tuple]:
+    """{"a/b/0": (shape, dtype name)} for every array leaf of `tree` (a state, its abstract
+    form or orbax's tree metadata): dict keys, attributes and indices spelled alike."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        "/".join(_key_name(k) for k in path): (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+        for path, leaf in leaves
+        if hasattr(leaf, "shape")
+    }
+
+
+def tree_differences(saved: dict[str, tuple], wanted: dict[str, tuple]) -> list[str]:
+    """One line per path that only one side has or whose shape / dtype differs."""
+    out = []
+    for p in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(p), wanted.get(p)
+        if a is None:
+            out.append(f"{p} is new")
+        elif b is None:
+            out.append(f"{p} is not in this config's state")
+        elif a != b:
+            out.append(f"{p} {a[1]}{list(a[0])} → {b[1]}{list(b[0])}")
+    return out
+
+
+# ---- agreement between processes (no-ops with one process) ----
+
+
+def _from_process_0(value: int) -> int:
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
+def _gather(flag: bool) -> np.ndarray:
+    if jax.process_count() == 1:
+        return np.asarray([flag])
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.int32(flag)))
+
+
+def _all_agree(ok: bool) -> bool:
+    return bool(np.all(_gather(ok)))
+
+
+def _any_true(flag: bool) -> bool:
+    return bool(np.any(_gather(flag)))
+
+
+def barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def _quiet_writes(directory: str, step: int | None = None):
+    """orbax/tensorstore errors of a save → one `CheckpointWriteError` naming the step's
+    path and the OS's reason; their threads' reports are dropped (`_silence_orbax`)."""
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    except CheckpointWriteError:
+        raise
+    except Exception as e:  # noqa: BLE001 - orbax wraps OSErrors in several types
+        _silence_abandoned_reads()
+        path, reason = _failed_write(e, directory, step)
+        raise CheckpointWriteError(
+            f"cannot save the checkpoint {path}: {reason}; the earlier checkpoints are intact"
+        ) from None
+    sys.stderr.write(held.getvalue())
+
+
+_OS_REASONS = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "Permission denied",
+    "File too large",
+    "Read-only file system",
+    "Input/output error",
+)
+
+
+def _failed_write(e: BaseException, directory: str, step: int | None) -> tuple[str, str]:
+    """(the step directory being written, the OS's reason) from an orbax failure chain."""
+    texts, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        texts.append(" ".join(str(e).split()))
+        if isinstance(e, OSError) and e.strerror:
+            texts.insert(0, e.strerror)
+        e = e.__cause__ or e.__context__
+    text = " ".join(texts)
+    tmp = re.search(re.escape(directory) + r"/(\d+)\.orbax-checkpoint-tmp", text)
+    found = tmp or re.search(re.escape(directory) + r"/(\d+)", text)
+    if found:
+        path = os.path.join(directory, found[1])
+    else:
+        path = directory if step is None else os.path.join(directory, str(step))
+    reason = next((r for r in _OS_REASONS if r in text), None)
+    return path, reason or (texts[0][:200] if texts else "unknown error")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f)
+    os.replace(path + ".tmp", path)
 
 
 def _silence_abandoned_reads() -> None:
@@ -130,10 +401,20 @@ def _silence_abandoned_reads() -> None:
     not the user's business: the walk-back already said which step was unreadable."""
     for name in ("asyncio", "concurrent.futures"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # orbax logs each failure of its background threads (with a traceback) through absl;
+    # the main thread raises the same failure from save / wait / restore, in one line.
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DropOrbax) for f in absl_logger.filters):
+        absl_logger.addFilter(_DropOrbax())
     # Thread exceptions, and "Exception ignored in: <coroutine …>" reports of abandoned read
     # coroutines finalised later (sys.unraisablehook, which bypasses logging), from orbax.
     threading.excepthook = _quiet_hook(threading.excepthook)
     sys.unraisablehook = _quiet_hook(sys.unraisablehook)
+
+
+class _DropOrbax(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "orbax" not in record.pathname
 
 
 def _from_orbax(args) -> bool:

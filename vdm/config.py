@@ -132,6 +132,7 @@ _NON_NEGATIVE = (
     "optimizer.weight_decay",
     "optimizer.grad_clip",
     "sample.n_corrector",
+    "training.spike_factor",
 )
 
 
@@ -147,6 +148,11 @@ def _check_sizes(config) -> None:
     for name in _NON_NEGATIVE:
         _positive(_field(config, name), name, allow_zero=True)
     _positive(config.sample.steps, "sample.steps", allow_zero=config.sample.sampler == "pf_ode")
+    if 0 < config.training.spike_factor <= 1:
+        raise ConfigError(
+            "training.spike_factor must be 0 (off) or > 1 (a multiple of the running median), "
+            f"got {config.training.spike_factor}"
+        )
 
 
 def _check_ranges(config) -> None:

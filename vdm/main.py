@@ -47,6 +47,38 @@ flags.mark_flags_as_required(["config", "workdir"])
 CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
 
 
+def _run_dir(workdir: str, checkpoint_path: str | None) -> str:
+    """The run whose parameters a command reads: --checkpoint's run, else --workdir."""
+    from vdm import checkpoint
+
+    if not checkpoint_path:
+        return workdir
+    return os.path.dirname(checkpoint.resolve(checkpoint_path)[0])
+
+
+def _own_config(config, run_dir: str):
+    """The run's own config (vdm/workdir.py `run_config`), and one line on what of `config`
+    was ignored for it."""
+    from vdm import workdir as workdir_lib
+
+    merged, ignored = workdir_lib.run_config(run_dir, config)
+    if ignored and _is_main():
+        shown = ", ".join(f"{k}={v[0]!r} (the run's: {v[1]!r})" for k, v in ignored.items())
+        print(
+            f"vdm: using {run_dir}/config.json; ignored from --config: {shown} "
+            f"(only the {', '.join(workdir_lib.COMMAND_SECTIONS)} sections apply)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return merged
+
+
+def _is_main() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
 def _load_params(run, checkpoint_path: str | None):
     from vdm import checkpoint
 
@@ -82,6 +114,7 @@ def run_mode(
     if mode in ("compress", "decompress") and not (input_path and output_path):
         raise FileNotFoundError(f"--mode={mode} needs --input and --output")
     workdir = workdir_lib.prepare(workdir)
+    config = _own_config(config, _run_dir(workdir, checkpoint_path))
     run = Run(config, workdir)
     params, step = _load_params(run, checkpoint_path)
     if mode == "eval":
@@ -187,6 +220,27 @@ def parse_flags(argv):
             bad = next((o for o in overrides if o.split(".")[-1] == hint[2]), hint[2])
             sys.exit(f"error: {bad}: no such config field; did you mean {hint[1]}?")
         sys.exit(f"error: {text}")
+    except SyntaxError as e:  # the config file does not parse
+        sys.exit(f"error: {e.filename}:{e.lineno}: {e.msg} (a syntax error in the config file)")
+    except Exception as e:  # noqa: BLE001 - anything else the config file raised
+        sys.exit(f"error: {_config_file_error(e, argv)}")
+
+
+def _config_file_error(e: Exception, argv: list[str]) -> str:
+    """`path:line: Type: message` of an error raised while running the config file."""
+    import traceback
+
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+    path = os.path.abspath(spec.partition(":")[0]) if spec else ""
+    frames = [
+        f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == path
+    ]
+    where = (
+        f"{frames[-1].filename}:{frames[-1].lineno}: "
+        if frames
+        else (f"--config={spec}: " if spec else "")
+    )
+    return f"{where}{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def main(argv):
@@ -195,6 +249,7 @@ def main(argv):
 
     from vdm.compress.container import CompressError
     from vdm.config import ConfigError
+    from vdm.preemption import Preempted
     from vdm.workdir import WorkdirError
 
     try:
@@ -217,6 +272,17 @@ def main(argv):
         WorkdirError,
     ) as e:
         sys.exit(f"error: {e}")
+    except Preempted as e:
+        print(f"vdm: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except OSError as e:  # disk full, permission, quota: the path and the reason
+        sys.exit(f"error: {_os_error(e)}")
+
+
+def _os_error(e: OSError) -> str:
+    if e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 COMMANDS = MODES

@@ -17,6 +17,7 @@ import numpy as np
 
 from vdm import checkpoint, data, elbo, likelihood, sharding
 from vdm import config as config_lib
+from vdm import workdir as workdir_lib
 from vdm.model import VDM
 from vdm.samplers import generate
 from vdm.train_step import TrainState, init_state, make_optimizer, make_train_step
@@ -65,11 +66,23 @@ class Run:
         )
         return init(jax.random.fold_in(self.key, 0))
 
-    def restore(self, ckpt=None, step=None) -> TrainState:
+    def abstract_state(self):
+        """The train state this config builds, as shapes, dtypes and shardings only."""
         abstract = jax.eval_shape(
             lambda k: init_state(self.model, self.optimizer, k, self.x_shape), self.key
         )
-        return (ckpt or self.ckpt).restore(checkpoint.abstract_like(abstract, self.rep), step)
+        return checkpoint.abstract_like(abstract, self.rep)
+
+    def restore(self, ckpt=None, step=None) -> TrainState:
+        """The newest readable checkpoint (or `step`) of this run, or of `ckpt`'s directory.
+        A checkpoint whose tree this config does not build is one `WorkdirError` line naming
+        the config fields that differ from the run's config.json; nothing is moved."""
+        ckpt = ckpt or self.ckpt
+        try:
+            return ckpt.restore(self.abstract_state(), step)
+        except checkpoint.StructureMismatch as e:
+            run_dir = os.path.dirname(ckpt.directory)
+            raise workdir_lib.mismatch_error(run_dir, self.config, e, ckpt is self.ckpt) from None
 
     def eval_params(self, state: TrainState):
         """The parameters eval and sampling use: the EMA ones if `eval.use_ema`."""

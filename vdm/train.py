@@ -15,10 +15,10 @@ import time
 import jax
 import numpy as np
 
-from vdm import checkpoint, data, health, sharding
+from vdm import checkpoint, data, health, preemption, sharding
 from vdm import config as config_lib
 from vdm import workdir as workdir_lib
-from vdm.metrics_writer import MetricWriter
+from vdm.metrics_writer import MetricWriter, read_rows
 from vdm.model import count_params
 from vdm.session import Run
 
@@ -30,15 +30,29 @@ def _mean_metrics(pending: list) -> dict[str, float]:
     return {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in host]))) for k in host[0]}
 
 
-def _check_health(pending: list, first_step: int, n: int, ckpt: checkpoint.Checkpointer):
-    """Stop before any save if a step since the last check was unhealthy (vdm/health.py)."""
+def _check_health(pending: list, first_step: int, n: int, run: Run, history: list[float]):
+    """Stop before any save if a step since the last check was unhealthy or the interval's
+    loss spiked (vdm/health.py); else add the interval's mean loss to `history`."""
+    ckpt = run.ckpt
     last = ckpt.latest_step()
     info = (
         f"Last healthy checkpoint: step {last} in {ckpt.directory}."
         if last is not None
         else "No checkpoint was saved yet."
     )
-    health.check(jax.device_get(pending), first_step, n, info)
+    host = jax.device_get(pending)
+    health.check(host, first_step, n, info, history, run.config.training.spike_factor)
+    key = health.loss_key(host[0])
+    history.append(float(np.mean(np.concatenate([np.ravel(m[key]) for m in host]))))
+
+
+def _loss_history(workdir: str, step: int) -> list[float]:
+    """The mean train loss of each log interval up to `step`, from `metrics.jsonl`."""
+    rows = [
+        r for r in read_rows(os.path.join(workdir, "metrics.jsonl")) if r.get("step", 0) <= step
+    ]
+    rows = [r for r in rows if r.get("split") == "train"]
+    return [r[health.loss_key(r)] for r in rows if health.loss_key(r) in r]
 
 
 def _crossed(step: int, n: int, every: int) -> bool:
@@ -58,12 +72,14 @@ def train_and_evaluate(config, workdir: str, reset: bool = False) -> dict:
     with workdir_lib.Lock(workdir) if main else contextlib.nullcontext():
         if reset and main:
             workdir_lib.reset(workdir)
+        checkpoint.barrier("vdm-reset")  # no process reads the workdir before the reset is done
         return _train_locked(config, workdir)
 
 
 def _train_locked(config, workdir: str) -> dict:
     run = Run(config, workdir)
     state, diff = _resume(run)
+    history = _loss_history(workdir, int(state.step))
     writer = MetricWriter(workdir, resume_step=int(state.step), enabled=_is_main())
     if _is_main():
         workdir_lib.record_config(workdir, config, int(state.step), diff)
@@ -73,11 +89,14 @@ def _train_locked(config, workdir: str) -> dict:
             flush=True,
         )
     try:
-        result, step = _loop(run, state, writer)
+        with preemption.Guard() as guard:
+            result, step = _loop(run, state, writer, guard, history)
     finally:
-        run.ckpt.wait()
-        run.ckpt.close()
-        writer.close()
+        try:
+            run.ckpt.wait()
+        finally:
+            run.ckpt.close()
+            writer.close()
     result["step"] = step
     if _is_main():
         _write_json(os.path.join(workdir, "eval_final.json"), result)
@@ -89,17 +108,24 @@ def _is_main() -> bool:
 
 
 def _resume(run: Run):
-    """The latest checkpoint (after checking the config against the run it resumes) or a
-    fresh state; and the list of config fields that changed."""
-    latest = run.ckpt.latest_step()
-    diff = workdir_lib.check_config(run.workdir, run.config, latest)
+    """The newest readable checkpoint or, in a workdir without any, a fresh state; and the
+    config fields that changed. Whether the config fits is decided by structure: the
+    checkpoint's tree must equal the one this config builds (`Run.restore` refuses in one
+    line, naming the fields, before anything is written)."""
+    if not run.ckpt.steps():
+        return run.fresh_state(), {}
+    state = run.restore()
+    diff = workdir_lib.changed_fields(run.workdir, run.config)
     if diff and _is_main():
         print(f"vdm: resuming with changed {', '.join(diff)}", flush=True)
-    return (run.restore() if latest is not None else run.fresh_state()), diff
+    return state, diff
 
 
-def _loop(run: Run, state, writer: MetricWriter) -> tuple[dict, int]:
-    """Steps until `training.num_steps`: log (after a health check), save, eval + sample."""
+def _loop(run: Run, state, writer: MetricWriter, guard, history: list[float]):
+    """Steps until `training.num_steps`: log (after a health check), save, eval + sample.
+    Every eval step is saved too, so the best eval bpd can be pinned against rotation. After a
+    signal (vdm/preemption.py) the step in flight is checked, logged and saved, then
+    `Preempted` is raised."""
     from tqdm.auto import tqdm
 
     config, tc, step = run.config, run.config.training, int(state.step)
@@ -115,28 +141,42 @@ def _loop(run: Run, state, writer: MetricWriter) -> tuple[dict, int]:
     )
     pbar = tqdm(total=tc.num_steps, initial=step, disable=not _is_main())
     pending, t_log, result, first = [], time.time(), {}, step
+
+    def log():
+        nonlocal pending, t_log, first
+        _check_health(pending, first, tc.steps_per_call, run, history)
+        m = _mean_metrics(pending)
+        m["steps_per_sec"] = len(pending) * tc.steps_per_call / (time.time() - t_log)
+        writer.write(step, m)
+        loss = {k: f"{m[k]:.3f}" for k in ("bpd", "objective") if k in m}
+        pbar.set_postfix(**loss, steps_s=f"{m['steps_per_sec']:.1f}")
+        pending, t_log, first = [], time.time(), step
+
     try:
         while step < tc.num_steps:
+            signum = guard.requested()
+            if signum:
+                saved = bool(pending) or run.ckpt.latest_step() == step
+                if pending:
+                    log()
+                    run.ckpt.save(step, state)
+                raise preemption.Preempted(step, signum, saved)
             n = tc.steps_per_call
             batch = sharding.shard_batch(next(batches), run.mesh, leading=1)
             state, metrics = run.train_step(state, batch, run.key)
             step += n
             pending.append(metrics)
             last = step >= tc.num_steps
-            if _crossed(step, n, tc.log_every) or _crossed(step, n, tc.save_every) or last:
-                _check_health(pending, first, n, run.ckpt)
-                m = _mean_metrics(pending)
-                m["steps_per_sec"] = len(pending) * n / (time.time() - t_log)
-                writer.write(step, m)
-                loss = {k: f"{m[k]:.3f}" for k in ("bpd", "objective") if k in m}
-                pbar.set_postfix(**loss, steps_s=f"{m['steps_per_sec']:.1f}")
-                pending, t_log, first = [], time.time(), step
+            evaluate = _crossed(step, n, tc.eval_every) or last
+            if _crossed(step, n, tc.log_every) or _crossed(step, n, tc.save_every) or evaluate:
+                log()
             pbar.update(n)
-            if _crossed(step, n, tc.save_every) or last:
+            if _crossed(step, n, tc.save_every) or evaluate:
                 run.ckpt.save(step, state)
-            if _crossed(step, n, tc.eval_every) or last:
+            if evaluate:
                 params = run.eval_params(state)
                 result = run.evaluate(params)
+                run.ckpt.record_eval(step, result["bpd"])
                 writer.write(step, {k: v for k, v in result.items() if k != "n"}, prefix="eval")
                 run.write_samples(params, step)  # every process samples; process 0 writes
                 t_log = time.time()

@@ -2,10 +2,11 @@
 
 `prepare` makes sure `--workdir` is a writable directory; `Lock` is an advisory `flock` on
 `<workdir>/.lock` (released by the OS when the process dies, so a killed run never leaves a
-stale lock); `check_config` compares the requested config with the run's `config.json` and
-refuses changes that would not fit the saved parameters, listing the fields that differ.
-`config.json` holds the latest config; `config_history.jsonl` keeps every accepted change;
-`reset` moves a previous run aside (never deletes it).
+stale lock). A workdir owns its run: `config.json` holds the config it trains with,
+`config_history.jsonl` every accepted change; `run_config` gives eval, sample and compress the
+run's own config (their sections from the command line); `mismatch_error` names the fields
+that differ when a checkpoint does not fit a config; `reset` moves a previous run aside (never
+deletes it).
 """
 
 from __future__ import annotations
@@ -17,25 +18,10 @@ import os
 import socket
 import time
 
-# Fields that may change when a run resumes: they do not alter any array in the checkpoint.
-SAFE_SECTIONS = ("training", "eval", "sample", "compress", "objective")
-SAFE_FIELDS = (
-    "optimizer.learning_rate",
-    "optimizer.b1",
-    "optimizer.b2",
-    "optimizer.eps",
-    "optimizer.weight_decay",
-    "optimizer.warmup_steps",
-    "optimizer.decay",
-    "optimizer.ema_decay",
-    "data.data_dir",
-    "data.download",
-    "model.label_dropout",
-    "model.dropout",
-    "model.antithetic_time",
-    "model.dtype",
-    "model.remat",
-)
+# The sections eval, sample and compress take from the command line; everything else comes
+# from the run's config.json (data locations are the machine's, not the run's).
+COMMAND_SECTIONS = ("eval", "sample", "compress")
+COMMAND_FIELDS = ("data.data_dir", "data.download")
 
 
 class WorkdirError(RuntimeError):
@@ -106,46 +92,86 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _safe(field: str) -> bool:
-    return field.split(".")[0] in SAFE_SECTIONS or field in SAFE_FIELDS
-
-
 def config_diff(old: dict, new: dict) -> dict[str, tuple]:
     """{field: (old, new)} for every field whose value differs (missing = None)."""
     a, b = _flatten(old), _flatten(new)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def check_config(workdir: str, config, step: int | None) -> dict[str, tuple]:
-    """Refuse a config whose parameter-shaping fields differ from the run's `config.json`.
-
-    Returns the (safe) differences. Only checked when the workdir holds checkpoints (`step`
-    not None): a workdir without any may start afresh with any config. `optimizer.grad_clip`
-    is safe unless it switches clipping on or off (that changes the optimizer state).
-    """
+def read_config(workdir: str) -> dict | None:
+    """The run's `config.json` as a dict, or None if the workdir has none."""
     path = os.path.join(workdir, "config.json")
-    if step is None or not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        old = json.load(f)
-    new = json.loads(config.to_json_best_effort())
-    diff = config_diff(old, new)
-    unsafe = [k for k in diff if not _safe(k)]
-    clip = diff.get("optimizer.grad_clip")
-    if clip and bool(clip[0]) != bool(clip[1]):
-        unsafe.append("optimizer.grad_clip")
-    elif clip:
-        unsafe = [k for k in unsafe if k != "optimizer.grad_clip"]
-    noise = diff.get("objective.noise_dist")
-    if noise and "adaptive" in noise:  # the adaptive p(λ) lives in the optimizer state
-        unsafe.append("objective.noise_dist")
-    if unsafe:
-        listed = ", ".join(f"{k} {diff[k][0]!r} → {diff[k][1]!r}" for k in unsafe)
-        raise WorkdirError(
-            f"{workdir} holds a run (step {step}) with a different model: {listed}; "
-            "use a new --workdir, or --reset to start this one afresh"
-        )
-    return diff
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise WorkdirError(f"{path} cannot be read ({e}); pass --reset to start afresh") from None
+
+
+def changed_fields(workdir: str, config) -> dict[str, tuple]:
+    """The fields of `config` that differ from the run's `config.json` (empty without one).
+
+    Whether a change is safe to resume with is decided by structure, not by field names: the
+    checkpoint's tree is compared with the one `config` builds (vdm/checkpoint.py).
+    """
+    old = read_config(workdir)
+    return {} if old is None else config_diff(old, json.loads(config.to_json_best_effort()))
+
+
+def mismatch_error(workdir: str, config, err, resume: bool = True) -> WorkdirError:
+    """One line for a checkpoint whose tree does not fit `config`: the config fields that
+    differ from the run's `config.json` (or, without them, the tree paths) and the way out."""
+    diff = changed_fields(workdir, config)
+    if diff:
+        what = ", ".join(f"{k} {v[0]!r} → {v[1]!r}" for k, v in diff.items())
+        what = f"the config differs from its config.json in {what}"
+    else:
+        what = "; ".join(err.differences[:3]) + (" …" if len(err.differences) > 3 else "")
+        what = f"its checkpoint holds a different state ({what})"
+    way = (
+        "use a new --workdir, or --reset to start this one afresh"
+        if resume
+        else ("run it with the config it was trained with")
+    )
+    return WorkdirError(f"{workdir} holds a run (step {err.step}) that does not fit: {what}; {way}")
+
+
+def run_config(workdir: str, config):
+    """`config` with every field the run recorded in `config.json` put back, except the
+    sections `COMMAND_SECTIONS` and fields `COMMAND_FIELDS`; and the fields it ignored.
+
+    eval, sample, compress and decompress use this: a workdir knows what it trained. Fields
+    the code has gained since the run keep their defaults; fields it no longer has are dropped.
+    """
+    old = read_config(workdir)
+    if old is None:
+        return config, {}
+    merged = config.copy_and_resolve_references()
+    ignored = {}
+    recorded = _flatten(old)
+    current = _flatten(json.loads(config.to_json_best_effort()))
+    with merged.unlocked():
+        for field, value in recorded.items():
+            if field.split(".")[0] in COMMAND_SECTIONS or field in COMMAND_FIELDS:
+                continue
+            if field not in current:
+                continue
+            if current[field] != value:
+                ignored[field] = (current[field], value)
+                _set(merged, field, value)
+    return merged, ignored
+
+
+def _set(config, field: str, value) -> None:
+    *path, leaf = field.split(".")
+    node = config
+    for k in path:
+        node = node[k]
+    if isinstance(node[leaf], tuple) and isinstance(value, list):
+        value = tuple(value)
+    node[leaf] = value
 
 
 def record_config(workdir: str, config, step: int, diff: dict) -> None:

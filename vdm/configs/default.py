@@ -84,7 +84,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.training.log_every = 100
     c.training.eval_every = 10_000
     c.training.save_every = 10_000
-    c.training.max_to_keep = 3
+    c.training.max_to_keep = 3  # newest checkpoints kept, beside the one with the best eval bpd
+    # Stop (saving nothing) when a log interval's mean train loss exceeds this many times the
+    # running median of the intervals before it (vdm/health.py); 0 = off.
+    c.training.spike_factor = 10.0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256
@@ -99,9 +102,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval.pf_ode_solver = "tsit5"
     c.eval.pf_ode_rtol = 1e-5
     c.eval.pf_ode_atol = 1e-5
-    # per_example: each example its own steps (results independent of the batch) | batch: the
-    # batch as one ODE, one step size (score_sde's way; fewer steps, see likelihood.py)
-    c.eval.pf_ode_step_control = "per_example"
     # per_example: each example its own steps (results independent of the batch) | batch: the
     # batch as one ODE, one step size (score_sde's way; fewer steps, see likelihood.py)
     c.eval.pf_ode_step_control = "per_example"
