@@ -22,6 +22,95 @@ def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():
     assert fid.frechet_distance(mu_a, np.diag(a), mu_a, np.diag(a)) == pytest.approx(0, abs=1e-9)
 
 
+def _sqrt_psd(c):
+    w, v = np.linalg.eigh(c)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def _fd_wrong(mu_a, cov_a, mu_b, cov_b):
+    """The common mistake tr (C_a C_b)^{½} → tr C_a^{½} C_b^{½}: right only when they commute."""
+    cross = np.trace(_sqrt_psd(cov_a) @ _sqrt_psd(cov_b))
+    return np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross
+
+
+def _rotation(theta):
+    return np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+
+
+def test_frechet_distance_of_gaussians_on_two_lines_is_their_wasserstein_distance():
+    """N(0, a) on the x axis against N(μ, b) on the line at angle θ: the optimal coupling maps
+    one line onto the other, so FID = W₂² = ‖μ‖² + a + b − 2√(ab)|cos θ|. The wrong formula
+    has cos²θ in place of |cos θ|: at θ = 60° with a = 4, b = ¼, μ = 0 it gives 3.75, not 3.25."""
+    a, b = 4.0, 0.25
+    shifted = np.array([0.3, -0.4])
+    for theta, mu in ((np.pi / 3, np.zeros(2)), (2 * np.pi / 3, shifted), (0.2, shifted)):
+        u = _rotation(theta)[:, 0]
+        cov_a, cov_b = np.diag([a, 0.0]), b * np.outer(u, u)
+        expected = mu @ mu + a + b - 2 * np.sqrt(a * b) * abs(np.cos(theta))
+        got = fid.frechet_distance(np.zeros(2), cov_a, mu, cov_b)
+        np.testing.assert_allclose(got, expected, rtol=1e-10)
+        wrong = _fd_wrong(np.zeros(2), cov_a, mu, cov_b)
+        gap = 2 * np.sqrt(a * b) * (abs(np.cos(theta)) - np.cos(theta) ** 2)
+        np.testing.assert_allclose(wrong, expected + gap)
+        if theta == np.pi / 3:
+            assert got == pytest.approx(3.25) and wrong == pytest.approx(3.75)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_for_non_commuting_covariances():
+    """Full-rank covariances that do not commute, against tr (C_a C_b)^{½} from scipy's
+    general (Schur) sqrtm of the non-symmetric product, in float64; in 2-D also against the
+    closed form tr √M = √(tr M + 2 √det M). Where the two covariances' long axes are crossed
+    the wrong formula is 22% high, so this test tells them apart."""
+    from scipy import linalg
+
+    def reference(mu_a, cov_a, mu_b, cov_b):
+        cross = np.trace(linalg.sqrtm(cov_a @ cov_b)).real
+        return np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross
+
+    rng = np.random.default_rng(3)
+    d = 6
+    q_a = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    q_b = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    spectrum = np.logspace(-2, 1, d)
+    crossed = (q_a * spectrum) @ q_a.T, (q_b * spectrum[::-1]) @ q_b.T
+    m = rng.normal(size=(2, d, d))
+    generic = m[0] @ m[0].T / d + 0.1 * np.eye(d), m[1] @ m[1].T / d + 0.1 * np.eye(d)
+    sq = rng.normal(size=(2, 2, 2))
+    two_d = sq[0] @ sq[0].T + 0.1 * np.eye(2), sq[1] @ sq[1].T + 0.1 * np.eye(2)
+    for cov_a, cov_b in (crossed, generic, two_d):
+        k = len(cov_a)
+        assert np.abs(cov_a @ cov_b - cov_b @ cov_a).max() > 0.05  # they do not commute
+        mu_a, mu_b = rng.normal(size=k), rng.normal(size=k)
+        got = fid.frechet_distance(mu_a, cov_a, mu_b, cov_b)
+        np.testing.assert_allclose(got, reference(mu_a, cov_a, mu_b, cov_b), rtol=1e-9)
+        np.testing.assert_allclose(got, fid.frechet_distance(mu_b, cov_b, mu_a, cov_a), rtol=1e-9)
+    (cov_a, cov_b), mu = two_d, np.array([0.5, -1.0])
+    m = cov_a @ cov_b
+    closed = np.sqrt(np.trace(m) + 2 * np.sqrt(np.linalg.det(m)))
+    expected = mu @ mu + np.trace(cov_a) + np.trace(cov_b) - 2 * closed
+    np.testing.assert_allclose(fid.frechet_distance(mu, cov_a, 0 * mu, cov_b), expected, rtol=1e-9)
+    zero = np.zeros(d)
+    right = fid.frechet_distance(zero, crossed[0], zero, crossed[1])
+    wrong = _fd_wrong(zero, crossed[0], zero, crossed[1])
+    assert wrong > 1.2 * right, (right, wrong)
+
+
+def test_frechet_distance_of_rank_deficient_sample_statistics():
+    """Fewer examples than features (as a small FID set in 128 features): singular, non-commuting
+    sample covariances, against Σ √eig(C_a C_b) from the general eigensolver (the product of two
+    PSD matrices has real, non-negative eigenvalues)."""
+    rng = np.random.default_rng(4)
+    d = 6
+    f_a = rng.normal(size=(5, d)) @ rng.normal(size=(d, d))
+    f_b = rng.normal(size=(4, d)) @ rng.normal(size=(d, d)) + 1.0
+    (mu_a, cov_a), (mu_b, cov_b) = fid.stats(f_a), fid.stats(f_b)
+    assert np.linalg.matrix_rank(cov_a) == 4 and np.linalg.matrix_rank(cov_b) == 3
+    cross = np.sum(np.sqrt(np.clip(np.linalg.eigvals(cov_a @ cov_b).real, 0, None)))
+    expected = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross
+    np.testing.assert_allclose(fid.fid(f_a, f_b), expected, rtol=1e-7)
+    assert abs(_fd_wrong(mu_a, cov_a, mu_b, cov_b) - expected) > 0.01 * expected
+
+
 @pytest.fixture(scope="module")
 def digits_classifier(tmp_path_factory):
     import os
