@@ -273,3 +273,202 @@ def test_metrics_file_drops_a_partial_line_and_rows_after_the_resume_step(tmp_pa
     w.close()
     got = metrics_writer.read_rows(str(path))
     assert [r["step"] for r in got] == [2, 4, 6] and got[-1]["bpd"] == 0.5
+
+
+# ---- A workdir owns its run: a config that does not fit is a mismatch, never damage. ----
+
+
+@pytest.fixture(scope="module")
+def weighted(tmp_path_factory):
+    """A finished smoke run trained with overrides that change the optimizer state's tree
+    (the adaptive p(λ) keeps its histogram there)."""
+    d = tmp_path_factory.mktemp("weighted")
+    proc = vdm_main(
+        f"--workdir={d}",
+        "--config.objective.weighting=sigmoid",
+        "--config.objective.noise_dist=adaptive",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return d
+
+
+def test_sample_and_eval_take_the_runs_own_config(weighted):
+    before = snapshot(weighted)
+    proc = vdm_main(f"--workdir={weighted}", "--mode=sample")  # overrides not repeated
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    note = [ln for ln in proc.stderr.splitlines() if "ignored from --config" in ln]
+    assert len(note) == 1 and "objective.noise_dist" in note[0], proc.stderr[-2000:]
+    assert not os.path.exists(weighted / "checkpoints" / "corrupt")
+    assert snapshot(weighted) == before
+    # the eval section still comes from the command line
+    proc = vdm_main(f"--workdir={weighted}", "--mode=eval", "--config.eval.repeats=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.load(open(weighted / "eval_step_6.json"))["n"] == 200  # 100 test images × 2
+
+
+def test_resume_with_a_config_that_builds_another_tree_is_one_line(weighted, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(weighted, d)
+    before = snapshot(d)
+    proc = vdm_main(f"--workdir={d}", "--config.training.num_steps=8")
+    assert_one_clear_line(proc, "objective.noise_dist 'adaptive' → 'uniform_t'", "--reset")
+    assert snapshot(d) == before  # no checkpoint moved, no metrics row dropped
+    assert not os.path.exists(d / "checkpoints" / "corrupt")
+
+
+def test_a_change_that_keeps_the_tree_resumes_whatever_its_section(run_dir):
+    """Decided by structure, not by a list of names: γ_min only initialises a learned γ₀."""
+    proc = vdm_main(
+        f"--workdir={run_dir}", "--config.schedule.gamma_min=-7", "--config.training.num_steps=8"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming with changed schedule.gamma_min, training.num_steps" in proc.stdout
+
+
+def test_config_file_that_does_not_parse_is_one_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config(arg=''):\n    return dict(a=1\n")
+    assert_one_clear_line(
+        vdm_main(f"--workdir={tmp_path / 'w'}", config=f"--config={bad}"), f"{bad}:2"
+    )
+    raises = tmp_path / "raises.py"
+    raises.write_text("def get_config(arg=''):\n    return undefined_name\n")
+    proc = vdm_main(f"--workdir={tmp_path / 'w'}", config=f"--config={raises}")
+    assert_one_clear_line(proc, f"{raises}:2", "NameError")
+
+
+# ---- Preemption and failed writes. ----
+
+
+def _start_long_run(workdir):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.Popen(
+        [sys.executable, "-m", "vdm.main", SMOKE, f"--workdir={workdir}"]
+        + ["--config.training.num_steps=100000", "--config.training.log_every=1000"]
+        + ["--config.training.save_every=100000", "--config.training.eval_every=100000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_training(workdir, proc, timeout=300):
+    """Until the run has logged a row (it is past compiling and training)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if metrics_writer.read_rows(os.path.join(workdir, "metrics.jsonl")):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the run never logged: " + proc.communicate()[1][-2000:])
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_preemption_saves_the_step_in_flight_and_resumes_there(tmp_path, sig):
+    import signal
+
+    d = tmp_path / "run"
+    proc = _start_long_run(d)
+    _wait_for_training(d, proc)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + getattr(signal, sig), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert f"({sig}); saved; rerun the same command to resume" in last, last
+    step = int(last.split("preempted at step ")[1].split()[0])
+    assert step > 1000  # past the first log row: progress since it was kept
+    steps = [int(s) for s in os.listdir(d / "checkpoints") if s.isdigit()]
+    assert steps == [step]
+    rows = metrics_writer.read_rows(str(d / "metrics.jsonl"))
+    assert rows[-1]["step"] == step and rows[-1]["split"] == "train"
+    # the same command resumes from the step that was saved
+    proc = vdm_main(f"--workdir={d}", f"--config.training.num_steps={step + 2}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"starting at step {step}" in proc.stdout
+
+
+def test_disk_full_during_a_save_is_one_line_and_keeps_the_earlier_checkpoints(run_dir):
+    """The file-size limit stands in for a full disk: writes past it fail with EFBIG."""
+    before = snapshot(run_dir / "checkpoints")
+    limited = (
+        "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000)); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'vdm.main', *sys.argv[1:]])"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_COMPILATION_CACHE="false")
+    proc = subprocess.run(
+        [sys.executable, "-c", limited, SMOKE, f"--workdir={run_dir}"]
+        + ["--config.training.num_steps=8"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    last = assert_one_clear_line(proc, "cannot save the checkpoint", "File too large")
+    assert "checkpoints/8" in last and "earlier checkpoints are intact" in last
+    assert proc.stderr.count("\n") < 20, proc.stderr[-3000:]  # no thread reports
+    after = snapshot(run_dir / "checkpoints")
+    assert {k: v for k, v in after.items() if k in before} == before
+    ok = vdm_main(f"--workdir={run_dir}", "--mode=eval")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert os.path.exists(run_dir / "eval_step_6.json")
+
+
+# ---- Keep the best, stop on a loss spike. ----
+
+
+def test_the_best_eval_checkpoint_is_never_rotated_out(tmp_path):
+    import jax.numpy as jnp
+
+    from vdm import checkpoint
+
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=2)
+    bpd = {1: 3.0, 2: 1.5, 3: 2.0, 4: 2.5, 5: 2.2, 6: 1.9}
+    for s, b in bpd.items():
+        ckpt.save(s, {"w": jnp.full((3,), float(s))})
+        ckpt.wait()
+        ckpt.record_eval(s, b)
+    assert ckpt.steps() == [2, 5, 6]  # the newest two, and the best (1.5 at step 2)
+    ckpt.close()
+    again = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=2)  # reopened
+    again.save(7, {"w": jnp.full((3,), 7.0)})
+    again.wait()
+    assert again.steps() == [2, 6, 7]
+    again.close()
+
+
+def test_loss_spike_against_the_running_median():
+    history = [5.6, 5.5, 5.4]
+    assert health.spike(29_158.0, history, 10.0).startswith("loss spike")
+    assert health.spike(8.0, history, 10.0) is None
+    assert health.spike(29_158.0, history[:2], 10.0) is None  # too little history
+    assert health.spike(29_158.0, history, 0.0) is None  # off
+    with pytest.raises(health.DivergedError, match="diverged at step 8 .*loss spike"):
+        steps = [{"bpd": np.float32(b)} for b in (5.0, 900.0)]
+        health.check(steps, 6, 1, "info", history=history, spike_factor=10.0)
+
+
+def test_a_finite_blow_up_on_a_finished_run_saves_nothing(run_dir):
+    """lr = 30 on a finished run: the first interval's loss is thousands of times the run's
+    logged median (read back from metrics.jsonl), so it stops before any save."""
+    before = snapshot(run_dir / "checkpoints")
+    proc = vdm_main(
+        f"--workdir={run_dir}",
+        "--config.optimizer.learning_rate=30",
+        "--config.training.num_steps=40",
+        "--config.training.save_every=1",
+        "--config.training.log_every=1",
+    )
+    last = assert_one_clear_line(proc, "diverged at step", "stopped without saving")
+    steps = sorted(int(d) for d in os.listdir(run_dir / "checkpoints") if d.isdigit())
+    kept = metrics_writer.read_rows(str(run_dir / "metrics.jsonl"))
+    train = [r["bpd"] for r in kept if r["split"] == "train"]
+    assert max(train) < 10 * float(np.median(train[:3])), (last, train)  # no spike was logged
+    after = snapshot(run_dir / "checkpoints")
+    assert {k: v for k, v in before.items() if k.startswith("6/")}.items() <= after.items()
+    assert steps and max(steps) < int(last.split("diverged at step ")[1].split()[0])

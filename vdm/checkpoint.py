@@ -73,6 +73,7 @@ class Checkpointer:
         self.max_to_keep = max_to_keep
         self.best = _read_json(os.path.join(self.directory, "best.json"))
         self.policy = _LatestAndBest(max_to_keep, self.best.get("step"))
+        self._saving: int | None = None  # the step of a save that may still be in flight
         _silence_abandoned_reads()  # orbax's threads report errors the main thread raises
         self.manager = self._new_manager()
 
@@ -97,18 +98,21 @@ class Checkpointer:
     def save(self, step: int, state) -> None:
         """Save `step` (asynchronously); an error of this or the previous save is one
         `CheckpointWriteError` line."""
-        with _quiet_writes(self.directory, step):
+        with _quiet_writes(self.directory, self._saving or step):
             self.manager.save(step, args=ocp.args.StandardSave(state))
+        self._saving = step
 
     def wait(self) -> None:
         """Block until every save is on disk; a failed one raises `CheckpointWriteError`."""
-        with _quiet_writes(self.directory):
+        with _quiet_writes(self.directory, self._saving):
             self.manager.wait_until_finished()
+        self._saving = None
 
     def record_eval(self, step: int, bpd: float) -> bool:
         """Pin `step` against rotation if its eval bpd is the best so far; True if it is."""
         if not np.isfinite(bpd) or ("bpd" in self.best and self.best["bpd"] <= bpd):
             return False
+        self.wait()  # pin only a step that is on disk
         self.best = {"step": int(step), "bpd": float(bpd)}
         self.policy.best_step = int(step)
         if jax.process_index() == 0:
@@ -418,6 +422,10 @@ class _DropOrbax(logging.Filter):
 
 
 def _from_orbax(args) -> bool:
+    # tensorstore completes abandoned reads and writes into orbax's closed event loop from
+    # C++, and reports each RuntimeError as unraisable, with no object and asyncio frames only.
+    if _closed_loop(args.exc_type, args.exc_value, args.exc_traceback):
+        return True
     tb = args.exc_traceback
     while tb is not None:
         if "orbax" in tb.tb_frame.f_code.co_filename:
@@ -437,6 +445,15 @@ def _quiet_hook(original):
 
     hook._vdm_quiet = True
     return hook
+
+
+def _closed_loop(exc_type, exc, tb) -> bool:
+    """The report of a callback into an event loop orbax has already closed."""
+    if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
+        return False
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "asyncio" in tb.tb_frame.f_code.co_filename
 
 
 def _wait_until_quiet(buffer: io.StringIO, quiet_s: float = 0.5, limit_s: float = 10.0) -> None:

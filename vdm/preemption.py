@@ -29,7 +29,7 @@ class Preempted(Exception):
     def __init__(self, step: int, signum: int, saved: bool):
         self.step, self.signum, self.saved = step, signum, saved
         self.exit_code = 128 + signum
-        what = "saved" if saved else "nothing new to save"
+        what = "saved" if saved else "no step was trained, nothing new to save"
         super().__init__(
             f"preempted at step {step} ({signal.Signals(signum).name}); {what}; "
             "rerun the same command to resume"

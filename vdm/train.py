@@ -140,7 +140,7 @@ def _loop(run: Run, state, writer: MetricWriter, guard, history: list[float]):
         jax.process_count(),
     )
     pbar = tqdm(total=tc.num_steps, initial=step, disable=not _is_main())
-    pending, t_log, result, first = [], time.time(), {}, step
+    pending, t_log, result, first, start = [], time.time(), {}, step, step
 
     def log():
         nonlocal pending, t_log, first
@@ -156,11 +156,11 @@ def _loop(run: Run, state, writer: MetricWriter, guard, history: list[float]):
         while step < tc.num_steps:
             signum = guard.requested()
             if signum:
-                saved = bool(pending) or run.ckpt.latest_step() == step
                 if pending:
-                    log()
+                    log()  # health-checked like every save
+                if step != start and run.ckpt.latest_step() != step:
                     run.ckpt.save(step, state)
-                raise preemption.Preempted(step, signum, saved)
+                raise preemption.Preempted(step, signum, step != start)
             n = tc.steps_per_call
             batch = sharding.shard_batch(next(batches), run.mesh, leading=1)
             state, metrics = run.train_step(state, batch, run.key)

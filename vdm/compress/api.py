@@ -4,7 +4,8 @@
 (vdm/compress/coder.py): γ(i/T) for the chain and one jitted ε̂ call at a fixed batch shape,
 so encoder and decoder compute identical network outputs. `compress` returns the header and
 words of a `.vdmz` file (vdm/compress/container.py); `decompress` checks the header against
-the model and returns the exact images.
+the model and the platform (vdm/compress/fingerprint.py) and returns the exact images, or
+stops with one `CompressError` line; `decompress_file` writes its output only after that.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -23,7 +25,8 @@ from tqdm.auto import tqdm
 
 from vdm.compress import chain as chain_lib
 from vdm.compress import coder as coder_lib
-from vdm.compress.container import FORMAT_VERSION, CompressError, images_crc
+from vdm.compress import fingerprint
+from vdm.compress.container import FORMAT_VERSION, GENERATORS, CompressError, images_crc
 
 
 def config_hash(config) -> str:
@@ -85,12 +88,22 @@ class Codec:
         with bar:
             return coder_lib.encode_message(self.coder, images, self.batch_size, step)
 
-    def decode(self, words, n_clean: int, clean_kept: int, count: int, progress=False):
+    def decode(
+        self,
+        words,
+        n_clean: int,
+        clean_kept: int,
+        count: int,
+        progress=False,
+        generator: str = GENERATORS[FORMAT_VERSION],
+        on_chunk=None,
+    ):
         bar, step = self._bar(count, "decompress", progress)
         shape = (count, *self.x_shape)
+        cc = dataclasses.replace(self.coder, generator=generator)
         with bar:
             return coder_lib.decode_message(
-                self.coder, words, n_clean, clean_kept, shape, self.batch_size, step
+                cc, words, n_clean, clean_kept, shape, self.batch_size, step, on_chunk
             )
 
 
@@ -123,12 +136,16 @@ def check_images(images: np.ndarray, x_shape, vocab_size: int, source: str) -> n
 def compress(codec: Codec, images: np.ndarray, meta: dict, progress=False):
     """(header, words, stats) of coding `images`; `meta` (model identity) joins the header."""
     t0 = time.perf_counter()
-    msg = codec.encode(images.astype(np.int64), progress)
+    try:
+        msg = codec.encode(images.astype(np.int64), progress)
+    except coder_lib.CoderError as e:
+        raise CompressError(f"the model cannot code these images ({e})") from None
     seconds = time.perf_counter() - t0
     n, dims = len(images), codec.dims
     header = {
         "format_version": FORMAT_VERSION,
         **meta,
+        "platform": fingerprint.current(),
         "steps": codec.steps,
         "latent_bits": codec.latent_bits,
         "range_stds": codec.range_stds,
@@ -140,6 +157,7 @@ def compress(codec: Codec, images: np.ndarray, meta: dict, progress=False):
         "clean_kept": msg.clean_kept,
         "n_words": len(msg.words),
         "images_crc32": images_crc(images),
+        "chunk_crc32": [images_crc(images[sl]) for sl in coder_lib.chunks(n, codec.batch_size)],
     }
     stats = {
         "count": n,
@@ -166,16 +184,82 @@ def check_header(header: dict, expected: dict, path: str) -> None:
             )
 
 
-def decompress(codec: Codec, header: dict, words: np.ndarray, path: str, progress=False):
-    """The exact images of a .vdmz file's header and words."""
+def check_platform(header: dict, path: str, allow_mismatch: bool = False) -> list[str]:
+    """Refuse, before decoding, a file whose ε̂ was computed on a numerically different
+    platform (one line naming what differs); a difference that may not matter, or a file that
+    records none, is one warning line. Returns the differences, for a failed decode's line."""
+    recorded = header.get("platform")
+    if recorded is None:
+        print(
+            f"warning: {path} records no platform (format {header.get('format_version')}): if "
+            "this one's ε̂ differs from the encoder's, decoding fails and writes nothing",
+            file=sys.stderr,
+        )
+        return []
+    numeric, info = fingerprint.differences(recorded, fingerprint.current())
+    if numeric and not allow_mismatch:
+        raise CompressError(
+            f"{path} was compressed on another platform ({'; '.join(numeric)}), where ε̂ can "
+            "differ in its last bits and decoding then fails: decode on that platform, or try "
+            "anyway with --config.compress.allow_platform_mismatch=True (a failed decode "
+            "writes nothing)"
+        )
+    if numeric or info:
+        print(
+            f"warning: {path} was compressed on another platform ({'; '.join(numeric + info)}):"
+            " if ε̂ differs here, decoding fails and writes nothing",
+            file=sys.stderr,
+        )
+    return numeric + info
+
+
+def decompress(
+    codec: Codec,
+    header: dict,
+    words: np.ndarray,
+    path: str,
+    progress=False,
+    allow_platform_mismatch: bool = False,
+):
+    """The exact images of a .vdmz file's header and words. Refuses another platform's file
+    before decoding; any failure while decoding, each chunk checked against its CRC-32 as it
+    comes, is one `CompressError` line."""
+    version = header.get("format_version")
+    if version not in GENERATORS:
+        raise CompressError(f"{path}: format version {version}, not one this vdm reads")
+    differs = check_platform(header, path, allow_platform_mismatch)
+    chunk_crcs = header.get("chunk_crc32")
+    n_chunks = math.ceil(header["count"] / codec.batch_size)
+    done = []
+
+    def check_chunk(sl: slice, images: np.ndarray) -> None:
+        if (
+            chunk_crcs is not None
+            and images_crc(images) != chunk_crcs[sl.start // codec.batch_size]
+        ):
+            raise coder_lib.CoderError(f"images {sl.start}–{sl.stop - 1} fail their checksum")
+        done.append(sl)
+
     try:
         images = codec.decode(
-            words, header["n_clean"], header["clean_kept"], header["count"], progress
+            words,
+            header["n_clean"],
+            header["clean_kept"],
+            header["count"],
+            progress,
+            GENERATORS[version],
+            check_chunk,
         )
-    except (ValueError, OverflowError) as e:
-        raise CompressError(f"{path}: cannot be decoded ({e})") from None
-    if images_crc(images) != header["images_crc32"]:
-        raise CompressError(f"{path}: decoded images fail their checksum: the file is damaged")
+        if images_crc(images) != header["images_crc32"]:
+            raise coder_lib.CoderError("the decoded images fail their checksum")
+    except Exception as e:  # the coder's checks, constriction's and numpy's errors alike
+        why = str(e) if isinstance(e, coder_lib.CoderError) else f"{type(e).__name__}: {e}"
+        also = f"; it was compressed on another platform ({'; '.join(differs)})" if differs else ""
+        raise CompressError(
+            f"{path}: decoding failed after {len(done)} of {n_chunks} chunks "
+            f"({' '.join(why.split())}): the decoder's ε̂ differs from the encoder's or the file "
+            f"is damaged{also}"
+        ) from e
     return images.astype(np.dtype(header["dtype"]))
 
 
@@ -218,10 +302,12 @@ def decompress_file(run, params, step: int, input_path: str, output_path: str, p
             f"{input_path}: images of shape {header['image_shape']}, this config's data "
             f"{list(run.x_shape)}"
         )
+    files.check_output(output_path, header.get("names"), header["count"], input_path)
     c = run.config.compress.copy_and_resolve_references()
+    allow = bool(c.get("allow_platform_mismatch", False))
     with c.unlocked():
         for k in ("steps", "latent_bits", "range_stds", "batch_size"):
             c[k] = header[k]  # the file says how it was coded
     codec = codec_from_config(run.model, params, run.x_shape, c)
-    images = decompress(codec, header, words, input_path, progress)
+    images = decompress(codec, header, words, input_path, progress, allow)
     return files.write_images(output_path, images, header.get("names"))

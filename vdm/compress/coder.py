@@ -16,6 +16,12 @@ and amortised over the chunks of one message (each later chunk pops what earlier
 
 Before each pop from q the top of the stack is mixed by a keyed bijection (no bits spent),
 so the popped latents are draws from q even where the last push fitted its model badly.
+The clean words and the mix's keyed hash come from a counter-mode SplitMix64 (`splitmix64`),
+a fixed function of (seed, counter), so no library's random stream can change a file's
+meaning; format 1 files used numpy Generators (`generator="numpy"`, kept to decode them).
+
+A decode that goes wrong (another model's or platform's ε̂, damaged words) raises
+`CoderError` as early as the coder can see it.
 
 Latents are integers k on their grid (z = k δ_i); a Gaussian model codes the offset of k from
 its rounded mean in [−R_i, R_i]. Under p, an offset beyond the range (a poor prediction) is
@@ -41,10 +47,39 @@ _UNIFORM16 = _MODEL.Uniform(2**16)
 _CATEGORICAL = _MODEL.Categorical(perfect=False)
 PRECISION = 24  # constriction's default: probabilities are integers out of 2^24
 MEAN_GRID = 2.0**-10  # p's mean (in grid units) is rounded to this before building the model
-CLEAN_SEED = 0x5644_4D5A  # the clean words are np.random.default_rng(CLEAN_SEED) uint32s
+CLEAN_SEED = 0x5644_4D5A  # the clean words: SplitMix64 outputs 0, 1, … of this seed, top 32 bits
+GENERATORS = ("splitmix64", "numpy")  # the format's own; format 1's (decode only)
 
 # eps_hat(z, i) → ε̂ of the network at latent i for z of shape (n, *image_shape), float64.
 EpsHat = Callable[[np.ndarray, int], np.ndarray]
+
+
+class CoderError(ValueError):
+    """A chunk the models cannot code (a non-finite ε̂), or a stack that does not decode as
+    it was coded: another ε̂ (model or platform) or damaged words."""
+
+
+# ---- Pseudo-random words ----
+
+_GOLDEN_GAMMA = np.uint64(0x9E37_79B9_7F4A_7C15)  # 2^64 / φ, odd
+_MIX13_M1, _MIX13_M2 = np.uint64(0xBF58_476D_1CE4_E5B9), np.uint64(0x94D0_49BB_1331_11EB)
+
+
+def splitmix64(seed: int, counter: np.ndarray) -> np.ndarray:
+    """Outputs number `counter` (0, 1, …) of SplitMix64 seeded with `seed`, as uint64.
+
+    SplitMix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators",
+    OOPSLA 2014; Vigna's reference splitmix64.c) in counter mode: z = seed + (counter + 1) γ
+    mod 2^64 with γ = 0x9E3779B97F4A7C15, then Stafford's Mix13 finaliser
+    z ← (z ⊕ z≫30)·0xBF58476D1CE4E5B9, z ← (z ⊕ z≫27)·0x94D049BB133111EB, z ⊕ z≫31.
+    A pure function of (seed, counter) in wrapping uint64 arithmetic: every numpy computes
+    the same words, in any order or batch.
+    """
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + (np.asarray(counter, np.uint64) + np.uint64(1)) * _GOLDEN_GAMMA
+        z = (z ^ (z >> np.uint64(30))) * _MIX13_M1
+        z = (z ^ (z >> np.uint64(27))) * _MIX13_M2
+        return z ^ (z >> np.uint64(31))
 
 
 @dataclasses.dataclass
@@ -78,6 +113,8 @@ class Ledger:
 def _centre(mean: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """(c, frac): the mean in grid units rounded to MEAN_GRID, split as c + frac, c integer."""
     m = np.round(np.ravel(mean) / delta / MEAN_GRID) * MEAN_GRID
+    if not np.all(np.abs(m) < 2.0**62):
+        raise CoderError("a model's mean is not finite or beyond 2^62 grid bins")
     c = np.rint(m)
     return c.astype(np.int64), m - c
 
@@ -131,11 +168,11 @@ def push_gaussian(coder, k, mean, std, delta, R, ledger=None, escapes=False) -> 
     gauss = gaussian_bits(u, frac, std / delta) if ledger is not None else None
     far = np.abs(u) >= R if escapes else np.abs(u) > R
     if np.any(far):
-        if not escapes:
-            raise AssertionError("a latent popped from q left its own range")  # cannot happen
+        if not escapes:  # q's pops stay in range: only a decode that went wrong gets here
+            raise CoderError(f"{int(far.sum())} latents lie outside q's range")
         excess = np.abs(u[far]) - R
         if np.any(excess >= 2**48):
-            raise ValueError("a latent lies > 2^48 grid bins from its prediction: cannot code")
+            raise CoderError("a latent lies > 2^48 grid bins from its prediction: cannot code")
         words = np.stack([excess >> 32, (excess >> 16) & 0xFFFF, excess & 0xFFFF], axis=1)
         coder.encode_reverse(words.ravel().astype(np.int32), _UNIFORM16)
         u = np.where(far, np.sign(u) * R, u)
@@ -168,28 +205,36 @@ def _escape_bits(n: int, where: np.ndarray) -> np.ndarray:
 MIX_BITS_PER_SYMBOL = 8  # beyond latent_bits: the mixed window covers a pop's usual reach
 
 
-def _prf(words: np.ndarray, key: tuple, n: int) -> np.ndarray:
-    digest = hashlib.blake2b(words.astype("<u2").tobytes(), digest_size=16)
-    seed = [int.from_bytes(digest.digest(), "little"), *key]
-    return np.random.default_rng(seed).integers(0, 2**16, n, dtype=np.int64)
+def _prf(words: np.ndarray, key: tuple, n: int, generator: str) -> np.ndarray:
+    """n 16-bit words keyed by (words, key): SplitMix64 seeded by a BLAKE2b of both."""
+    if generator == "numpy":  # format 1
+        digest = hashlib.blake2b(words.astype("<u2").tobytes(), digest_size=16)
+        seed = [int.from_bytes(digest.digest(), "little"), *key]
+        return np.random.default_rng(seed).integers(0, 2**16, n, dtype=np.int64)
+    h = hashlib.blake2b(np.asarray(key, "<i8").tobytes(), digest_size=8)
+    h.update(words.astype("<u2").tobytes())
+    seed = int.from_bytes(h.digest(), "little")
+    return (splitmix64(seed, np.arange(n)) >> np.uint64(48)).astype(np.int64)
 
 
-def _feistel(words: np.ndarray, key: tuple, inverse: bool) -> np.ndarray:
+def _feistel(words: np.ndarray, key: tuple, inverse: bool, generator: str) -> np.ndarray:
     h = len(words) // 2
     a, b = words[:h].copy(), words[h:].copy()
     if not inverse:
-        b ^= _prf(a, (*key, 0), len(b))
-        a ^= _prf(b, (*key, 1), len(a))
+        b ^= _prf(a, (*key, 0), len(b), generator)
+        a ^= _prf(b, (*key, 1), len(a), generator)
     else:
-        a ^= _prf(b, (*key, 1), len(a))
-        b ^= _prf(a, (*key, 0), len(b))
+        a ^= _prf(b, (*key, 1), len(a), generator)
+        b ^= _prf(a, (*key, 0), len(b), generator)
     return np.concatenate([a, b])
 
 
-def mix(coder, n_words: int, key: tuple, inverse: bool = False) -> None:
+def mix(
+    coder, n_words: int, key: tuple, inverse: bool = False, generator: str = "splitmix64"
+) -> None:
     """Replace the top `n_words` 16-bit words of the stack by their (inverse) Feistel mix."""
     words = coder.decode(_UNIFORM16, n_words).astype(np.int64)
-    coder.encode_reverse(_feistel(words, key, inverse).astype(np.int32), _UNIFORM16)
+    coder.encode_reverse(_feistel(words, key, inverse, generator).astype(np.int32), _UNIFORM16)
 
 
 # ---- The discrete decoder p(x | z₀) ----
@@ -222,6 +267,7 @@ class ChunkCoder:
     scale: tuple[float, ...]
     vocab_size: int
     eps_hat: EpsHat
+    generator: str = "splitmix64"  # of the clean words and the mix: one of GENERATORS
 
     def _f(self, x: np.ndarray) -> np.ndarray:
         return (x.astype(np.float64) - np.asarray(self.shift)) / np.asarray(self.scale)
@@ -229,7 +275,7 @@ class ChunkCoder:
     def _mix(self, coder, i: int, size: int, inverse: bool = False) -> None:
         """Mix the words the pop of latent i from q will read (undone in decoding)."""
         n_words = math.ceil(size * (self.chain.latent_bits + MIX_BITS_PER_SYMBOL) / 16)
-        mix(coder, n_words, (i, size), inverse)
+        mix(coder, n_words, (i, size), inverse, self.generator)
 
     def _probs(self, z0: np.ndarray) -> np.ndarray:
         ch = self.chain
@@ -284,9 +330,14 @@ class ChunkCoder:
 # ---- A message of many chunks ----
 
 
-def clean_words(n: int) -> np.ndarray:
-    """The pseudo-random words the stack starts from (regenerated by the decoder)."""
-    return np.random.default_rng(CLEAN_SEED).integers(0, 2**32, size=n, dtype=np.uint32)
+def clean_words(n: int, generator: str = "splitmix64") -> np.ndarray:
+    """The pseudo-random words the stack starts from (regenerated by the decoder): the top
+    32 bits of SplitMix64 outputs 0 … n − 1 of CLEAN_SEED (format 1: a numpy Generator's)."""
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown generator {generator!r}; one of {GENERATORS}")
+    if generator == "numpy":
+        return np.random.default_rng(CLEAN_SEED).integers(0, 2**32, size=n, dtype=np.uint32)
+    return (splitmix64(CLEAN_SEED, np.arange(n)) >> np.uint64(32)).astype(np.uint32)
 
 
 def n_clean_words(batch_size: int, dims: int, latent_bits: int) -> int:
@@ -321,7 +372,7 @@ def encode_message(cc: ChunkCoder, images: np.ndarray, batch_size: int, step=Non
     """Code all images, chunk after chunk, as one stack; the first chunk pops clean words."""
     dims = math.prod(images.shape[1:])
     n_clean = n_clean_words(batch_size, dims, cc.chain.latent_bits)
-    clean = clean_words(n_clean)
+    clean = clean_words(n_clean, cc.generator)
     coder = constriction.stream.stack.AnsCoder(clean.copy())
     start_bits = coder.num_valid_bits()
     ledger = Ledger.zeros(len(images))
@@ -336,17 +387,30 @@ def encode_message(cc: ChunkCoder, images: np.ndarray, batch_size: int, step=Non
 
 
 def decode_message(
-    cc: ChunkCoder, words: np.ndarray, n_clean: int, clean_kept: int, shape, batch_size, step=None
+    cc: ChunkCoder,
+    words: np.ndarray,
+    n_clean: int,
+    clean_kept: int,
+    shape,
+    batch_size,
+    step=None,
+    on_chunk: Callable[[slice, np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """The images of an `encode_message` (shape (N, *image_shape)), checking that the stack
-    ends on exactly its clean words (any corruption or mismatch of model shows there)."""
-    clean = clean_words(n_clean)
+    ends on exactly its clean words (any corruption or mismatch of model shows there).
+    `on_chunk(slice, images)` sees each chunk as it is decoded (last first): a check there
+    stops a decode that went wrong after one chunk."""
+    if not 0 <= clean_kept <= n_clean:
+        raise CoderError(f"{clean_kept} clean words kept of {n_clean}")
+    clean = clean_words(n_clean, cc.generator)
     coder = constriction.stream.stack.AnsCoder(np.concatenate([clean[:clean_kept], words]))
     out = np.empty(shape, np.int64)
     for sl in reversed(chunks(shape[0], batch_size)):
         out[sl] = cc.decode(coder, (sl.stop - sl.start, *shape[1:]), step)
+        if on_chunk is not None:
+            on_chunk(sl, out[sl])
     if not np.array_equal(coder.get_compressed(), clean):
-        raise ValueError("decoding did not end on the clean words: wrong model or damaged data")
+        raise CoderError("decoding did not end on the clean words: wrong model or damaged data")
     return out
 
 

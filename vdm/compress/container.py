@@ -6,9 +6,13 @@ Layout (little endian):
   | u32 CRC-32 of the header | payload: u32 words of the ANS stack | u32 CRC-32 of the payload
 
 The header names what decoding needs and what it must match: the config hash, the
-parameters' fingerprint and checkpoint step, T, the latent precision, the image shape, dtype
-and count, the chunk size, the clean-word counts, and a CRC-32 of the original images so a
-decode that went wrong can never pass for a right one.
+parameters' fingerprint and checkpoint step, the platform that computed ε̂
+(vdm/compress/fingerprint.py), T, the latent precision, the image shape, dtype and count, the
+chunk size, the clean-word counts, and CRC-32s of the original images, whole and per chunk,
+so a decode that went wrong stops after one chunk and can never pass for a right one.
+
+Versions: 2 draws the coder's pseudo-random words from a counter-mode SplitMix64 and records
+the platform and the chunks' CRCs; 1 (numpy Generator words, neither record) still decodes.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import zlib
 import numpy as np
 
 MAGIC = b"VDMZ"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+GENERATORS = {1: "numpy", 2: "splitmix64"}  # the coder's words (coder.GENERATORS) by version
 
 
 class CompressError(ValueError):
@@ -68,9 +73,11 @@ def read(path: str) -> tuple[dict, np.ndarray]:
     if len(blob) < 10:
         raise CompressedFileError(f"{path}: truncated (header incomplete)")
     version, n_head = struct.unpack("<HI", blob[4:10])
-    if version != FORMAT_VERSION:
+    if version not in GENERATORS:
+        newer = ", written by a newer vdm" if version > FORMAT_VERSION else ""
+        known = " and ".join(map(str, GENERATORS))
         raise CompressedFileError(
-            f"{path}: format version {version}; this vdm reads version {FORMAT_VERSION}"
+            f"{path}: format version {version}{newer}; this vdm reads versions {known}"
         )
     end_head = 10 + n_head
     if len(blob) < end_head + 8:
@@ -80,6 +87,11 @@ def read(path: str) -> tuple[dict, np.ndarray]:
     if zlib.crc32(head) != crc_head:
         raise CompressedFileError(f"{path}: corrupted header (checksum mismatch)")
     header = json.loads(head)
+    if header.get("format_version") != version:
+        raise CompressedFileError(
+            f"{path}: corrupted header (format version {version} in the signature, "
+            f"{header.get('format_version')} in the header)"
+        )
     payload = blob[end_head + 4 : -4]
     expected = 4 * int(header["n_words"])
     if len(payload) != expected:

@@ -1,10 +1,14 @@
 """Images in and out of the compress modes: an .npz with an integer array `images`, or a
-folder of PNGs (sorted by name; grey as one channel, RGB as three)."""
+folder of PNGs (sorted by name; grey as one channel, RGB as three).
+
+Outputs never replace anything and appear whole or not at all: an .npz or a folder is written
+under a temporary name beside its path, then renamed into place."""
 
 from __future__ import annotations
 
 import glob
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -41,22 +45,58 @@ def read_images(path: str) -> tuple[np.ndarray, list[str] | None]:
         return np.asarray(npz["images"]), None
 
 
-def write_images(path: str, images: np.ndarray, names: list[str] | None = None) -> str:
-    """Write to an .npz (array `images`) or, for a path without .npz, a folder of PNGs
-    (named as they were compressed, else 00000.png …). Never overwrites an existing file."""
+def check_output(path: str, names=None, count: int = 0, source: str = "") -> None:
+    """Refuse, before any decoding, an output that exists (an .npz, or a folder that is not
+    empty), and PNG names (from a .vdmz header: `source`) that are not distinct plain names."""
     if path.endswith(".npz"):
         if os.path.exists(path):
             raise FileExistsError(f"{path} exists: choose another --output")
+        return
+    if os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+        raise FileExistsError(f"{path} exists and is not an empty folder: choose another --output")
+    if names is not None:
+        plain = all(
+            isinstance(n, str) and n.endswith(".png") and os.path.basename(n) == n and "\\" not in n
+            for n in names
+        )
+        if not plain or len(set(names)) != len(names) or len(names) != count:
+            raise CompressError(
+                f"{source or path}: the PNG names are not {count} distinct plain file names"
+            )
+
+
+def write_images(path: str, images: np.ndarray, names: list[str] | None = None) -> str:
+    """Write to an .npz (array `images`) or, for a path without .npz, a new (or empty) folder
+    of PNGs named as they were compressed, else 00000.png …; atomically (a temporary name,
+    then a rename), never over an existing file."""
+    check_output(path, names, len(images))
+    if path.endswith(".npz"):
         tmp = f"{path}.tmp{os.getpid()}.npz"
-        np.savez(tmp, images=images)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, images=images)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
         return path
-    os.makedirs(path, exist_ok=True)
+    path = path.rstrip(os.sep) or path
     names = names or [f"{i:05d}.png" for i in range(len(images))]
-    clash = [n for n in names if os.path.exists(os.path.join(path, n))]
-    if clash:
-        raise FileExistsError(f"{path}: {clash[0]} exists: choose another --output")
-    for name, img in zip(names, images, strict=True):
-        img = img[..., 0] if img.shape[-1] == 1 else img
-        Image.fromarray(img.astype(np.uint8)).save(os.path.join(path, name))
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    os.mkdir(tmp)
+    try:
+        for name, img in zip(names, images, strict=True):
+            img = img[..., 0] if img.shape[-1] == 1 else img
+            Image.fromarray(img.astype(np.uint8)).save(os.path.join(tmp, name))
+        if os.path.isdir(path):
+            os.rmdir(path)  # the empty folder check_output allowed
+        os.rename(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
     return path

@@ -133,6 +133,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.compress.latent_bits = 2  # latent grid: 2^b bins per smallest standard deviation
     c.compress.range_stds = 8.0  # a latent's symbols span ± this many standard deviations
     c.compress.batch_size = 64  # images coded side by side (the first chunk pops clean bits)
+    # Decode a .vdmz made on another platform (backend, jax/jaxlib/numpy/constriction versions,
+    # XLA flags) anyway: ε̂ may differ in its last bits, and decoding then fails, writing nothing.
+    c.compress.allow_platform_mismatch = False
     return c
 
 
