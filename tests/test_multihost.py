@@ -114,3 +114,75 @@ def test_checkpoints_restore_across_process_counts(runs):
     ea = json.load(open(multi / "eval_step_6.json"))
     eb = json.load(open(single / "eval_step_6.json"))
     np.testing.assert_allclose(ea["bpd"], eb["bpd"], rtol=1e-5)
+
+
+def _launch(*args):
+    port = _free_port()
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "vdm.main", SMOKE, *args, f"--coordinator=127.0.0.1:{port}"]
+            + ["--num_processes=2", f"--process_id={i}"],
+            cwd=ROOT,
+            env=_env(1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+
+
+def test_two_hosts_walk_back_to_the_same_step_past_a_damaged_one(runs, tmp_path):
+    """Step 6's array files are truncated: every process fails to read it, process 0 moves it
+    aside, and both restore step 4 (they agree on each step they try)."""
+    import shutil
+
+    _, multi = runs
+    d = tmp_path / "multi"
+    shutil.copytree(multi, d, ignore=shutil.ignore_patterns("eval_step_*.json"))
+    step_dir = d / "checkpoints" / "6"
+    for root, _, files in os.walk(step_dir):
+        for f in files:
+            if f"{os.sep}d" in root and root.endswith(f"{os.sep}d"):
+                path = os.path.join(root, f)
+                with open(path, "r+b") as fh:
+                    fh.truncate(os.path.getsize(path) // 3)
+    outs = two_processes(f"--workdir={d}", "--mode=eval")
+    assert all("Traceback" not in err for _, err in outs)
+    warnings = [ln for _, err in outs for ln in err.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "step 6" in warnings[0]  # process 0 says it, once
+    assert os.path.isdir(d / "checkpoints" / "corrupt" / "6")
+    assert json.load(open(d / "eval_step_4.json"))["step"] == 4
+    assert not os.path.exists(d / "eval_step_6.json")
+
+
+def test_two_hosts_stop_at_the_same_step_when_one_is_signalled(tmp_path):
+    """SIGTERM reaches process 1 only: both stop at the step they agree on, save it together
+    and exit 143."""
+    import signal
+    import time
+
+    from vdm import metrics_writer
+
+    d = tmp_path / "run"
+    procs = _launch(
+        f"--workdir={d}",
+        "--config.training.num_steps=100000",
+        "--config.training.log_every=20",
+        "--config.training.save_every=100000",
+        "--config.training.eval_every=100000",
+    )
+    deadline = time.time() + 300
+    while not metrics_writer.read_rows(str(d / "metrics.jsonl")):
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 143, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+    last = outs[0][1].strip().splitlines()[-1]
+    assert "; saved; rerun the same command to resume" in last, last
+    step = int(last.split("preempted at step ")[1].split()[0])
+    assert f"preempted at step {step} " in outs[1][1].strip().splitlines()[-1]
+    assert [int(s) for s in os.listdir(d / "checkpoints") if s.isdigit()] == [step]
