@@ -392,22 +392,39 @@ def test_preemption_saves_the_step_in_flight_and_resumes_there(tmp_path, sig):
     assert f"starting at step {step}" in proc.stdout
 
 
-def test_disk_full_during_a_save_is_one_line_and_keeps_the_earlier_checkpoints(run_dir):
-    """The file-size limit stands in for a full disk: writes past it fail with EFBIG."""
-    before = snapshot(run_dir / "checkpoints")
+def vdm_main_file_size_limited(limit: int, *args):
+    """The CLI with files limited to `limit` bytes (RLIMIT_FSIZE, SIGXFSZ ignored): a write
+    past it fails with EFBIG, the way a full disk fails with ENOSPC."""
     limited = (
         "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000)); "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
         "os.execv(sys.executable, [sys.executable, '-m', 'vdm.main', *sys.argv[1:]])"
     )
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_COMPILATION_CACHE="false")
-    proc = subprocess.run(
-        [sys.executable, "-c", limited, SMOKE, f"--workdir={run_dir}"]
-        + ["--config.training.num_steps=8"],
+    return subprocess.run(
+        [sys.executable, "-c", limited, SMOKE, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
+    )
+
+
+def test_a_run_file_that_cannot_be_written_is_one_line_naming_it(run_dir):
+    before = snapshot(run_dir)
+    proc = vdm_main_file_size_limited(
+        2_000, f"--workdir={run_dir}", "--config.training.num_steps=8"
+    )
+    last = assert_one_clear_line(proc, f"cannot write {run_dir}{os.sep}", ": File too large")
+    assert last.split(": File")[0].endswith(("metrics.jsonl", "config.json")), last
+    assert snapshot(run_dir) == before  # written to a temporary name first
+
+
+def test_disk_full_during_a_save_is_one_line_and_keeps_the_earlier_checkpoints(run_dir):
+    """The file-size limit stands in for a full disk: writes past it fail with EFBIG."""
+    before = snapshot(run_dir / "checkpoints")
+    proc = vdm_main_file_size_limited(
+        40_000, f"--workdir={run_dir}", "--config.training.num_steps=8"
     )
     last = assert_one_clear_line(proc, "cannot save the checkpoint", "File too large")
     assert "checkpoints/8" in last and "earlier checkpoints are intact" in last

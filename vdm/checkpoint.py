@@ -30,11 +30,14 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+from vdm.workdir import write_atomic
 
 
 class StructureMismatch(ValueError):
@@ -184,7 +187,7 @@ class Checkpointer:
                     state = self._restore(s, abstract_state)
                 except Exception as e:  # noqa: BLE001 - walk back past any damage
                     why = _why(e)
-                    _silence_abandoned_reads()
+                    _after_a_failure()
             if _all_agree(why is None):
                 return state, failed, None
             why = why or "unreadable on another process"
@@ -346,7 +349,7 @@ def _quiet_writes(directory: str, step: int | None = None):
     except CheckpointWriteError:
         raise
     except Exception as e:  # noqa: BLE001 - orbax wraps OSErrors in several types
-        _silence_abandoned_reads()
+        _after_a_failure()
         path, reason = _failed_write(e, directory, step)
         raise CheckpointWriteError(
             f"cannot save the checkpoint {path}: {reason}; the earlier checkpoints are intact"
@@ -394,9 +397,14 @@ def _read_json(path: str) -> dict:
 
 def _write_json(path: str, obj) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f)
-    os.replace(path + ".tmp", path)
+    write_atomic(path, json.dumps(obj))
+
+
+def _after_a_failure() -> None:
+    """Once a read or write failed, the coroutines orbax abandoned are collected unawaited at
+    exit, each with a RuntimeWarning after the one line that said what failed."""
+    _silence_abandoned_reads()
+    warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
 
 
 def _silence_abandoned_reads() -> None:

@@ -130,7 +130,7 @@ def run_mode(
             )
         if jax.process_index() == 0:  # every process computes; one writes
             path = os.path.join(workdir, f"eval_step_{step}.json")
-            with open(path, "w") as f:
+            with workdir_lib.writing(path), open(path, "w") as f:
                 json.dump(result, f, indent=2)
             print(f"→ {path}")
         return result
@@ -280,7 +280,10 @@ def main(argv):
 
 
 def _os_error(e: OSError) -> str:
-    if e.filename and e.strerror:
+    """`cannot write PATH: reason` (vdm.workdir.WriteError), `PATH: reason`, or the text."""
+    from vdm.workdir import WriteError
+
+    if e.filename and e.strerror and not isinstance(e, WriteError):
         return f"{e.filename}: {e.strerror}"
     return " ".join(str(e).split()) or type(e).__name__
 

@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from vdm.workdir import write_atomic, writing
+
 
 def read_rows(path: str) -> list[dict]:
     """Every complete row of a metrics file; a partial or garbled line is skipped."""
@@ -52,17 +54,14 @@ class MetricWriter:
         if not os.path.exists(self.path):
             return
         rows = [r for r in read_rows(self.path) if r.get("step", 0) <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def write(self, step: int, scalars: dict, prefix: str = "train") -> None:
         if not self.enabled:
             return
         row = {"step": int(step), "split": prefix}
         row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
         for k, v in scalars.items():

@@ -208,7 +208,7 @@ class Run:
             return {}
         stem = samples_png[:-4]
         result = {"step": step, **self.sample_fid(np.load(stem + ".npz")["samples"])}
-        with open(stem + "_fid.json", "w") as f:
+        with workdir_lib.writing(stem + "_fid.json"), open(stem + "_fid.json", "w") as f:
             json.dump(result, f, indent=2)
         return {**result, "json": stem + "_fid.json"}
 
@@ -227,4 +227,5 @@ class Run:
             n_ref = min(len(self.test_split), 4 * len(x))
             reference = self.test_split.get(np.arange(n_ref))["image"]
         stem = os.path.join(self.workdir, "samples", f"{tag}step_{step:08d}")
-        return generate.save(stem, x, self.encoding, text, reference, cfg.sample.n_samples)
+        with workdir_lib.writing(stem + ".png"):
+            return generate.save(stem, x, self.encoding, text, reference, cfg.sample.n_samples)

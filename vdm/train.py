@@ -190,6 +190,4 @@ def _loop(run: Run, state, writer: MetricWriter, guard, history: list[float]):
 
 def _write_json(path: str, obj) -> None:
     """Write `path` atomically: a reader sees the old file or the new one, never a half."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
+    workdir_lib.write_atomic(path, json.dumps(obj, indent=2))

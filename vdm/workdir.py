@@ -11,6 +11,7 @@ deletes it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -26,6 +27,38 @@ COMMAND_FIELDS = ("data.data_dir", "data.download")
 
 class WorkdirError(RuntimeError):
     """A workdir that cannot be used as asked; the message says why and what to do."""
+
+
+class WriteError(OSError):
+    """A file of the run that could not be written (disk full, permission, quota)."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write `path` through a temporary file and a rename: a reader sees the old file or the
+    new one, never a half; a failed write leaves the old file and no temporary behind."""
+    tmp = f"{path}.tmp"
+    try:
+        with writing(path), open(tmp, "w") as f:
+            f.write(text)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def writing(path: str):
+    """Name `path` in any OSError raised while writing it (a failed write() names no file)."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        raise WriteError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 def prepare(workdir: str) -> str:
@@ -62,9 +95,10 @@ class Lock:
                 f"{os.path.dirname(self.path)} is in use by a training run ({holder}); "
                 "wait for it, or use another --workdir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-        os.fsync(fd)
+        with writing(self.path):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+            os.fsync(fd)
         self.fd = fd
         return self
 
@@ -176,14 +210,11 @@ def _set(config, field: str, value) -> None:
 
 def record_config(workdir: str, config, step: int, diff: dict) -> None:
     """Write `config.json` (atomically) and append the change to `config_history.jsonl`."""
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    os.replace(tmp, path)
+    write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step}
     entry["changes"] = {k: [v[0], v[1]] for k, v in diff.items()}
-    with open(os.path.join(workdir, "config_history.jsonl"), "a") as f:
+    history = os.path.join(workdir, "config_history.jsonl")
+    with writing(history), open(history, "a") as f:
         f.write(json.dumps(entry, default=str) + "\n")
 
 
