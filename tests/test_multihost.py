@@ -133,8 +133,8 @@ def _launch(*args):
 
 
 def test_two_hosts_walk_back_to_the_same_step_past_a_damaged_one(runs, tmp_path):
-    """Step 6's array files are truncated: every process fails to read it, process 0 moves it
-    aside, and both restore step 4 (they agree on each step they try)."""
+    """Step 6's array files are truncated: every process fails to read it, both restore step 4
+    (they agree on each step they try), and process 0 moves step 6 aside."""
     import shutil
 
     _, multi = runs
@@ -147,13 +147,14 @@ def test_two_hosts_walk_back_to_the_same_step_past_a_damaged_one(runs, tmp_path)
                 path = os.path.join(root, f)
                 with open(path, "r+b") as fh:
                     fh.truncate(os.path.getsize(path) // 3)
-    outs = two_processes(f"--workdir={d}", "--mode=eval")
+    outs = two_processes(f"--workdir={d}")  # training: the finished run resumes from step 4
     assert all("Traceback" not in err for _, err in outs)
     warnings = [ln for _, err in outs for ln in err.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "step 6" in warnings[0]  # process 0 says it, once
+    assert "restored step 4" in warnings[0]
     assert os.path.isdir(d / "checkpoints" / "corrupt" / "6")
-    assert json.load(open(d / "eval_step_4.json"))["step"] == 4
-    assert not os.path.exists(d / "eval_step_6.json")
+    assert all("starting at step 4" in out for out, _ in outs[:1])
+    assert json.load(open(d / "eval_final.json"))["step"] == 6
 
 
 def test_two_hosts_stop_at_the_same_step_when_one_is_signalled(tmp_path):

@@ -6,11 +6,14 @@ mid-save leaves the previous checkpoints intact and the partial one is never res
 Restore tells damage from a mismatch. Before reading a step's arrays, its tree metadata
 (paths, shapes, dtypes) is compared with the state the config builds: a difference is a
 `StructureMismatch` (nothing is moved: the checkpoint is fine, the config is not the run's).
-A step that is proven unreadable (a missing or garbled file, a read error) is reported in one
-line, moved aside to `checkpoints/corrupt/<step>` (never deleted) and the next older one is
-tried; the last remaining step is never moved: restore refuses in one line instead. With
-several processes, process 0 chooses each step to try and every process tries that step, so
-all restore the same one.
+A step that is proven unreadable (a missing or garbled file, a short or undecodable array) is
+skipped with one line and the next older one is tried; once an older one has restored, the
+damaged newer ones are moved to `checkpoints/corrupt/<step>` (never deleted) by the process
+that trains (`move_damaged`; eval and sample read a live run and move nothing). If no step
+restores, nothing is moved. A failure that is not damage (memory, a transient storage error)
+is a `RestoreError` and moves nothing. With several processes, process 0 names each step to
+try, every process checks it, all read it only if all found it sound, and it is taken only if
+all read it, so all restore the same one.
 
 Rotation keeps the newest `max_to_keep` steps and the step with the best eval bpd
 (`record_eval`, kept in `checkpoints/best.json`). A save that fails (disk full, permission,
@@ -57,6 +60,26 @@ class UnreadableCheckpoint(FileNotFoundError):
     """No step could be restored; the message says which and why."""
 
 
+class RestoreError(RuntimeError):
+    """A restore that failed for a reason other than damage; nothing was moved."""
+
+
+# What tensorstore and orbax say about files that are missing, short or garbled. Anything
+# else (RESOURCE_EXHAUSTED, UNAVAILABLE, a sharding error, MemoryError) is not damage.
+_DAMAGE_SIGNS = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "checksum", "corrupt", "Error reading")
+_TRANSIENT_SIGNS = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED")
+
+
+def _is_damage(e: BaseException) -> bool:
+    """Whether a failed read proves the step's files damaged (missing, short, garbled)."""
+    if isinstance(e, FileNotFoundError | json.JSONDecodeError):
+        return True
+    if isinstance(e, MemoryError):
+        return False
+    text = str(e)
+    return not any(t in text for t in _TRANSIENT_SIGNS) and any(d in text for d in _DAMAGE_SIGNS)
+
+
 class _LatestAndBest(preservation_policy.PreservationPolicy):
     """orbax's rotation: the newest `n` steps, and the step pinned as the best."""
 
@@ -71,13 +94,19 @@ class _LatestAndBest(preservation_policy.PreservationPolicy):
 class Checkpointer:
     """The checkpoints of one run, under `<workdir>/checkpoints`."""
 
-    def __init__(self, directory: str, max_to_keep: int = 3):
+    def __init__(self, directory: str, max_to_keep: int = 3, move_damaged: bool = True):
         self.directory = os.path.abspath(directory)
         self.max_to_keep = max_to_keep
+        # Only the process that trains (and holds the workdir's lock) moves damaged steps:
+        # eval and sample read a live run and skip them.
+        self.move_damaged = move_damaged
         self.best = _read_json(os.path.join(self.directory, "best.json"))
         self.policy = _LatestAndBest(max_to_keep, self.best.get("step"))
         self._saving: int | None = None  # the step of a save that may still be in flight
-        _silence_abandoned_reads()  # orbax's threads report errors the main thread raises
+        # From here on, orbax's background threads print nothing (absl records, thread
+        # exceptions, asyncio reports from orbax code): their failures are raised in the main
+        # thread by save / wait / restore, and reported there in one line.
+        _silence_abandoned_reads()
         self.manager = self._new_manager()
 
     def _new_manager(self) -> ocp.CheckpointManager:
@@ -131,7 +160,8 @@ class Checkpointer:
         """Restore `step`, or the newest readable step, into the structure and shardings given.
 
         Raises `StructureMismatch` (nothing moved) when a readable step holds a different tree,
-        `UnreadableCheckpoint` when no step can be read.
+        `UnreadableCheckpoint` when no step can be read (nothing moved), `RestoreError` for a
+        failure that is not damage (memory, a transient storage error; nothing moved).
         """
         steps = self.steps()
         if step is not None:
@@ -143,7 +173,7 @@ class Checkpointer:
             self.check_structure(step, abstract_state)
             try:
                 return self._restore(step, abstract_state)
-            except Exception as e:  # noqa: BLE001 - any reader error means "unreadable"
+            except Exception as e:  # noqa: BLE001 - one line, whatever the reader raised
                 raise UnreadableCheckpoint(
                     f"checkpoint step {step} in {self.directory} is unreadable: {_why(e)}"
                 ) from None
@@ -152,50 +182,59 @@ class Checkpointer:
         # When a read fails, tensorstore's other pending reads call back into orbax's closed
         # event loop and print tracebacks, some after the next restore has begun: stderr is
         # held for the whole walk and, if anything failed, replaced by one line per step.
-        held, failed, restored = io.StringIO(), [], None
+        held, self._read_failures = io.StringIO(), 0
         with contextlib.redirect_stderr(held):
-            restored, failed, kept = self._walk_back(steps, abstract_state)
-            if failed:
-                _wait_until_quiet(held)  # let the abandoned reads finish into the held buffer
-        if not failed:
+            try:
+                restored, failed = self._walk_back(steps, abstract_state)
+            finally:
+                if self._read_failures:  # let abandoned reads finish into the held buffer
+                    _wait_until_quiet(held)
+        if not self._read_failures:
             sys.stderr.write(held.getvalue())
-        elif jax.process_index() == 0:
+        if not restored and failed:
+            listed = ", ".join(str(f[0]) for f in failed)
+            raise UnreadableCheckpoint(
+                f"no readable checkpoint in {self.directory}: step(s) {listed} unreadable "
+                f"(step {failed[-1][0]}: {failed[-1][1]}); nothing was moved"
+            )
+        if jax.process_index() == 0:
             for s, why, dest in failed:
+                done = f"moved to {dest}" if dest else "left in place (training moves it aside)"
                 print(
                     f"warning: checkpoint step {s} in {self.directory} is unreadable ({why}); "
-                    f"moved to {dest}, restoring the previous one",
+                    f"{done}; restored step {int(restored[1])} instead",
                     file=sys.stderr,
                     flush=True,
                 )
-        if restored is None:
-            raise UnreadableCheckpoint(
-                f"no readable checkpoint in {self.directory}: step {kept[0]} is unreadable "
-                f"({kept[1]}); it is the last one, so it was left in place"
-                + (" (the damaged newer steps are in corrupt/)" if failed else "")
-            )
-        return restored
+        return restored[0]
 
     def _walk_back(self, steps: list[int], abstract_state):
-        """Newest first: try each step on every process until all read it; move the failed
-        ones aside (process 0), never the last remaining one. → (state, failed, kept)."""
+        """Newest first: process 0 names a step, every process checks it, all read it only if
+        all found it sound, and it is taken only if all read it. The damaged newer steps are
+        moved aside (process 0, with `move_damaged`) only once an older one has restored.
+        → ((state, step) or None, [(step, why, moved to or None)])."""
         failed, remaining = [], list(steps)
         while remaining:
-            s, problem = self._choose(remaining, abstract_state)  # process 0's choice
-            why = problem
-            if why is None:
+            s, why = self._choose(remaining, abstract_state)
+            if all_agree(why is None):
                 try:
                     state = self._restore(s, abstract_state)
-                except Exception as e:  # noqa: BLE001 - walk back past any damage
+                except Exception as e:  # noqa: BLE001 - sorted into damage or not below
+                    if not _is_damage(e):
+                        raise RestoreError(
+                            f"checkpoint step {s} in {self.directory} could not be restored "
+                            f"({_why(e)}); this does not look like damage, so nothing was moved"
+                        ) from None
                     why = _why(e)
+                    self._read_failures += 1
                     _after_a_failure()
-            if _all_agree(why is None):
-                return state, failed, None
-            why = why or "unreadable on another process"
-            if len(remaining) == 1:
-                return None, failed, (s, why)
-            failed.append((s, why, self._move_aside(s)))
+                    self._renew_manager()  # a failed read can leave it unusable
+                if all_agree(why is None):
+                    moved = [(f, w, self._move_aside(f)) for f, w in failed]
+                    return (state, s), moved
+            failed.append((s, why or "unreadable on another process"))
             remaining.remove(s)
-        return None, failed, None
+        return None, [(f, w, None) for f, w in failed]
 
     def _choose(self, remaining: list[int], abstract_state) -> tuple[int, str | None]:
         """Process 0's candidate (the newest remaining step) and what is wrong with it before
@@ -240,7 +279,7 @@ class Checkpointer:
         saved = [
             "/".join(str(k["key"]) for k in v["key_metadata"])
             for v in tree.values()
-            if v["value_metadata"].get("value_type") not in (None, "None")
+            if not v["value_metadata"].get("skip_deserialize")  # None, empty dicts
         ]
         with contextlib.redirect_stderr(io.StringIO()):
             described = signature(ocp.StandardCheckpointer().metadata(item).item_metadata)
@@ -252,7 +291,10 @@ class Checkpointer:
     def _restore(self, step: int, abstract_state):
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
-    def _move_aside(self, step: int) -> str:
+    def _move_aside(self, step: int) -> str | None:
+        """Move a damaged step to `corrupt/` (never deleted); None without `move_damaged`."""
+        if not self.move_damaged:
+            return None
         dest = os.path.join(self.directory, "corrupt", str(step))
         if jax.process_index() == 0:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -260,12 +302,16 @@ class Checkpointer:
             while os.path.exists(dest):
                 dest, k = os.path.join(self.directory, "corrupt", f"{step}.{k}"), k + 1
             shutil.move(self._step_dir(step), dest)
+            if self.best.get("step") == step:  # pin the next best eval instead
+                self.best, self.policy.best_step = {}, None
+                os.remove(os.path.join(self.directory, "best.json"))
         barrier(f"vdm-moved-{step}")
-        # A failed restore can leave the manager's handler state unusable for the next step:
-        # start from a fresh one rather than reloading.
+        self._renew_manager()
+        return dest
+
+    def _renew_manager(self) -> None:
         self.manager.close()
         self.manager = self._new_manager()
-        return dest
 
     def close(self) -> None:
         with _quiet_writes(self.directory):
@@ -323,7 +369,8 @@ def _gather(flag: bool) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(np.int32(flag)))
 
 
-def _all_agree(ok: bool) -> bool:
+def all_agree(ok: bool) -> bool:
+    """True on every process if `ok` on every process (a no-op with one)."""
     return bool(np.all(_gather(ok)))
 
 
@@ -341,7 +388,7 @@ def barrier(name: str) -> None:
 @contextlib.contextmanager
 def _quiet_writes(directory: str, step: int | None = None):
     """orbax/tensorstore errors of a save → one `CheckpointWriteError` naming the step's
-    path and the OS's reason; their threads' reports are dropped (`_silence_orbax`)."""
+    path and the OS's reason; their threads' reports are dropped (`_silence_abandoned_reads`)."""
     held = io.StringIO()
     try:
         with contextlib.redirect_stderr(held):
@@ -349,8 +396,11 @@ def _quiet_writes(directory: str, step: int | None = None):
     except CheckpointWriteError:
         raise
     except Exception as e:  # noqa: BLE001 - orbax wraps OSErrors in several types
-        _after_a_failure()
         path, reason = _failed_write(e, directory, step)
+        if reason is None:  # not an I/O failure: a bug, whose traceback is the report
+            sys.stderr.write(held.getvalue())
+            raise
+        _after_a_failure()
         raise CheckpointWriteError(
             f"cannot save the checkpoint {path}: {reason}; the earlier checkpoints are intact"
         ) from None
@@ -367,24 +417,23 @@ _OS_REASONS = (
 )
 
 
-def _failed_write(e: BaseException, directory: str, step: int | None) -> tuple[str, str]:
-    """(the step directory being written, the OS's reason) from an orbax failure chain."""
-    texts, seen = [], set()
+def _failed_write(e: BaseException, directory: str, step: int | None):
+    """(the step directory being written, the OS's reason) from an orbax failure chain; the
+    reason is None when the chain holds no I/O failure."""
+    texts, strerror, seen = [], None, set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         texts.append(" ".join(str(e).split()))
-        if isinstance(e, OSError) and e.strerror:
-            texts.insert(0, e.strerror)
+        if isinstance(e, OSError) and e.strerror and strerror is None:
+            strerror = e.strerror
         e = e.__cause__ or e.__context__
     text = " ".join(texts)
-    tmp = re.search(re.escape(directory) + r"/(\d+)\.orbax-checkpoint-tmp", text)
-    found = tmp or re.search(re.escape(directory) + r"/(\d+)", text)
-    if found:
+    found = re.search(re.escape(directory) + r"/(\d+)\.orbax-checkpoint-tmp", text)
+    if found:  # the temporary directory of the step being written
         path = os.path.join(directory, found[1])
     else:
         path = directory if step is None else os.path.join(directory, str(step))
-    reason = next((r for r in _OS_REASONS if r in text), None)
-    return path, reason or (texts[0][:200] if texts else "unknown error")
+    return path, next((r for r in _OS_REASONS if r in text), strerror)
 
 
 def _read_json(path: str) -> dict:

@@ -84,7 +84,7 @@ def _load_params(run, checkpoint_path: str | None):
 
     if checkpoint_path:
         directory, step = checkpoint.resolve(checkpoint_path)
-        state = run.restore(checkpoint.Checkpointer(directory), step)
+        state = run.restore(checkpoint.Checkpointer(directory, move_damaged=False), step)
     else:
         if run.ckpt.latest_step() is None:
             raise FileNotFoundError(
@@ -116,6 +116,7 @@ def run_mode(
     workdir = workdir_lib.prepare(workdir)
     config = _own_config(config, _run_dir(workdir, checkpoint_path))
     run = Run(config, workdir)
+    run.ckpt.move_damaged = False  # a live run may be training here: skip damage, move nothing
     params, step = _load_params(run, checkpoint_path)
     if mode == "eval":
         result = {"step": step}
@@ -129,9 +130,8 @@ def run_mode(
                 f"(n={result['pf_ode_n']}, NFE ≤ {result['pf_ode_nfe_max']})"
             )
         if jax.process_index() == 0:  # every process computes; one writes
-            path = os.path.join(workdir, f"eval_step_{step}.json")
-            with workdir_lib.writing(path), open(path, "w") as f:
-                json.dump(result, f, indent=2)
+            path = workdir_lib.unused_path(os.path.join(workdir, f"eval_step_{step}.json"))
+            workdir_lib.write_atomic(path, json.dumps(result, indent=2))
             print(f"→ {path}")
         return result
     if mode in ("compress", "decompress"):
@@ -247,10 +247,11 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes at INFO
 
+    from vdm.checkpoint import CheckpointWriteError, RestoreError
     from vdm.compress.container import CompressError
     from vdm.config import ConfigError
     from vdm.preemption import Preempted
-    from vdm.workdir import WorkdirError
+    from vdm.workdir import WorkdirError, WriteError
 
     try:
         init_distributed()
@@ -269,13 +270,16 @@ def main(argv):
         FileExistsError,
         FileNotFoundError,
         FloatingPointError,
+        RestoreError,
         WorkdirError,
     ) as e:
         sys.exit(f"error: {e}")
     except Preempted as e:
         print(f"vdm: {e}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
-    except OSError as e:  # disk full, permission, quota: the path and the reason
+    except OSError as e:  # disk full, permission, quota: the path and why, in one line
+        if not (isinstance(e, CheckpointWriteError | WriteError) or e.filename):
+            raise  # no file named: a bug or a network error, whose traceback helps
         sys.exit(f"error: {_os_error(e)}")
 
 

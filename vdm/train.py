@@ -69,10 +69,21 @@ def train_and_evaluate(config, workdir: str, reset: bool = False) -> dict:
     config_lib.validate(config)
     workdir = workdir_lib.prepare(workdir)
     main = jax.process_index() == 0  # the one process that writes files, and holds the lock
-    with workdir_lib.Lock(workdir) if main else contextlib.nullcontext():
-        if reset and main:
-            workdir_lib.reset(workdir)
-        checkpoint.barrier("vdm-reset")  # no process reads the workdir before the reset is done
+    with contextlib.ExitStack() as stack:
+        failure = None
+        if main:
+            try:
+                stack.enter_context(workdir_lib.Lock(workdir))
+                if reset:
+                    workdir_lib.reset(workdir)
+            except (OSError, workdir_lib.WorkdirError) as e:
+                failure = e
+        # Every process learns whether process 0 took the workdir (so none waits for it in a
+        # collective), and none reads it before the reset is done.
+        if not checkpoint.all_agree(failure is None):
+            raise failure or workdir_lib.WorkdirError(
+                f"{workdir}: process 0 could not take the workdir (its output says why)"
+            )
         return _train_locked(config, workdir)
 
 
@@ -113,6 +124,13 @@ def _resume(run: Run):
     checkpoint's tree must equal the one this config builds (`Run.restore` refuses in one
     line, naming the fields, before anything is written)."""
     if not run.ckpt.steps():
+        corrupt = os.path.join(run.ckpt.directory, "corrupt")
+        if os.path.isdir(corrupt) and os.listdir(corrupt):
+            raise workdir_lib.WorkdirError(
+                f"{run.workdir} has no checkpoint left but {corrupt} holds damaged ones: "
+                "starting afresh would replace the run's config and metrics; use --reset to "
+                "move the run aside and start afresh, or a new --workdir"
+            )
         return run.fresh_state(), {}
     state = run.restore()
     diff = workdir_lib.changed_fields(run.workdir, run.config)
@@ -160,6 +178,7 @@ def _loop(run: Run, state, writer: MetricWriter, guard, history: list[float]):
                     log()  # health-checked like every save
                 if step != start and run.ckpt.latest_step() != step:
                     run.ckpt.save(step, state)
+                run.ckpt.wait()  # "saved" only once it is on disk (a failed save says so)
                 raise preemption.Preempted(step, signum, step != start)
             n = tc.steps_per_call
             batch = sharding.shard_batch(next(batches), run.mesh, leading=1)

@@ -41,13 +41,25 @@ def write_atomic(path: str, text: str) -> None:
     new one, never a half; a failed write leaves the old file and no temporary behind."""
     tmp = f"{path}.tmp"
     try:
-        with writing(path), open(tmp, "w") as f:
-            f.write(text)
-    except OSError:
+        with writing(path):
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())  # the rename must not land before the data
+            os.replace(tmp, path)
+    except BaseException:  # a failed write, or Ctrl-C: no temporary left behind
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
-    os.replace(tmp, path)
+
+
+def unused_path(path: str) -> str:
+    """`path`, or `stem_1.ext`, `stem_2.ext`, … if it exists: a result is never replaced."""
+    stem, ext = os.path.splitext(path)
+    k = 1
+    while os.path.exists(path):
+        path, k = f"{stem}_{k}{ext}", k + 1
+    return path
 
 
 @contextlib.contextmanager
@@ -154,22 +166,34 @@ def changed_fields(workdir: str, config) -> dict[str, tuple]:
     return {} if old is None else config_diff(old, json.loads(config.to_json_best_effort()))
 
 
+# Sections whose fields never shape the train state: left out when a mismatch names fields.
+NEVER_SHAPE_STATE = ("training", "eval", "sample", "compress")
+
+
 def mismatch_error(workdir: str, config, err, resume: bool = True) -> WorkdirError:
-    """One line for a checkpoint whose tree does not fit `config`: the config fields that
-    differ from the run's `config.json` (or, without them, the tree paths) and the way out."""
-    diff = changed_fields(workdir, config)
-    if diff:
-        what = ", ".join(f"{k} {v[0]!r} → {v[1]!r}" for k, v in diff.items())
-        what = f"the config differs from its config.json in {what}"
-    else:
-        what = "; ".join(err.differences[:3]) + (" …" if len(err.differences) > 3 else "")
-        what = f"its checkpoint holds a different state ({what})"
+    """One line for a checkpoint whose tree does not fit `config`: what differs in the tree,
+    the config fields outside `NEVER_SHAPE_STATE` that differ from the run's `config.json`,
+    and the way out."""
+    shown = "; ".join(err.differences[:2]) + (" …" if len(err.differences) > 2 else "")
+    diff = {
+        k: v for k, v in changed_fields(workdir, config).items()
+        if k.split(".")[0] not in NEVER_SHAPE_STATE
+    }  # fmt: skip
+    fields = ", ".join(f"{k} {v[0]!r} → {v[1]!r}" for k, v in diff.items())
+    why = (
+        f"the config differs from its config.json in {fields}"
+        if diff
+        else ("no config field differs from its config.json (the code or the data changed?)")
+    )
     way = (
         "use a new --workdir, or --reset to start this one afresh"
         if resume
-        else ("run it with the config it was trained with")
+        else ("evaluate it with the code it was trained with")
     )
-    return WorkdirError(f"{workdir} holds a run (step {err.step}) that does not fit: {what}; {way}")
+    return WorkdirError(
+        f"{workdir} holds a run (step {err.step}) that does not fit: {why}; its checkpoint "
+        f"holds another state ({shown}); {way}"
+    )
 
 
 def run_config(workdir: str, config):
