@@ -45,20 +45,13 @@ def one_process(*args):
     return proc
 
 
-def two_processes(*args):
+def _launch(*args):
+    """Two processes of the CLI, one CPU device each, joined by jax.distributed."""
     port = _free_port()
-    procs = [
+    return [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vdm.main",
-                SMOKE,
-                *args,
-                f"--coordinator=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],  # fmt: skip
+            [sys.executable, "-m", "vdm.main", SMOKE, *args, f"--coordinator=127.0.0.1:{port}"]
+            + ["--num_processes=2", f"--process_id={i}"],
             cwd=ROOT,
             env=_env(1),
             stdout=subprocess.PIPE,
@@ -67,6 +60,10 @@ def two_processes(*args):
         )
         for i in range(2)
     ]
+
+
+def two_processes(*args):
+    procs = _launch(*args)
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
@@ -114,22 +111,6 @@ def test_checkpoints_restore_across_process_counts(runs):
     ea = json.load(open(multi / "eval_step_6.json"))
     eb = json.load(open(single / "eval_step_6.json"))
     np.testing.assert_allclose(ea["bpd"], eb["bpd"], rtol=1e-5)
-
-
-def _launch(*args):
-    port = _free_port()
-    return [
-        subprocess.Popen(
-            [sys.executable, "-m", "vdm.main", SMOKE, *args, f"--coordinator=127.0.0.1:{port}"]
-            + ["--num_processes=2", f"--process_id={i}"],
-            cwd=ROOT,
-            env=_env(1),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
 
 
 def test_two_hosts_walk_back_to_the_same_step_past_a_damaged_one(runs, tmp_path):
