@@ -422,7 +422,10 @@ def test_the_committed_vdmz_keeps_decoding_bit_exactly(init_run, tmp_path):
     try:
         api.decompress_file(forced, params, 0, FIXTURE_VDMZ, out, progress=False)
     except container.CompressError as e:
-        if numeric:  # a CPU model or Python version alone must not hide a format regression
+        # ε̂ is bit-exact only on the platform that made the fixture (jaxlib, XLA flags, …), so
+        # elsewhere a failed decode is no evidence; a CPU model or Python version alone is not
+        # another platform and must not hide a format regression.
+        if numeric:
             pytest.skip(f"the fixture was made on another platform ({numeric}): {e}")
         raise
     back = np.load(out)["images"]

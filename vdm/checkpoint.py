@@ -26,20 +26,16 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
-import re
 import shutil
 import sys
-import threading
-import time
-import warnings
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from vdm import orbax_quiet, sharding
 from vdm.workdir import write_atomic
 
 
@@ -106,7 +102,7 @@ class Checkpointer:
         # From here on, orbax's background threads print nothing (absl records, thread
         # exceptions, asyncio reports from orbax code): their failures are raised in the main
         # thread by save / wait / restore, and reported there in one line.
-        _silence_abandoned_reads()
+        orbax_quiet.silence_abandoned_reads()
         self.manager = self._new_manager()
 
     def _new_manager(self) -> ocp.CheckpointManager:
@@ -188,7 +184,7 @@ class Checkpointer:
                 restored, failed = self._walk_back(steps, abstract_state)
             finally:
                 if self._read_failures:  # let abandoned reads finish into the held buffer
-                    _wait_until_quiet(held)
+                    orbax_quiet.wait_until_quiet(held)
         if not self._read_failures:
             sys.stderr.write(held.getvalue())
         if not restored and failed:
@@ -216,7 +212,7 @@ class Checkpointer:
         failed, remaining = [], list(steps)
         while remaining:
             s, why = self._choose(remaining, abstract_state)
-            if all_agree(why is None):
+            if sharding.all_agree(why is None):
                 try:
                     state = self._restore(s, abstract_state)
                 except Exception as e:  # noqa: BLE001 - sorted into damage or not below
@@ -227,9 +223,9 @@ class Checkpointer:
                         ) from None
                     why = _why(e)
                     self._read_failures += 1
-                    _after_a_failure()
+                    orbax_quiet.after_a_failure()
                     self._renew_manager()  # a failed read can leave it unusable
-                if all_agree(why is None):
+                if sharding.all_agree(why is None):
                     moved = [(f, w, self._move_aside(f)) for f, w in failed]
                     return (state, s), moved
             failed.append((s, why or "unreadable on another process"))
@@ -239,7 +235,7 @@ class Checkpointer:
     def _choose(self, remaining: list[int], abstract_state) -> tuple[int, str | None]:
         """Process 0's candidate (the newest remaining step) and what is wrong with it before
         any array is read (None: fine so far). A tree mismatch raises on every process."""
-        s = int(_from_process_0(remaining[-1]))
+        s = int(sharding.from_process_0(remaining[-1]))
         problem = _structural_problem(self._step_dir(s))
         if problem is None and s not in self.manager.all_steps():
             problem = "an incomplete step directory"
@@ -249,7 +245,7 @@ class Checkpointer:
                 mismatch = self.compare(s, abstract_state)
             except Exception as e:  # noqa: BLE001 - metadata that cannot be read is damage
                 problem = f"unreadable tree metadata ({_why(e)})"
-        if _any_true(bool(mismatch)):
+        if sharding.any_true(bool(mismatch)):
             raise StructureMismatch(s, mismatch or ["differs on another process"])
         return s, problem
 
@@ -305,7 +301,7 @@ class Checkpointer:
             if self.best.get("step") == step:  # pin the next best eval instead
                 self.best, self.policy.best_step = {}, None
                 os.remove(os.path.join(self.directory, "best.json"))
-        barrier(f"vdm-moved-{step}")
+        sharding.barrier(f"vdm-moved-{step}")
         self._renew_manager()
         return dest
 
@@ -350,45 +346,10 @@ def tree_differences(saved: dict[str, tuple], wanted: dict[str, tuple]) -> list[
     return out
 
 
-# ---- agreement between processes (no-ops with one process) ----
-
-
-def _from_process_0(value: int) -> int:
-    if jax.process_count() == 1:
-        return value
-    from jax.experimental import multihost_utils
-
-    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
-
-
-def _gather(flag: bool) -> np.ndarray:
-    if jax.process_count() == 1:
-        return np.asarray([flag])
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(np.int32(flag)))
-
-
-def all_agree(ok: bool) -> bool:
-    """True on every process if `ok` on every process (a no-op with one)."""
-    return bool(np.all(_gather(ok)))
-
-
-def _any_true(flag: bool) -> bool:
-    return bool(np.any(_gather(flag)))
-
-
-def barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 @contextlib.contextmanager
 def _quiet_writes(directory: str, step: int | None = None):
     """orbax/tensorstore errors of a save → one `CheckpointWriteError` naming the step's
-    path and the OS's reason; their threads' reports are dropped (`_silence_abandoned_reads`)."""
+    path and the OS's reason; their threads' reports are dropped (vdm/orbax_quiet.py)."""
     held = io.StringIO()
     try:
         with contextlib.redirect_stderr(held):
@@ -396,44 +357,15 @@ def _quiet_writes(directory: str, step: int | None = None):
     except CheckpointWriteError:
         raise
     except Exception as e:  # noqa: BLE001 - orbax wraps OSErrors in several types
-        path, reason = _failed_write(e, directory, step)
+        path, reason = orbax_quiet.failed_write(e, directory, step)
         if reason is None:  # not an I/O failure: a bug, whose traceback is the report
             sys.stderr.write(held.getvalue())
             raise
-        _after_a_failure()
+        orbax_quiet.after_a_failure()
         raise CheckpointWriteError(
             f"cannot save the checkpoint {path}: {reason}; the earlier checkpoints are intact"
         ) from None
     sys.stderr.write(held.getvalue())
-
-
-_OS_REASONS = (
-    "No space left on device",
-    "Disk quota exceeded",
-    "Permission denied",
-    "File too large",
-    "Read-only file system",
-    "Input/output error",
-)
-
-
-def _failed_write(e: BaseException, directory: str, step: int | None):
-    """(the step directory being written, the OS's reason) from an orbax failure chain; the
-    reason is None when the chain holds no I/O failure."""
-    texts, strerror, seen = [], None, set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        texts.append(" ".join(str(e).split()))
-        if isinstance(e, OSError) and e.strerror and strerror is None:
-            strerror = e.strerror
-        e = e.__cause__ or e.__context__
-    text = " ".join(texts)
-    found = re.search(re.escape(directory) + r"/(\d+)\.orbax-checkpoint-tmp", text)
-    if found:  # the temporary directory of the step being written
-        path = os.path.join(directory, found[1])
-    else:
-        path = directory if step is None else os.path.join(directory, str(step))
-    return path, next((r for r in _OS_REASONS if r in text), strerror)
 
 
 def _read_json(path: str) -> dict:
@@ -447,79 +379,6 @@ def _read_json(path: str) -> dict:
 def _write_json(path: str, obj) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_atomic(path, json.dumps(obj))
-
-
-def _after_a_failure() -> None:
-    """Once a read or write failed, the coroutines orbax abandoned are collected unawaited at
-    exit, each with a RuntimeWarning after the one line that said what failed."""
-    _silence_abandoned_reads()
-    warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
-
-
-def _silence_abandoned_reads() -> None:
-    """After a failed read, tensorstore's other pending reads fail later, on orbax's threads:
-    their reports (asyncio / futures loggers, thread exceptions raised from orbax code) are
-    not the user's business: the walk-back already said which step was unreadable."""
-    for name in ("asyncio", "concurrent.futures"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    # orbax logs each failure of its background threads (with a traceback) through absl;
-    # the main thread raises the same failure from save / wait / restore, in one line.
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropOrbax) for f in absl_logger.filters):
-        absl_logger.addFilter(_DropOrbax())
-    # Thread exceptions, and "Exception ignored in: <coroutine …>" reports of abandoned read
-    # coroutines finalised later (sys.unraisablehook, which bypasses logging), from orbax.
-    threading.excepthook = _quiet_hook(threading.excepthook)
-    sys.unraisablehook = _quiet_hook(sys.unraisablehook)
-
-
-class _DropOrbax(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "orbax" not in record.pathname
-
-
-def _from_orbax(args) -> bool:
-    # tensorstore completes abandoned reads and writes into orbax's closed event loop from
-    # C++, and reports each RuntimeError as unraisable, with no object and asyncio frames only.
-    if _closed_loop(args.exc_type, args.exc_value, args.exc_traceback):
-        return True
-    tb = args.exc_traceback
-    while tb is not None:
-        if "orbax" in tb.tb_frame.f_code.co_filename:
-            return True
-        tb = tb.tb_next
-    return "orbax" in repr(getattr(args, "object", "")) or "_read_array" in str(args.exc_value)
-
-
-def _quiet_hook(original):
-    """`original`, except that reports of exceptions raised from orbax code are dropped."""
-    if getattr(original, "_vdm_quiet", False):
-        return original
-
-    def hook(args):
-        if not _from_orbax(args):
-            original(args)
-
-    hook._vdm_quiet = True
-    return hook
-
-
-def _closed_loop(exc_type, exc, tb) -> bool:
-    """The report of a callback into an event loop orbax has already closed."""
-    if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
-        return False
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and "asyncio" in tb.tb_frame.f_code.co_filename
-
-
-def _wait_until_quiet(buffer: io.StringIO, quiet_s: float = 0.5, limit_s: float = 10.0) -> None:
-    """Wait until nothing new has been written to `buffer` for `quiet_s` (at most `limit_s`):
-    a fixed sleep loses the race on a loaded machine."""
-    deadline, size = time.monotonic() + limit_s, -1
-    while time.monotonic() < deadline and buffer.tell() != size:
-        size = buffer.tell()
-        time.sleep(quiet_s)
 
 
 def _structural_problem(step_dir: str) -> str | None:

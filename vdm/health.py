@@ -80,7 +80,10 @@ def check(
 
     `metrics_per_call[i]` holds the metrics of steps first_step + i·k … (stacked k deep).
     With `history` (earlier intervals' mean losses) a loss spike counts as unhealthy too.
+    Returns the interval's mean loss (NaN for no steps).
     """
+    if not metrics_per_call:
+        return float("nan")
     for i, m in enumerate(metrics_per_call):
         n = int(np.size(np.asarray(m.get("bpd", m.get("objective")))))
         for j in range(n):
@@ -89,15 +92,13 @@ def check(
             if bad:
                 step = first_step + i * steps_per_call + j + 1
                 raise DivergedError(_diverged(step, bad, ckpt_info))
-    if history is not None and metrics_per_call:
-        key = loss_key(metrics_per_call[0])
-        values = np.concatenate(
-            [np.ravel(np.asarray(m[key], np.float64)) for m in metrics_per_call]
-        )
-        bad = spike(float(np.mean(values)), history, spike_factor)
-        if bad:
-            step = first_step + int(np.argmax(values)) + 1
-            raise DivergedError(_diverged(step, [bad], ckpt_info))
+    key = loss_key(metrics_per_call[0])
+    values = np.concatenate([np.ravel(np.asarray(m[key], np.float64)) for m in metrics_per_call])
+    mean = float(np.mean(values))
+    bad = spike(mean, history, spike_factor) if history is not None else None
+    if bad:
+        raise DivergedError(_diverged(first_step + int(np.argmax(values)) + 1, [bad], ckpt_info))
+    return mean
 
 
 def _diverged(step: int, problems_: list[str], ckpt_info: str) -> str:

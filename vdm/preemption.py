@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 
-import numpy as np
+from vdm import sharding
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -68,11 +68,4 @@ class Guard:
 
     def requested(self) -> int | None:
         """The signal number if any process received one (the same answer on every process)."""
-        import jax
-
-        if jax.process_count() == 1:
-            return self.signum
-        from jax.experimental import multihost_utils
-
-        got = np.asarray(multihost_utils.process_allgather(np.int32(self.signum or 0)))
-        return int(got.max()) or None
+        return int(sharding.gathered(self.signum or 0).max()) or None

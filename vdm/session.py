@@ -208,8 +208,7 @@ class Run:
             return {}
         stem = samples_png[:-4]
         result = {"step": step, **self.sample_fid(np.load(stem + ".npz")["samples"])}
-        with workdir_lib.writing(stem + "_fid.json"), open(stem + "_fid.json", "w") as f:
-            json.dump(result, f, indent=2)
+        workdir_lib.write_atomic(stem + "_fid.json", json.dumps(result, indent=2))
         return {**result, "json": stem + "_fid.json"}
 
     def write_samples(

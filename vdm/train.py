@@ -15,8 +15,8 @@ import time
 import jax
 import numpy as np
 
-from vdm import checkpoint, data, health, preemption, sharding
 from vdm import config as config_lib
+from vdm import data, health, preemption, sharding
 from vdm import workdir as workdir_lib
 from vdm.metrics_writer import MetricWriter, read_rows
 from vdm.model import count_params
@@ -40,10 +40,10 @@ def _check_health(pending: list, first_step: int, n: int, run: Run, history: lis
         if last is not None
         else "No checkpoint was saved yet."
     )
-    host = jax.device_get(pending)
-    health.check(host, first_step, n, info, history, run.config.training.spike_factor)
-    key = health.loss_key(host[0])
-    history.append(float(np.mean(np.concatenate([np.ravel(m[key]) for m in host]))))
+    host, spike_factor = jax.device_get(pending), run.config.training.spike_factor
+    mean = health.check(host, first_step, n, info, history, spike_factor)
+    if np.isfinite(mean):
+        history.append(mean)
 
 
 def _loss_history(workdir: str, step: int) -> list[float]:
@@ -80,7 +80,7 @@ def train_and_evaluate(config, workdir: str, reset: bool = False) -> dict:
                 failure = e
         # Every process learns whether process 0 took the workdir (so none waits for it in a
         # collective), and none reads it before the reset is done.
-        if not checkpoint.all_agree(failure is None):
+        if not sharding.all_agree(failure is None):
             raise failure or workdir_lib.WorkdirError(
                 f"{workdir}: process 0 could not take the workdir (its output says why)"
             )
