@@ -19,11 +19,9 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from experiments.bench_io import csv_list  # noqa: E402
 
@@ -32,7 +30,7 @@ SCHEDULES = ("fixed_linear", "cosine", "learned_scalar", "learned_net", "learned
 
 def load_config(spec: str):
     """`path/to/config.py[:arg]` → the config (`vdm.config.load_file`)."""
-    from vdm.config import load_file
+    from vdm.run.config import load_file
 
     return load_file(spec)
 
@@ -63,7 +61,7 @@ def run_cell(base, name: str, setting: dict, steps: int, out: str) -> dict:
     """Train and evaluate one cell (or read its finished result)."""
     import numpy as np
 
-    from vdm import session, train
+    from vdm.run import session, train
 
     workdir = os.path.join(out, "cells", name)
     done = os.path.join(workdir, "ablation_cell.json")

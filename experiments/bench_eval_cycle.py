@@ -22,7 +22,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-sys.path.insert(0, ROOT)
 
 from experiments import bench_io  # noqa: E402
 
@@ -30,9 +29,9 @@ from experiments import bench_io  # noqa: E402
 def run_devices(config: str, cycles: int, pf_ode_examples: int) -> dict:
     import jax
 
-    from vdm import likelihood, session
-    from vdm.config import load_file
-    from vdm.samplers import generate
+    from vdm.eval import likelihood
+    from vdm.run import generate, session
+    from vdm.run.config import load_file
 
     c = load_file(config)
     c.eval.pf_ode_examples = c.eval.pf_ode_batch_size = pf_ode_examples

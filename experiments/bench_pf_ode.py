@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 import time
 
 import jax
@@ -29,12 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from experiments.bench_io import write_results  # noqa: E402
-from vdm import diffusion, likelihood  # noqa: E402
-from vdm.config import load_file  # noqa: E402
-from vdm.session import Run  # noqa: E402
+from vdm.core import diffusion  # noqa: E402
+from vdm.eval import likelihood  # noqa: E402
+from vdm.run.config import load_file  # noqa: E402
+from vdm.run.session import Run  # noqa: E402
 
 
 def scipy_reference(model, params, x_int, key, rtol, atol):

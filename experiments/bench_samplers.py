@@ -7,7 +7,7 @@ time per network evaluation for a digits model, and FID against NFE for a traine
 Quality: the mean true log-density of the samples (data itself scores `data_logp`) and the
 sliced Wasserstein distance to fresh data (128 random directions; two fresh data sets score
 `data_sw`). With a trained digits run: FID of as many samples as test images (297) against
-the test split, in the features of the digits classifier (vdm/fid.py), mean ± SE over the
+the test split, in the features of the digits classifier (vdm/eval/fid.py), mean ± SE over the
 sample seeds, beside NFE and the train-vs-test floor. Writes `<out>.json`, `<out>.md` (table)
 and `<out>.png` (plot).
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import jax
@@ -25,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from vdm import samplers, schedules  # noqa: E402
-from vdm.gmm import GaussianMixture  # noqa: E402
+from vdm import samplers  # noqa: E402
+from vdm.core import schedules  # noqa: E402
+from vdm.core.gmm import GaussianMixture  # noqa: E402
 
 SWEEP = {
     "ancestral": [("steps", s, {}) for s in (10, 25, 50, 100, 250, 500)],
@@ -92,9 +91,8 @@ def gmm_sweep(n: int) -> tuple[list[dict], dict]:
 
 def digits_time_per_nfe(workdir: str | None, n: int = 64, steps: int = 50) -> dict:
     """Wall time per network evaluation of the digits ScoreUNet (batch n), ancestral sampler."""
-    from vdm import session
     from vdm.configs import digits
-    from vdm.samplers import generate
+    from vdm.run import generate, session
 
     c = digits.get_config()
     c.sample.steps, c.sample.n_samples, c.sample.batch_size = steps, n, n
@@ -132,8 +130,8 @@ FID_SWEEP = [
 
 def digits_fid_sweep(workdir: str, seeds: list[int]) -> list[dict]:
     """FID (± SE over `seeds`) of each sampler setting against the digits test split."""
-    from vdm import session
     from vdm.configs import digits
+    from vdm.run import session
 
     rows = []
     for name, options in FID_SWEEP:

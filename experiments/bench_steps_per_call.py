@@ -20,13 +20,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-sys.path.insert(0, ROOT)
 
 from experiments import bench_io  # noqa: E402
 
 
 def case_config(name: str):
-    from vdm.config import load_file
+    from vdm.run.config import load_file
 
     c = load_file(name)
     shape = {"digits": (8, 8, 1), "swirl2d_colab": (2,), "swirl2d": (2,)}.get(name)
@@ -39,8 +38,9 @@ def run_cell(name: str, loop: str, k: int, seconds: float) -> dict:
     import jax
     import numpy as np
 
-    from vdm import sharding, train_step
+    from vdm import sharding
     from vdm.model import VDM
+    from vdm.run import train_step
 
     c, shape = case_config(name)
     c.training.loop, c.training.steps_per_call = loop, k

@@ -3,22 +3,22 @@
     python experiments/bench_train.py [--cases digits,fashion_mnist,cifar_small] [--steps 50]
         [--variants base,remat,bf16] [--batch 64] [--out results/bench_train.json]
     python experiments/bench_train.py --official DIR [--rounds 3] [--steps 10] [--batch 16]
+        [--interleave]
 
 `--official DIR`: the project's train step against google-research/vdm's, side by side on the
 official ScoreUNet configuration (`official_cifar`: 32×32×3, n_embd 64, n_layer 4, learned
-scalar γ from −13.3/5, Fourier features, dropout 0.1, antithetic t; AdamW 2e-4, β₂ 0.99,
-weight decay 0.01, 100 warm-up steps; EMA 0.9999). DIR holds the official, unmodified
-`model_vdm.py` (fetched by the user, with `chex` installed; nothing of it is in this
-repository); its train step is the official one (experiment.py's `train_step` and
-`loss_fn`, train_state.py's EMA) written out for one device. Each side runs in its own
-subprocess as its users run it (the project with the XLA:CPU defaults `import vdm` sets,
-`vdm/runtime.py`; the official code with jaxlib's), alternated over `--rounds` (the order
-swapped every round); the ratios project / official of throughput, compile time and peak RSS
-are per round and their median. Then both steps are compiled in one process and timed in
-alternating turns of `--steps` steps (`interleaved`), once under each runtime: the same flags
-on both sides, so that ratio is the code's alone, and load from other jobs falls on both
-alike. Every measurement records the XLA_FLAGS it ran under. Writes `--out` (JSON) and a
-Markdown table beside it.
+scalar γ from −13.3/5, Fourier features, dropout 0.1, antithetic t; AdamW 2e-4, β₂ 0.99, weight
+decay 0.01, 100 warm-up steps; EMA 0.9999). DIR holds the official, unmodified `model_vdm.py`
+(fetched by the user, with `chex` installed; nothing of it is in this repository); its train
+step is the official one (experiment.py's `train_step` and `loss_fn`, train_state.py's EMA)
+written out for one device. Each side runs in its own subprocess, alternated over `--rounds`
+(the order swapped every round), once with both sides under the project's XLA:CPU flag and once
+with both under jaxlib's defaults, so each ratio compares the code alone under the same runtime.
+The flag's own effect is reported on its own line (each side's throughput with the flag over
+without it), and the ratio "as shipped" (project with the flag, official without) beside it.
+Both sides report XLA's cost analysis of the compiled step (GFLOP/step), so equal work per step
+is measured, not assumed. `--interleave` adds both steps in one process, timed in alternating
+turns. Writes `--out` (JSON) and a Markdown table beside it.
 
 Each (case, variant) runs in its own subprocess (so peak RSS is its own) with the config's
 real model and a batch of the config's shape; FLOPs come from XLA's cost analysis of the
@@ -39,7 +39,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")  # before `import vdm` adds its CPU defaults
 
-sys.path.insert(0, ROOT)
 
 from experiments import bench_io  # noqa: E402
 
@@ -97,13 +96,21 @@ def compile_and_time(step, state, batch, key, steps: int):
     return compiled, compile_s, time.perf_counter() - t0, m
 
 
+def _gflop(compiled) -> float:
+    """GFLOP of one call of a compiled function, by XLA's cost analysis (0 if it has none)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0)) / 1e9 if cost else 0.0
+
+
 def build_case(name: str, variant: str = "base", batch: int = 0):
     """(train step, state, batch, key, config, image shape, n_params) of the project's case."""
     import jax
     import numpy as np
 
-    from vdm import sharding, train_step
+    from vdm import sharding
     from vdm.model import VDM, count_params
+    from vdm.run import train_step
 
     c, shape, num_classes = case_config(name)
     c.training.steps_per_call = 1
@@ -135,9 +142,7 @@ def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> di
 
     step, state, batch, key, c, shape, n_params = build_case(name, variant, batch)
     compiled, compile_s, dt, _ = compile_and_time(step, state, batch, key, steps)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    flops = _gflop(compiled) * 1e9
     return {
         "case": name,
         "variant": variant,
@@ -226,7 +231,7 @@ def run_official(directory: str, steps: int, batch: int = 0) -> dict:
     import jax
 
     train_step, state, images, key, b, n_params = build_official(directory, batch)
-    _, compile_s, dt, m = compile_and_time(train_step, state, images, key, steps)
+    compiled, compile_s, dt, m = compile_and_time(train_step, state, images, key, steps)
     return {
         "case": "official_cifar",
         "variant": "google-research/vdm",
@@ -237,6 +242,7 @@ def run_official(directory: str, steps: int, batch: int = 0) -> dict:
         "images_per_s": steps * b / dt,
         "compile_s": compile_s,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "gflop_per_step": _gflop(compiled),
         "train_bpd_last": float(m["bpd"]),
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
@@ -282,81 +288,110 @@ def interleaved(directory: str, rounds: int, steps: int, batch: int = 0) -> dict
     }
 
 
-def side_by_side(directory: str, rounds: int, steps: int, batch: int, out: str) -> list[dict]:
-    """Project and official train steps alternated over `rounds`, each in its own process and
-    each as its users run it: the project with `vdm`'s XLA:CPU defaults, the official code
-    with jaxlib's. Then both in one process, once under each runtime: the code alone."""
-    if not os.path.exists(os.path.join(directory, "model_vdm.py")):
-        sys.exit(f"--official: {directory!r} holds no model_vdm.py (google-research/vdm)")
-    sides = {
-        "project": (["--one", "official_cifar:base"], runtime_env(True)),
-        "official": (["--one-official", directory], runtime_env(False)),
-    }
-    rows = []
-    for r in range(rounds):
-        order = ["project", "official"] if r % 2 == 0 else ["official", "project"]
-        got = {}
-        for side in order:
-            args, env = sides[side]
-            cmd = [sys.executable, __file__, *args, "--steps", str(steps), "--batch", str(batch)]
-            got[side] = bench_io.run_json(cmd, f"{side} side", env=env)
-        p, o = got["project"], got["official"]
-        row = {
-            "round": r,
-            "order": order,
-            "project": p,
-            "official": o,
-            "throughput_ratio": p["steps_per_s"] / o["steps_per_s"],
-            "compile_ratio": p["compile_s"] / o["compile_s"],
-            "peak_rss_ratio": p["peak_rss_mib"] / o["peak_rss_mib"],
-        }
-        rows.append(row)
-        print(
-            f"round {r}: project {p['steps_per_s']:.3f} steps/s, official "
-            f"{o['steps_per_s']:.3f} → {row['throughput_ratio']:.2f}× throughput, "
-            f"{row['compile_ratio']:.2f}× compile, {row['peak_rss_ratio']:.2f}× peak RSS",
-            flush=True,
-        )
+def _median(values) -> float:
     import numpy as np
 
-    median = {k: float(np.median([r[k] for r in rows])) for k in rows[0] if k.endswith("ratio")}
-    inter = {}
-    for name, project_defaults in (("vdm runtime", True), ("jaxlib defaults", False)):
-        cmd = [sys.executable, __file__, "--one-interleaved", directory, "--steps", str(steps)]
-        cmd += ["--rounds", str(rounds), "--batch", str(batch)]
-        inter[name] = bench_io.run_json(cmd, "interleaved", env=runtime_env(project_defaults))
-        i = inter[name]
-        print(
-            f"interleaved in one process, both under {name}: project "
-            f"{i['project_steps_per_s']:.3f} steps/s, official {i['official_steps_per_s']:.3f}"
-            f" → {i['throughput_ratio']:.2f}×",
-            flush=True,
-        )
-    bench_io.write_results(out, __file__, [*rows, {"median": median}, {"interleaved": inter}])
+    return float(np.median(values))
+
+
+def side_by_side(
+    directory: str, rounds: int, steps: int, batch: int, out: str, interleave: bool = False
+) -> dict:
+    """Project and official train steps alternated over `rounds`, each in its own process,
+    once with both sides under `vdm`'s XLA:CPU defaults and once with both under jaxlib's:
+    like for like, so each runtime's ratio is the code's alone. The flag's own effect is its
+    own line: each side's throughput under the flag over its throughput without it. With
+    `interleave`, both steps also run in one process under each runtime, in alternating
+    turns (load from other jobs falls on both alike)."""
+    if not os.path.exists(os.path.join(directory, "model_vdm.py")):
+        sys.exit(f"--official: {directory!r} holds no model_vdm.py (google-research/vdm)")
+    runtimes = {"vdm runtime": True, "jaxlib defaults": False}
+    rows = []
+    for name, project_defaults in runtimes.items():
+        env = runtime_env(project_defaults)
+        sides = {
+            "project": ["--one", "official_cifar:base"],
+            "official": ["--one-official", directory],
+        }
+        for r in range(rounds):
+            order = ["project", "official"] if r % 2 == 0 else ["official", "project"]
+            got = {}
+            for side in order:
+                cmd = [sys.executable, __file__, *sides[side], "--steps", str(steps)]
+                got[side] = bench_io.run_json(
+                    cmd + ["--batch", str(batch)], f"{side} side", env=env
+                )
+            p, o = got["project"], got["official"]
+            row = {
+                "runtime": name,
+                "round": r,
+                "order": order,
+                "project": p,
+                "official": o,
+                "throughput_ratio": p["steps_per_s"] / o["steps_per_s"],
+                "compile_ratio": p["compile_s"] / o["compile_s"],
+                "peak_rss_ratio": p["peak_rss_mib"] / o["peak_rss_mib"],
+                "gflop_ratio": p["gflop_per_step"] / o["gflop_per_step"],
+            }
+            rows.append(row)
+            print(
+                f"{name}, round {r}: project {p['steps_per_s']:.3f} steps/s, official "
+                f"{o['steps_per_s']:.3f} → {row['throughput_ratio']:.2f}× throughput, "
+                f"{row['compile_ratio']:.2f}× compile, {row['peak_rss_ratio']:.2f}× peak RSS, "
+                f"GFLOP/step {p['gflop_per_step']:.1f} vs {o['gflop_per_step']:.1f}",
+                flush=True,
+            )
+    summary = {}
+    for name in runtimes:
+        mine = [r for r in rows if r["runtime"] == name]
+        summary[name] = {k: _median([r[k] for r in mine]) for k in mine[0] if k.endswith("ratio")}
+        for side in ("project", "official"):
+            summary[name][f"{side}_steps_per_s"] = _median([r[side]["steps_per_s"] for r in mine])
+    flag = {
+        side: summary["vdm runtime"][f"{side}_steps_per_s"]
+        / summary["jaxlib defaults"][f"{side}_steps_per_s"]
+        for side in ("project", "official")
+    }
+    as_shipped = (
+        summary["vdm runtime"]["project_steps_per_s"]
+        / summary["jaxlib defaults"]["official_steps_per_s"]
+    )
+    result = {"rounds": rows, "median": summary, "flag_speedup": flag, "as_shipped": as_shipped}
+    if interleave:
+        result["interleaved"] = {}
+        for name, project_defaults in runtimes.items():
+            cmd = [sys.executable, __file__, "--one-interleaved", directory, "--steps", str(steps)]
+            cmd += ["--rounds", str(rounds), "--batch", str(batch)]
+            i = bench_io.run_json(cmd, "interleaved", env=runtime_env(project_defaults))
+            result["interleaved"][name] = i
+    bench_io.write_results(out, __file__, [result])
     lines = [
-        "| round | order | project steps/s | official steps/s | throughput | compile | peak RSS |",
+        "| runtime (both sides) | project steps/s | official steps/s | throughput | compile "
+        "| peak RSS | GFLOP/step ratio |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for name, m in summary.items():
         lines.append(
-            f"| {r['round']} | {' → '.join(r['order'])} | {r['project']['steps_per_s']:.3f} | "
-            f"{r['official']['steps_per_s']:.3f} | {r['throughput_ratio']:.2f}× | "
-            f"{r['compile_ratio']:.2f}× | {r['peak_rss_ratio']:.2f}× |"
+            f"| {name}, median of {rounds} alternated process pairs | "
+            f"{m['project_steps_per_s']:.3f} | {m['official_steps_per_s']:.3f} | "
+            f"{m['throughput_ratio']:.2f}× | {m['compile_ratio']:.2f}× | "
+            f"{m['peak_rss_ratio']:.2f}× | {m['gflop_ratio']:.3f} |"
         )
-    lines.append(
-        f"| median (each side's own runtime) | | | | {median['throughput_ratio']:.2f}× | "
-        f"{median['compile_ratio']:.2f}× | {median['peak_rss_ratio']:.2f}× |"
-    )
-    for name, i in inter.items():
+    for name, i in result.get("interleaved", {}).items():
         lines.append(
-            f"| interleaved, one process, both under {name} | | "
-            f"{i['project_steps_per_s']:.3f} | {i['official_steps_per_s']:.3f} | "
-            f"{i['throughput_ratio']:.2f}× | | |"
+            f"| {name}, interleaved in one process | {i['project_steps_per_s']:.3f} | "
+            f"{i['official_steps_per_s']:.3f} | {i['throughput_ratio']:.2f}× | | | |"
         )
+    lines += [
+        "",
+        f"The XLA:CPU flag alone (`vdm/runtime.py`, anyone can set it): project "
+        f"{flag['project']:.2f}×, official {flag['official']:.2f}× its throughput without it.",
+        f"As shipped (project with the flag, official without): {as_shipped:.2f}×.",
+    ]
     with open(os.path.splitext(out)[0] + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return rows
+    return result
 
 
 def main():
@@ -368,6 +403,11 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_train.json"))
     p.add_argument("--official", help="directory holding google-research/vdm's model_vdm.py")
     p.add_argument("--rounds", type=int, default=3, help="--official: alternated rounds")
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="--official: also time both steps in one process, in alternating turns",
+    )
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: case:variant, print JSON
     p.add_argument("--one-official", help=argparse.SUPPRESS)  # internal: the official side
     p.add_argument("--one-interleaved", help=argparse.SUPPRESS)  # internal: both, one process
@@ -382,7 +422,7 @@ def main():
         out = args.out
         if out == p.get_default("out"):
             out = os.path.join(ROOT, "results", "bench_train_official.json")
-        side_by_side(args.official, args.rounds, args.steps, args.batch, out)
+        side_by_side(args.official, args.rounds, args.steps, args.batch, out, args.interleave)
         return
     if args.one:
         name, variant = args.one.split(":")

@@ -7,7 +7,7 @@ For each T: the net codelength of the first N test images coded as one message (
 bits popped, ± its SE over images), the clean bits the message consumed (stored once,
 amortised over the chunks), the T-step negative ELBO of the same images (`--repeats` draws
 each, mean ± SE), the round trip checked bit-exact for every image, and encode/decode seconds
-per image (vdm/compress/study.py). Beside them the classical codecs on the same images
+per image (experiments/compress_study.py). Beside them the classical codecs on the same images
 (vdm/compress/baselines.py). `--latent_bits` and `--range_stds` may list several values to
 sweep the latent grid at each T.
 
@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from experiments import compress_study as study  # noqa: E402
 from experiments.bench_io import write_results  # noqa: E402
-from vdm.compress import baselines, study  # noqa: E402
-from vdm.config import load_file  # noqa: E402
-from vdm.session import Run  # noqa: E402
+from vdm.compress import baselines  # noqa: E402
+from vdm.run.config import load_file  # noqa: E402
+from vdm.run.session import Run  # noqa: E402
 
 
 def _ints(text: str) -> list[int]:

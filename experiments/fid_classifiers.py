@@ -12,17 +12,14 @@ FID at N = min(test size, 10,000): the floor of any model's FID at that N.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from experiments.bench_io import write_results  # noqa: E402
-from vdm import data, fid  # noqa: E402
-from vdm.config import load_file  # noqa: E402
+from vdm import data  # noqa: E402
+from vdm.eval import fid  # noqa: E402
+from vdm.run.config import load_file  # noqa: E402
 
 CONFIGS = {"digits": "digits", "mnist": "mnist", "fashion_mnist": "fashion_mnist"}
 

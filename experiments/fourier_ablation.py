@@ -32,7 +32,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from experiments.bench_io import (  # noqa: E402
     csv_list,
@@ -55,7 +54,7 @@ GAMMA_GRID = (-13.0, 6.0, 39)  # the fixed γ grid of the per-noise-level loss
 
 def load_config(spec: str):
     """`path/to/config.py[:arg]` → the config (`vdm.config.load_file`)."""
-    from vdm.config import load_file
+    from vdm.run.config import load_file
 
     return load_file(spec)
 
@@ -77,7 +76,7 @@ def density_by_gamma(model, params, x_int, key, gammas):
     import jax
     import jax.numpy as jnp
 
-    from vdm import diffusion
+    from vdm.core import diffusion
 
     n_dims = math.prod(x_int.shape[1:])
     f = model.encoding.encode(x_int)
@@ -97,7 +96,9 @@ def run_cell(base, cell: str, seed: int, args) -> dict:
     import jax
     import numpy as np
 
-    from vdm import data, likelihood, session, train
+    from vdm import data
+    from vdm.eval import likelihood
+    from vdm.run import session, train
 
     name = f"{cell}_seed{seed}"
     workdir = os.path.join(args.out, "cells", name)

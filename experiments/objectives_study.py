@@ -13,7 +13,7 @@ Every cell trains the same network for the same steps on the same data, with
 - the estimator's variance on the trained model: per-example L_w (nats) on `--var-n` test
   images under uniform t and, for an adaptive cell, under its fitted p(λ), with the same
   network, images and ε (so the ratio is paired);
-- FID (vdm/fid.py, the data's cached classifier) of `--fid-n` samples against as many test
+- FID (vdm/eval/fid.py, the data's cached classifier) of `--fid-n` samples against as many test
   images at each NFE in `--nfe`, with `--sampler` (one sample seed per cell: the spread over
   training seeds is the table's ±). Given several samplers, the first cell measures them all
   and the grid uses the one with the lowest FID summed over the NFEs (`sampler_pick.json`).
@@ -33,11 +33,9 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from experiments.bench_io import (  # noqa: E402
     csv_list,
@@ -76,7 +74,7 @@ MNIST_GRID = [
 
 def parse_weighting(spec: str) -> tuple[str, float]:
     """'sigmoid:2' → ('sigmoid', 2.0); 'elbo' → ('elbo', 0.0)."""
-    from vdm import objectives
+    from vdm.core import objectives
 
     name, _, shift = spec.partition(":")
     if name not in objectives.WEIGHTINGS:
@@ -125,7 +123,8 @@ def loss_variance(run, state, setting: dict, n: int, seed: int = 0) -> dict:
     import jax
     import numpy as np
 
-    from vdm import objectives, train_step
+    from vdm.core import objectives
+    from vdm.run import train_step
 
     model = run.model
     params = state.ema_params
@@ -206,7 +205,7 @@ def finished_row(name: str, args) -> dict | None:
 
 
 def run_cell(base, name, setting, args) -> dict:
-    from vdm import session, train
+    from vdm.run import session, train
 
     if row := finished_row(name, args):
         print(f"[done] {name}", flush=True)
@@ -373,7 +372,7 @@ def write_report(rows: list[dict], out: str) -> list[dict]:
 
 def main(argv=None) -> list[dict]:
     from vdm import samplers
-    from vdm.config import load_file
+    from vdm.run.config import load_file
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "digits.py"))

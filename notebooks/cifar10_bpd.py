@@ -37,16 +37,15 @@
 # %%
 import contextlib
 import os
-import sys
 import tempfile
 
 import tensorflow_datasets as tfds
 
+from vdm.configs import cifar10
+from vdm.model import count_params
+from vdm.run import session, train
+
 ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
-sys.path.insert(0, ROOT)
-from vdm import session, train  # noqa: E402
-from vdm.configs import cifar10  # noqa: E402
-from vdm.model import count_params  # noqa: E402
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 config = cifar10.get_config("smoke" if SMOKE else "")
@@ -99,7 +98,7 @@ import glob  # noqa: E402
 
 from IPython.display import Image, display  # noqa: E402
 
-from vdm import plot  # noqa: E402
+from vdm.run import plot  # noqa: E402
 
 display(Image(plot.plot_runs([workdir], os.path.join(workdir, "metrics.png"), ["cifar10"])))
 display(Image(sorted(glob.glob(os.path.join(workdir, "samples", "*.png")))[-1]))

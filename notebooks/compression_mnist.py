@@ -33,17 +33,17 @@
 
 # %%
 import os
-import sys
 import tempfile
 
 import matplotlib.pyplot as plt
 import numpy as np
 
+from experiments import compress_study as study
+from vdm.compress import api, baselines, files
+from vdm.configs import mnist
+from vdm.run import session, train
+
 ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
-sys.path.insert(0, ROOT)
-from vdm import session, train  # noqa: E402
-from vdm.compress import api, baselines, files, study  # noqa: E402
-from vdm.configs import mnist  # noqa: E402
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 STEPS = 3000

@@ -25,7 +25,7 @@
 # a small synthetic stand-in written in the same idx format, so it runs on machines without
 # the package; its numbers mean nothing.
 #
-# **Measured** at full size (2026-11-24, `python -m vdm.report --only=likelihood_fashion_mnist`
+# **Measured** at full size (2026-11-24, `python -m tools.report --only=likelihood_fashion_mnist`
 # at commit 14b4ba7; 2-core CPU shared with other jobs, 1,500 steps of batch 32 in about
 # 25 min): test ELBO on all 10,000 images 3.936 ± 0.034 → 3.521 ± 0.030 → 3.358 ± 0.029 bpd
 # at steps 500 / 1,000 / 1,500 (recon 0.060, prior 0.004, diffusion 3.294 at the end), still
@@ -41,16 +41,15 @@ import gzip
 import json
 import os
 import struct
-import sys
 import tempfile
 
 import matplotlib.pyplot as plt
 import numpy as np
 
+from vdm.configs import fashion_mnist
+from vdm.run import session, train
+
 ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
-sys.path.insert(0, ROOT)
-from vdm import session, train  # noqa: E402
-from vdm.configs import fashion_mnist  # noqa: E402
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 FULL_STEPS = 1500

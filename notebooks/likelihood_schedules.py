@@ -29,20 +29,19 @@
 # %%
 import json
 import os
-import sys
 import tempfile
 
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
 
-ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
-import ablate_schedules  # noqa: E402
-import fourier_ablation  # noqa: E402
+from experiments import (
+    ablate_schedules,
+    fourier_ablation,
+)
+from vdm.run import plot, session
 
-from vdm import plot, session  # noqa: E402
+ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 OUT = os.environ.get("WORKDIR") or (
@@ -196,7 +195,7 @@ for sched in ("learned_net", "learned_net+vm"):
 # %% [markdown]
 # ## Measured at full size
 # 2026-11-24 at commit 5148908 (`python experiments/ablate_schedules.py` with the grid above,
-# then `python -m vdm.report --only=likelihood_schedules`), 2-core CPU shared with other jobs,
+# then `python -m tools.report --only=likelihood_schedules`), 2-core CPU shared with other jobs,
 # `configs/digits.py`, 1,500 steps per cell, seed 0, 13 cells in 46 min of wall time
 # (123–237 s each); every bpd equals the first run's (2026-11-23) to the 4th decimal. Test
 # bpd ± SE (one ELBO pass over the 297 test images):

@@ -26,7 +26,7 @@
 # Every cell trains the quickstart's digits network (`configs/digits.py`, with a fixed linear
 # schedule so that only the objective changes) for the same 1,000 steps with
 # `objective.weighting` × `objective.noise_dist`, two training seeds; eval always reports the
-# true ELBO. FID is in the features of the project's digits classifier (vdm/fid.py, 98.7%
+# true ELBO. FID is in the features of the project's digits classifier (vdm/eval/fid.py, 98.7%
 # test accuracy) between 297 samples and the 297 test digits, at 20 and 100 NFE of DDIM
 # (η = 0). Why digits and not MNIST: a 28×28 cell runs at ≈ 2 steps/s on this 2-core CPU, so
 # the 20-cell grid is an overnight job there (`--config=configs/mnist.py`, same script).
@@ -36,18 +36,15 @@
 # %%
 import json
 import os
-import sys
 import tempfile
 
 import numpy as np
 from IPython.display import Image, display
 
-ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
-import objectives_study  # noqa: E402
+from experiments import objectives_study
+from vdm.run import plot
 
-from vdm import plot  # noqa: E402
+ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 OUT = os.environ.get("WORKDIR") or (
@@ -124,7 +121,7 @@ if ratios:
 # %% [markdown]
 # ## Measured at full size
 # 2026-12-02 (`python experiments/objectives_study.py` with `FULL_GRID`, then
-# `python -m vdm.report --only=objectives_digits`), 20 cells of 1,000 steps on a shared 2-core
+# `python -m tools.report --only=objectives_digits`), 20 cells of 1,000 steps on a shared 2-core
 # CPU in 40 min (32 of them training); ± is the SE over the two training seeds.
 #
 # 1. **Weighting trades bpd for FID — for the moderate weightings.** sigmoid(2 − λ) lowers the

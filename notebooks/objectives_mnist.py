@@ -26,7 +26,7 @@
 # layers, 220k parameters) with a fixed linear schedule, so that only the objective changes,
 # for the same 1,000 steps of batch 32, `objective.weighting` × `objective.noise_dist`, two
 # training seeds; eval reports the true ELBO (w = 1) on the 1,000 test digits whatever was
-# trained. FID is in the features of the project's MNIST classifier (vdm/fid.py, 99.1 % test
+# trained. FID is in the features of the project's MNIST classifier (vdm/eval/fid.py, 99.1 % test
 # accuracy) between 500 samples and 500 test digits, at 20 and 100 NFE of the best sampler:
 # the first cell (ELBO, uniform t, seed 0) is sampled with ancestral, DDIM (η = 0) and
 # DPM-Solver++(2M), and the one with the lowest FID summed over the two NFEs samples every cell.
@@ -49,17 +49,14 @@
 # %%
 import json
 import os
-import sys
 import tempfile
 
 from IPython.display import Image, display
 
-ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
-import objectives_study  # noqa: E402
+from experiments import objectives_study
+from vdm.run import plot
 
-from vdm import plot  # noqa: E402
+ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 if SMOKE:
@@ -127,7 +124,7 @@ print("\n".join(objectives_study.claims(summary)))
 # %% [markdown]
 # ## What the table shows
 # 2026-12-02/03, all 20 cells (5 weightings × 2 p(λ) × 2 seeds). ± is the standard error
-# over the two seeds. `python -m vdm.report --only=objectives_mnist` renders what is kept.
+# over the two seeds. `python -m tools.report --only=objectives_mnist` renders what is kept.
 #
 # - The sampler: on the first cell ancestral sampling scores FID 524 / 456 at 20 / 100 NFE,
 #   DDIM 689 / 1,063 and DPM-Solver++(2M) 1,331 / 1,197 — the deterministic samplers do worse

@@ -28,18 +28,21 @@
 # %%
 import copy
 import os
-import sys
 import tempfile
 
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
+from vdm.configs import digits
+from vdm.data import images
+from vdm.run import (
+    generate,
+    session,
+    train,
+)
+
 ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
-sys.path.insert(0, ROOT)
-from vdm import images, session, train  # noqa: E402
-from vdm.configs import digits  # noqa: E402
-from vdm.samplers import generate  # noqa: E402
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 config = digits.get_config("smoke" if SMOKE else "")

@@ -42,7 +42,6 @@
 # %%
 import json
 import os
-import sys
 import tempfile
 
 import jax
@@ -50,10 +49,12 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
+from vdm import data, samplers
+from vdm.configs import swirl2d, swirl2d_colab
+from vdm.core import diffusion
+from vdm.run import session, train
+
 ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
-sys.path.insert(0, ROOT)
-from vdm import data, diffusion, samplers, session, train  # noqa: E402
-from vdm.configs import swirl2d, swirl2d_colab  # noqa: E402
 
 SMOKE = bool(int(os.environ.get("SMOKE", "0")))
 arg = "smoke" if SMOKE else ""

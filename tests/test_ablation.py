@@ -1,13 +1,11 @@
 """The schedule-ablation runner (experiments/ablate_schedules.py): grid, report, resumability."""
 
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
-import ablate_schedules  # noqa: E402
+from experiments import ablate_schedules  # noqa: E402
 
 
 def test_grid_skips_variance_min_in_discrete_time():
@@ -69,7 +67,7 @@ def test_fourier_ablation_reports_kept_cells_without_training(tmp_path, capsys):
     a time keeps each finished cell's row; the report draws from whatever is finished."""
     import json
 
-    import fourier_ablation
+    from experiments import fourier_ablation
 
     keep, out = tmp_path / "keep", tmp_path / "out"
     grid = ["--cells=off,gated", "--seeds=0", "--steps=20", "--every=10", "--repeats=1"]

@@ -1,6 +1,6 @@
 """The installed package drives runs from any directory: `vdm` console script, configs by name
 or by path outside the repository, and `vdm plot` over the runs' metrics (vdm/main.py,
-vdm/config.py, vdm/plot.py)."""
+vdm/run/config.py, vdm/run/plot.py)."""
 
 import json
 import os
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vdm import config as config_lib
-from vdm import plot
+from vdm import runtime
+from vdm.run import config as config_lib
+from vdm.run import plot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,8 +26,11 @@ def vdm_script() -> str:
 
 
 def run_outside(cmd: list[str], cwd) -> subprocess.CompletedProcess:
-    """Run `cmd` in `cwd` with nothing pointing Python at the repository."""
+    """Run `cmd` in `cwd` with nothing pointing Python at the repository, and XLA_FLAGS
+    without the flag this process's `import vdm` added (as in a user's fresh shell)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    added = [f"--{k}={v}" for k, v in runtime.CPU_FLAGS.items()]
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f not in added)
     env["JAX_PLATFORMS"] = "cpu"
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
 
@@ -58,6 +62,8 @@ def test_config_file_by_absolute_path_from_another_directory(outside_run):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ELBO   test bpd" in proc.stdout
+    # import vdm's XLA:CPU flag is said once, not set silently (vdm/runtime.py)
+    assert proc.stdout.count("XLA:CPU: convolutions run outside YNNPACK") == 1, proc.stdout
     assert (outside_run / "run" / "eval_step_6.json").exists()
 
 

@@ -19,8 +19,8 @@ from vdm import main
 from vdm.compress import api, container, files, fingerprint
 from vdm.compress import chain as chain_lib
 from vdm.compress import coder as coder_lib
-from vdm.config import load_file
 from vdm.model import VDM
+from vdm.run.config import load_file
 
 V = 17
 SHIFT, SCALE = ((V - 1) / 2,), (V / 2,)
@@ -209,7 +209,7 @@ def init_run(tmp_path_factory):
     """digits:smoke untrained: its parameters are the deterministic init of key 0, step 0."""
     import jax
 
-    from vdm.session import Run
+    from vdm.run.session import Run
 
     run = Run(load_file("configs/digits.py:smoke"), str(tmp_path_factory.mktemp("init_run")))
     return run, run.model.init(jax.random.key(0), run.x_shape)
@@ -559,7 +559,7 @@ def test_cli_decompress_that_cannot_succeed_is_one_line_and_writes_nothing(
 
 
 def _codec_and_run(root):
-    from vdm.session import Run
+    from vdm.run.session import Run
 
     config = load_file("configs/digits.py:smoke")
     run = Run(config, str(root / "run"))
@@ -630,7 +630,7 @@ def test_compressed_size_is_the_net_codelength_plus_clean_bits(trained, tmp_path
 def test_merging_runs_on_disjoint_images_pools_their_figures_exactly(tmp_path):
     """A table split over runs (experiments/compress_table.py --merge) equals the table of
     one run over all the images: means, SEs as `code_once` and `elbo_bpd` define them."""
-    from vdm.compress import study
+    from experiments import compress_study as study
 
     rng = np.random.default_rng(0)
     dims, repeats = 784, 3
@@ -666,8 +666,7 @@ def test_merging_runs_on_disjoint_images_pools_their_figures_exactly(tmp_path):
         study.merge_rows([[row(slice(0, 10))], [dict(row(slice(10, 20)), steps=500)]])
 
     # the script pools the files of the parts, the classical codecs' bpd by image too
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
-    import compress_table
+    from experiments import compress_table
 
     def part(path, start, stop, xz):
         head = {"data": "mnist", "checkpoint_step": 3000, "n": stop - start, "start": start}

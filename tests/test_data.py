@@ -1,4 +1,4 @@
-"""Datasets and batches (vdm/data.py): deterministic order, exact eval passes, sources."""
+"""Datasets and batches (vdm/data/datasets.py): deterministic order, exact eval passes, sources."""
 
 import gzip
 import struct
@@ -75,7 +75,7 @@ def test_digits_and_mnist_are_offline_validated_and_held_out():
 def test_generated_2d_data_are_the_generator_binned_to_the_nearest_centre():
     """Each integer's bin centre is within half a bin of the continuous point it came from
     (inside [−1, 1]; outside, the nearest end bin), for the spiral and the Gaussian ring."""
-    from vdm import toy_data
+    from vdm.data import toy as toy_data
 
     c = swirl2d.get_config("smoke")
     vocab = c.data.vocab_size = 256

@@ -1,4 +1,4 @@
-"""The VP process and head conversions (vdm/diffusion.py)."""
+"""The VP process and head conversions (vdm/core/diffusion.py)."""
 
 import itertools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import diffusion as D
+from vdm.core import diffusion as D
 
 CONVERT = {
     ("eps", "x0"): D.eps_to_x0,

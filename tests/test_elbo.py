@@ -1,4 +1,4 @@
-"""The variational bound (vdm/elbo.py), pinned to analytic answers on Gaussian data."""
+"""The variational bound (vdm/core/elbo.py), pinned to analytic answers on Gaussian data."""
 
 import math
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from vdm import diffusion as D
-from vdm import elbo, schedules
+from vdm.core import diffusion as D
+from vdm.core import elbo, schedules
 
 MU, S = 0.3, 0.5  # x ~ N(μ, s²), one dimension
 GAMMA_MIN, GAMMA_MAX = -10.0, 6.0

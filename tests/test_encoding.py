@@ -1,4 +1,4 @@
-"""Data encodings (vdm/elbo.py `Encoding`) and the official 2-D swirl (vdm/data.py)."""
+"""Data encodings (vdm/core/elbo.py `Encoding`) and the official 2-D swirl (vdm/data/toy.py)."""
 
 import hashlib
 
@@ -7,10 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import data, elbo, likelihood
-from vdm.config import ConfigError, validate
+from vdm import data
 from vdm.configs import swirl2d_colab
-from vdm.gmm import GaussianMixture
+from vdm.core import elbo
+from vdm.core.gmm import GaussianMixture
+from vdm.eval import likelihood
+from vdm.run.config import ConfigError, validate
 
 
 def test_official_swirl_is_the_colab_recipe_bit_for_bit():

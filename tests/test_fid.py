@@ -1,11 +1,12 @@
-"""The sample-quality metric (vdm/fid.py): the Fréchet distance against its closed form, and
+"""The sample-quality metric (vdm/eval/fid.py): the Fréchet distance against its closed form, and
 the classifier's features ordering obviously different image sets."""
 
 import numpy as np
 import pytest
 
-from vdm import data, fid
-from vdm.config import load_file
+from vdm import data
+from vdm.eval import fid
+from vdm.run.config import load_file
 
 
 def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():

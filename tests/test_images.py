@@ -1,10 +1,11 @@
-"""Sample grids people can read (vdm/images.py): tile size, gutters, captions, 2-D scatter."""
+"""Sample grids people can read (vdm/data/images.py): tile size, gutters, captions, 2-D scatter."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from vdm import elbo, images
+from vdm.core import elbo
+from vdm.data import images
 
 
 @pytest.mark.parametrize("hw", [8, 28, 32, 64])

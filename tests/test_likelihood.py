@@ -1,4 +1,4 @@
-"""Likelihoods against exact answers (vdm/likelihood.py): PF-ODE and ELBO on known data."""
+"""Likelihoods against exact answers (vdm/eval/likelihood.py): PF-ODE and ELBO on known data."""
 
 import math
 
@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import diffusion, elbo, likelihood, schedules
-from vdm.gmm import GaussianMixture
+from vdm.core import diffusion, elbo, schedules
+from vdm.core.gmm import GaussianMixture
+from vdm.eval import likelihood
 
 # γ₁ = 12 makes q(z₁) = N(0, I) to ~1e-3 nats, so the prior is not what the tests measure.
 _SCHED = schedules.make_schedule("fixed_linear", gamma_min=-10.0, gamma_max=12.0)

@@ -72,8 +72,8 @@ def two_processes(*args):
 
 def params_at(workdir, step):
     """The saved state, resharded onto this test process's devices (as `Run.restore` does)."""
-    from vdm import session
     from vdm.configs import digits
+    from vdm.run import session
 
     return session.Run(digits.get_config("smoke"), str(workdir)).restore(step=step)
 
@@ -144,7 +144,7 @@ def test_two_hosts_stop_at_the_same_step_when_one_is_signalled(tmp_path):
     import signal
     import time
 
-    from vdm import metrics_writer
+    from vdm.run import metrics as metrics_writer
 
     d = tmp_path / "run"
     procs = _launch(

@@ -1,5 +1,5 @@
 """Every notebook (jupytext percent .py) executes end to end at SMOKE size and draws its
-figures (vdm/report.py, the same path that renders docs/notebooks/); the rendered copies in
+figures (tools/report.py, the same path that renders docs/notebooks/); the rendered copies in
 docs/notebooks/ are of the notebooks as they are now."""
 
 import os
@@ -8,7 +8,7 @@ import jupytext
 import nbformat
 import pytest
 
-from vdm import report
+from tools import report
 
 NOTEBOOKS = report.notebooks()
 
@@ -22,7 +22,7 @@ def test_notebook_runs_at_smoke_size_and_draws_its_figures(name, tmp_path, monke
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     md = (tmp_path / f"{name}.md").read_text()
-    assert "at SMOKE size" in md and "Rendered by `python -m vdm.report" in md
+    assert "at SMOKE size" in md and "Rendered by `python -m tools.report" in md
     pngs = sorted(os.listdir(tmp_path / f"{name}_files"))
     assert len(pngs) == info["figures"]
     assert all((tmp_path / f"{name}_files" / p).stat().st_size > 2_000 for p in pngs)
@@ -35,12 +35,12 @@ def _code(nb) -> list[str]:
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_rendered_notebook_is_of_the_current_source(name):
     """docs/notebooks/<name>.ipynb exists, has figures, and runs the code in notebooks/ now:
-    a notebook edited without re-rendering (python -m vdm.report --only=NAME) fails here."""
+    a notebook edited without re-rendering (python -m tools.report --only=NAME) fails here."""
     path = os.path.join(report.OUT_DIR, f"{name}.ipynb")
-    assert os.path.exists(path), f"not rendered: python -m vdm.report --only={name}"
+    assert os.path.exists(path), f"not rendered: python -m tools.report --only={name}"
     rendered = nbformat.read(path, as_version=4)
     assert _code(rendered) == _code(jupytext.read(NOTEBOOKS[name])), (
-        f"{path} is stale: python -m vdm.report --only={name}"
+        f"{path} is stale: python -m tools.report --only={name}"
     )
     images = [
         o

@@ -1,4 +1,4 @@
-"""Weighted diffusion losses (vdm/objectives.py) against analytic answers for Gaussian data.
+"""Weighted diffusion losses (vdm/core/objectives.py) against analytic answers for Gaussian data.
 
 For x ∼ N(0, s² I) in D dimensions the optimal denoiser is ε̂*(z) = σ z / (α² s² + σ²), whose
 error at log-SNR λ is E‖ε − ε̂*‖² = D · sigmoid(λ + log s²); so every weighted loss has the
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from vdm import diffusion, elbo, objectives, schedules
+from vdm.core import diffusion, elbo, objectives, schedules
 
 S2, D, N = 0.25, 4, 20_000  # data variance, dimensions, Monte-Carlo draws
 SCHED = schedules.make_schedule("fixed_linear", gamma_min=-8.0, gamma_max=6.0)
@@ -363,7 +363,7 @@ def test_objective_terms_with_elbo_weighting_are_the_vlb_terms():
     ],
 )
 def test_objective_config_errors_name_the_field(overrides, match):
-    from vdm.config import ConfigError, load_file, validate
+    from vdm.run.config import ConfigError, load_file, validate
 
     config = load_file("configs/digits.py:smoke")
     for dotted, value in overrides.items():
@@ -382,8 +382,8 @@ def test_weighted_objective_trains_and_eval_reports_the_elbo(tmp_path):
     of the raw (not EMA) parameters, are far outside those tolerances."""
     import json
 
-    from vdm import session, train
-    from vdm.config import load_file
+    from vdm.run import session, train
+    from vdm.run.config import load_file
 
     config = load_file("configs/digits.py:smoke")
     config.objective.weighting = "sigmoid"
@@ -473,8 +473,8 @@ def test_adaptive_histogram_follows_the_weighted_loss():
 
 
 def test_adaptive_objective_trains_and_fits_its_histogram(tmp_path):
-    from vdm import session, train, train_step
-    from vdm.config import load_file
+    from vdm.run import session, train, train_step
+    from vdm.run.config import load_file
 
     config = load_file("configs/digits.py:smoke")
     config.objective.noise_dist = "adaptive"

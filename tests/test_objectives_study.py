@@ -4,15 +4,12 @@ its summary. The notebook test runs it end to end at smoke size."""
 import json
 import os
 import re
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
-import objectives_study  # noqa: E402
-
-from vdm.config import load_file  # noqa: E402
+from experiments import objectives_study  # noqa: E402
+from vdm.run.config import load_file  # noqa: E402
 
 
 def test_grid_names_every_cell_and_runs_seed_zero_first():

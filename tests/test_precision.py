@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import config as config_lib
-from vdm import data, session, train
+from vdm import data
 from vdm.configs import digits, swirl2d
 from vdm.model import VDM
+from vdm.run import config as config_lib
+from vdm.run import session, train
 
 
 def _vlb_grad(c, params, batch):

@@ -16,7 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from vdm import health, metrics_writer, workdir
+from vdm.run import health, workdir
+from vdm.run import metrics as metrics_writer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "--config=configs/digits.py:smoke"
@@ -471,7 +472,7 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_earlier_checkpoints(r
 def test_the_best_eval_checkpoint_is_never_rotated_out(tmp_path):
     import jax.numpy as jnp
 
-    from vdm import checkpoint
+    from vdm.run import checkpoint
 
     ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=2)
     bpd = {1: 3.0, 2: 1.5, 3: 2.0, 4: 2.5, 5: 2.2, 6: 1.9}

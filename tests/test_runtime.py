@@ -67,3 +67,40 @@ def test_importing_vdm_keeps_convolutions_out_of_ynnpack(opt_out, want):
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == want
+
+
+def test_it_says_what_it_did_on_cpu_only():
+    for status, says in [("added", "outside YNNPACK"), ("late", "were not applied")]:
+        old, runtime.STATUS = runtime.STATUS, status
+        try:
+            assert says in runtime.describe("cpu")
+            assert runtime.describe("gpu") == ""
+        finally:
+            runtime.STATUS = old
+    for status in ("user", "opted_out", "other_jaxlib", ""):
+        old, runtime.STATUS = runtime.STATUS, status
+        try:
+            assert runtime.describe("cpu") == ""
+        finally:
+            runtime.STATUS = old
+
+
+LATE = """
+import warnings, jax.numpy as jnp
+jnp.zeros(1).block_until_ready()
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    import vdm
+from vdm import runtime
+assert runtime.STATUS == "late", runtime.STATUS
+print([str(x.message) for x in w if x.category is RuntimeWarning])
+"""
+
+
+def test_a_late_import_warns_that_the_defaults_were_not_applied():
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", runtime.OPT_OUT)}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run(
+        [sys.executable, "-c", LATE], env=env, capture_output=True, text=True, check=True
+    )
+    assert "were not applied" in out.stdout, out.stdout + out.stderr

@@ -1,12 +1,13 @@
-"""Samplers against exact answers: a 2-D Gaussian mixture with its closed-form ε̂ (vdm/gmm.py)."""
+"""Samplers against exact answers: a 2-D Gaussian mixture, its closed-form ε̂ (vdm/core/gmm.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import diffusion, samplers, schedules
-from vdm.gmm import GaussianMixture
+from vdm import samplers
+from vdm.core import diffusion, schedules
+from vdm.core.gmm import GaussianMixture
 
 GMM = GaussianMixture.ring()
 _SCHED = schedules.make_schedule("fixed_linear", gamma_min=-10.0, gamma_max=8.0)

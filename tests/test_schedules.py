@@ -1,11 +1,11 @@
-"""Noise schedules γ(t) (vdm/schedules.py)."""
+"""Noise schedules γ(t) (vdm/core/schedules.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import schedules
+from vdm.core import schedules
 
 GAMMA_MIN, GAMMA_MAX = -13.3, 5.0
 T_GRID = jnp.linspace(0.0, 1.0, 4001)

@@ -1,4 +1,4 @@
-"""End to end: train → checkpoint → resume in a new process → eval → sample (vdm/train.py)."""
+"""End to end: train → checkpoint → resume in a new process → eval → sample (vdm/run/train.py)."""
 
 import json
 import os
@@ -13,10 +13,10 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from vdm import config as config_lib
-from vdm import session, train, train_step
 from vdm.configs import cifar10, digits
 from vdm.model import VDM
+from vdm.run import config as config_lib
+from vdm.run import session, train, train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--config=configs/digits.py:smoke"]

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from vdm import data, session, sharding, train_step
+from vdm import data, sharding
 from vdm.configs import digits
+from vdm.run import session, train_step
 
 c = digits.get_config("smoke")
 run = session.Run(c, "/tmp/unused")

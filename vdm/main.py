@@ -49,7 +49,7 @@ CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_AD
 
 def _run_dir(workdir: str, checkpoint_path: str | None) -> str:
     """The run whose parameters a command reads: --checkpoint's run, else --workdir."""
-    from vdm import checkpoint
+    from vdm.run import checkpoint
 
     if not checkpoint_path:
         return workdir
@@ -57,9 +57,9 @@ def _run_dir(workdir: str, checkpoint_path: str | None) -> str:
 
 
 def _own_config(config, run_dir: str):
-    """The run's own config (vdm/workdir.py `run_config`), and one line on what of `config`
+    """The run's own config (vdm/run/workdir.py `run_config`), and one line on what of `config`
     was ignored for it."""
-    from vdm import workdir as workdir_lib
+    from vdm.run import workdir as workdir_lib
 
     merged, ignored = workdir_lib.run_config(run_dir, config)
     if ignored and _is_main():
@@ -80,7 +80,7 @@ def _is_main() -> bool:
 
 
 def _load_params(run, checkpoint_path: str | None):
-    from vdm import checkpoint
+    from vdm.run import checkpoint
 
     if checkpoint_path:
         directory, step = checkpoint.resolve(checkpoint_path)
@@ -105,10 +105,13 @@ def run_mode(
 ) -> dict:
     import jax
 
-    from vdm import train
-    from vdm import workdir as workdir_lib
-    from vdm.session import Run
+    from vdm import runtime
+    from vdm.run import train
+    from vdm.run import workdir as workdir_lib
+    from vdm.run.session import Run
 
+    if line := runtime.describe(jax.default_backend()):
+        print(line, flush=True)
     if mode == "train":
         return train.train_and_evaluate(config, workdir, reset=reset)
     if mode in ("compress", "decompress") and not (input_path and output_path):
@@ -191,7 +194,7 @@ def init_distributed() -> None:
 
 def _resolve_config_arg(argv: list[str]) -> list[str]:
     """`--config=digits[:arg]` (a shipped config's name) → the path of its file."""
-    from vdm.config import ConfigError, resolve
+    from vdm.run.config import ConfigError, resolve
 
     out = list(argv)
     for i, a in enumerate(out):
@@ -247,11 +250,11 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes at INFO
 
-    from vdm.checkpoint import CheckpointWriteError, RestoreError
     from vdm.compress.container import CompressError
-    from vdm.config import ConfigError
-    from vdm.preemption import Preempted
-    from vdm.workdir import WorkdirError, WriteError
+    from vdm.run.checkpoint import CheckpointWriteError, RestoreError
+    from vdm.run.config import ConfigError
+    from vdm.run.preemption import Preempted
+    from vdm.run.workdir import WorkdirError, WriteError
 
     try:
         init_distributed()
@@ -285,7 +288,7 @@ def main(argv):
 
 def _os_error(e: OSError) -> str:
     """`cannot write PATH: reason` (vdm.workdir.WriteError), `PATH: reason`, or the text."""
-    from vdm.workdir import WriteError
+    from vdm.run.workdir import WriteError
 
     if e.filename and e.strerror and not isinstance(e, WriteError):
         return f"{e.filename}: {e.strerror}"
@@ -297,10 +300,10 @@ COMMANDS = MODES
 
 def cli() -> None:
     """The `vdm` console script: `vdm train|eval|sample [flags]` is `python -m vdm.main
-    --mode=… [flags]`; `vdm plot WORKDIR…` draws runs' metrics (vdm/plot.py)."""
+    --mode=… [flags]`; `vdm plot WORKDIR…` draws runs' metrics (vdm/run/plot.py)."""
     argv = sys.argv
     if len(argv) > 1 and argv[1] == "plot":
-        from vdm import plot
+        from vdm.run import plot
 
         sys.exit(plot.main(argv[2:]))
     if len(argv) < 2 or argv[1] not in COMMANDS:

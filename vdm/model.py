@@ -1,7 +1,7 @@
 """A VDM: schedule γ_η(t) + denoiser, as pure functions of a parameter pytree.
 
 params = {"schedule": …, "net": …}. The Flax modules are only used through `apply`, so the
-bound in `vdm/elbo.py` sees plain closures `gamma_fn(t)` and `eps_hat_fn(z, γ)` that jax
+bound in `vdm/core/elbo.py` sees plain closures `gamma_fn(t)` and `eps_hat_fn(z, γ)` that jax
 transformations (jvp, grad, custom_vjp) act on directly.
 """
 
@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdm import diffusion, elbo, objectives, schedules
+from vdm.core import diffusion, elbo, objectives, schedules
 from vdm.networks import make_network
 
 Params = Any
@@ -46,7 +46,8 @@ class VDM:
         encoding: elbo.Encoding | None = None,
     ) -> VDM:
         """The model of `config`; `encoding` defaults to the bin centres of data.vocab_size
-        (data.encoding='standardize' needs the statistics: `vdm.data.encoding_for`)."""
+        (data.encoding='standardize' needs the training split's statistics: pass
+        `elbo.make_encoding(name, vocab_size, mean, std)`, as `vdm.run.session.Run` does)."""
         s, o = config.schedule, config.objective
         schedule = schedules.make_schedule(
             s.name, gamma_min=s.gamma_min, gamma_max=s.gamma_max, n_features=s.n_features
@@ -89,7 +90,7 @@ class VDM:
         return lambda t: self.schedule.apply({"params": params["schedule"]}, t)
 
     def eps_hat_fn(self, params: Params, label=None, flags=None, train=False, rng=None):
-        """z, γ_t ↦ ε̂(z_t; t), converting the network's head through vdm/diffusion.py."""
+        """z, γ_t ↦ ε̂(z_t; t), converting the network's head through vdm/core/diffusion.py."""
         rngs = {"dropout": rng} if (train and rng is not None) else {}
 
         def eps_hat(z, gamma_t):

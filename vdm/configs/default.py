@@ -86,7 +86,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.training.save_every = 10_000
     c.training.max_to_keep = 3  # newest checkpoints kept, beside the one with the best eval bpd
     # Stop (saving nothing) when a log interval's mean train loss exceeds this many times the
-    # running median of the intervals before it (vdm/health.py); 0 = off.
+    # running median of the intervals before it (vdm/run/health.py); 0 = off.
     c.training.spike_factor = 10.0
 
     c.eval = ml_collections.ConfigDict()
@@ -121,7 +121,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.sample.final_denoise = False  # Tweedie step x̂ = E[x | z₀] before decoding
     c.sample.guidance = 0.0  # classifier-free guidance w: 0 unconditional, 1 conditional
     # --mode=sample: FID against the test split in the features of the data's own classifier
-    # (digits, mnist, fashion_mnist; trained once and cached, vdm/fid.py)
+    # (digits, mnist, fashion_mnist; trained once and cached, vdm/eval/fid.py)
     c.sample.fid = True
     # Its N: min(fid_n, test split, train split) samples against as many test images; more
     # than n_samples are drawn when needed (the grid shows the first n_samples).

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm.diffusion import alpha_sigma, bcast
+from vdm.core.diffusion import alpha_sigma, bcast
 
 FOURIER_GATES = ("none", "coherence")
 

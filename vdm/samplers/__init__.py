@@ -1,6 +1,6 @@
 """Samplers with one signature: fn(key, eps_hat_fn, gamma_fn, shape, *, steps, …) → (z₀, info).
 
-`eps_hat_fn(z, γ)` is the denoiser in ε form (every head converts through vdm/diffusion.py),
+`eps_hat_fn(z, γ)` is the denoiser in ε form (every head converts through vdm/core/diffusion.py),
 `gamma_fn(t)` the schedule, fixed or learned; `info['nfe']` counts network evaluations. Noise
 is drawn per example from `fold_in(key, offset + i)`, so samples do not depend on the batch
 size or device count. `sample` adds the optional Tweedie denoising step and the decoding to
@@ -13,7 +13,7 @@ import inspect
 
 import jax.numpy as jnp
 
-from vdm import elbo
+from vdm.core import elbo
 from vdm.samplers.common import GRIDS, decode, denoise, example_keys
 from vdm.samplers.discrete import ancestral, ddim, dpm_solver_pp_2m
 from vdm.samplers.ode import SOLVERS, probability_flow, to_latent

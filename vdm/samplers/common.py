@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vdm import diffusion, elbo
+from vdm.core import diffusion, elbo
 
 GRIDS = ("uniform_t", "uniform_logsnr")
 

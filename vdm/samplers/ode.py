@@ -10,10 +10,20 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from vdm.diffusion import pf_ode_drift
+from vdm.core.diffusion import pf_ode_drift
 from vdm.samplers.common import example_keys, gamma_grid, initial_noise, per_example
 
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "heun": diffrax.Heun}
+
+
+def adaptive_step_control(rtol: float, atol: float, gamma_start, gamma_end):
+    """The one adaptive step control of the PF-ODE, for sampling and for the likelihood:
+    a PI controller (diffrax's suggested pcoeff 0.3, icoeff 0.4) and a first step of 1/8 of
+    the γ range. On the digits model at rtol = atol = 1e-5 the slowest of 64 images took 11–12
+    steps with it instead of 13–14 with 1/64 and the I controller, the same bpd to 2e-5
+    (experiments/bench_pf_ode.py). Returns (stepsize_controller, dt0)."""
+    controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4)
+    return controller, (gamma_end - gamma_start) / 8
 # Network evaluations per step (first-same-as-last solvers reuse one).
 EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "heun": 2}
 
@@ -35,8 +45,8 @@ def solve_pf_ode(
 ):
     """Integrate the PF-ODE from γ_start to γ_end (`forward`: γ increasing, data → latent).
 
-    steps > 0: a fixed grid (with `gamma_fn`, `grid`); steps = 0: adaptive with a PID
-    controller. Each example is solved as its own ODE (vmap), so adaptive step sizes, and hence
+    steps > 0: a fixed grid (with `gamma_fn`, `grid`); steps = 0: adaptive
+    (`adaptive_step_control`, shared with the likelihood). Each example is solved as its own ODE (vmap), so adaptive step sizes, and hence
     results, do not depend on what else is in the batch. Returns (z_end, steps per example).
     """
     if solver not in SOLVERS:
@@ -49,8 +59,7 @@ def solve_pf_ode(
         ts = gamma_grid(gamma_fn, steps, grid)  # decreasing: γ₁ → γ₀
         controller, dt0 = diffrax.StepTo(ts=ts[::-1] if forward else ts), None
     else:
-        controller = diffrax.PIDController(rtol=rtol, atol=atol)
-        dt0 = (gamma_end - gamma_start) / 64
+        controller, dt0 = adaptive_step_control(rtol, atol, gamma_start, gamma_end)
 
     def solve_one(y0):
         sol = diffrax.diffeqsolve(

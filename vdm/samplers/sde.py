@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vdm import diffusion
+from vdm.core import diffusion
 from vdm.samplers.common import (
     example_keys,
     gamma_grid,

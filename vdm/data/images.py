@@ -14,7 +14,7 @@ import textwrap
 
 import numpy as np
 
-from vdm import elbo
+from vdm.core import elbo
 
 MIN_TILE_PX = 64
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtr, ndtri
 
-from vdm import diffusion, elbo
+from vdm.core import diffusion, elbo
 
 # ---- Weightings w(λ), K&G Table 1. ----
 

@@ -14,8 +14,9 @@ import time
 import jax
 import numpy as np
 
-from vdm import data, likelihood
+from vdm import data
 from vdm.compress import api
+from vdm.eval import likelihood
 from vdm.model import VDM
 
 

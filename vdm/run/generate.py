@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import images, sharding
+from vdm import sharding
+from vdm.data import images
 from vdm.samplers import guided, options_of, sample
 from vdm.samplers.common import example_keys, initial_noise
 

@@ -1,5 +1,5 @@
 """Generated 2-D data: the official colab's swirl (integers), a spiral and a Gaussian ring
-(continuous, in [−1, 1]²; vdm/data.py bins them with the bin-centre encoding)."""
+(continuous, in [−1, 1]²; vdm/data/datasets.py bins them with the bin-centre encoding)."""
 
 from __future__ import annotations
 

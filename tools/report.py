@@ -1,4 +1,4 @@
-"""Render the notebooks: `python -m vdm.report [--only NAME,…] [--smoke] [--out docs/notebooks]`.
+"""Render the notebooks: `python -m tools.report [--only NAME,…] [--smoke] [--out docs/notebooks]`.
 
 Each jupytext notebook under notebooks/ is executed headless (nbclient, a fresh kernel, the
 notebooks/ directory as its working directory) and written to `--out` as
@@ -106,7 +106,7 @@ def execute(path: str, smoke: bool, timeout: int = 4 * 3600):
 
 def provenance(name: str, smoke: bool, seconds: float, reason: str = "", commit: str = "") -> str:
     size = "SMOKE size (CI's tiny models: the pipeline, not the claims)" if smoke else "full size"
-    command = f"python -m vdm.report --only={name}" + (" --smoke" if smoke else "")
+    command = f"python -m tools.report --only={name}" + (" --smoke" if smoke else "")
     lines = [
         f"*Rendered by `{command}` at commit {commit or _commit()}, "
         f"{datetime.date.today().isoformat()}, on {platform.machine()} "
@@ -171,8 +171,58 @@ def render(name: str, path: str, out_dir: str, smoke: bool, reason: str = "") ->
     return {"name": name, "smoke": smoke, "seconds": round(seconds, 1), "figures": figures}
 
 
+def _without_imports(source: str) -> str:
+    """The code's syntax tree with its import statements and `sys.path` edits left out."""
+    import ast
+
+    def kept(node) -> bool:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            return False
+        call = getattr(node, "value", None)
+        return not (
+            isinstance(node, ast.Expr)
+            and isinstance(call, ast.Call)
+            and ast.unparse(call.func).startswith("sys.path.")
+        )
+
+    tree = ast.parse(source)
+    tree.body = [n for n in tree.body if kept(n)]
+    return ast.dump(tree)
+
+
+def relink(name: str, path: str, out_dir: str) -> dict:
+    """Take the source's cells into the rendered notebook without running it, keeping its
+    outputs: allowed only where every code cell differs from the one that ran in its import
+    lines at most (a module moved), so that no output can depend on the change. Prose cells
+    are taken as they are. The header says it was relinked, when and at which commit."""
+    import jupytext
+    import nbformat
+
+    ipynb = os.path.join(out_dir, f"{name}.ipynb")
+    rendered = nbformat.read(ipynb, as_version=4)
+    header, body = rendered.cells[0], rendered.cells[1:]
+    source = jupytext.read(path)
+    if [c.cell_type for c in body] != [c.cell_type for c in source.cells]:
+        raise ValueError(f"{name}: cells added, removed or reordered since the render: re-run it")
+    for k, (old, new) in enumerate(zip(body, source.cells, strict=True)):
+        if old.cell_type == "code" and old.source != new.source:
+            if _without_imports(old.source) != _without_imports(new.source):
+                raise ValueError(f"{name}: code cell {k + 1} changed beyond its imports: re-run it")
+        old.source = new.source
+    header.source += (
+        f"\n\n*Relinked by `python -m tools.report --relink --only={name}` at commit "
+        f"{_commit()}, {datetime.date.today().isoformat()}: only import lines and prose changed "
+        "since the run; the outputs are the run's.*"
+    )
+    nbformat.write(rendered, ipynb)
+    md = to_markdown(rendered, name, os.path.join(out_dir, f"{name}_files"))
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write(md)
+    return {"name": name, "figures": md.count("](" + f"{name}_files/")}
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vdm.report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated notebook names (default: all)")
     p.add_argument("--smoke", action="store_true", help="run every notebook at SMOKE size")
     p.add_argument(
@@ -182,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         "available here); their first cell says so",
     )
     p.add_argument("--out", default=OUT_DIR)
+    p.add_argument(
+        "--relink",
+        action="store_true",
+        help="take the notebooks' current cells into their rendered copies without running "
+        "them; refused where a code cell changed beyond its imports",
+    )
     args = p.parse_args(argv)
     try:
         import jupytext  # noqa: F401
@@ -192,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     available = notebooks()
     if not available:
         print(
-            f"error: no notebooks under {NOTEBOOK_DIR} (vdm.report runs from a checkout of "
+            f"error: no notebooks under {NOTEBOOK_DIR} (tools/report.py runs from a checkout of "
             "the repository)",
             file=sys.stderr,
         )
@@ -205,6 +261,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.relink:
+        for name in names:
+            try:
+                info = relink(name, available[name], args.out)
+            except (ValueError, FileNotFoundError) as e:
+                print(f"error: --relink: {e}", file=sys.stderr)
+                return 2
+            print(f"  → {args.out}/{name}.ipynb, .md relinked, {info['figures']} figures")
+        return 0
     smoke_only = {n for n in args.smoke_only.split(",") if n}
     for name in names:
         smoke = args.smoke or name in smoke_only
@@ -214,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             if smoke and not args.smoke
             else ""
         )
-        print(f"vdm.report: {name} ({'smoke' if smoke else 'full'}) …", flush=True)
+        print(f"tools.report: {name} ({'smoke' if smoke else 'full'}) …", flush=True)
         info = render(name, available[name], args.out, smoke, reason)
         print(
             f"  → {args.out}/{name}.ipynb, .md, {info['figures']} figures, "

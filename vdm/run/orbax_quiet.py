@@ -1,7 +1,7 @@
 """orbax's and tensorstore's noise, kept out of the user's terminal.
 
 A failed read or write of a checkpoint is raised in the main thread by orbax (save, wait,
-restore), where vdm/checkpoint.py turns it into one line. The same failure is also reported,
+restore), where vdm/run/checkpoint.py turns it into one line. The same failure is also reported,
 with tracebacks, by orbax's background threads (absl records), by the coroutines it abandons
 (asyncio, unraisable exceptions, "never awaited" warnings) and by tensorstore completing
 abandoned reads into orbax's closed event loop. `silence_abandoned_reads` drops exactly those

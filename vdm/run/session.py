@@ -1,7 +1,7 @@
 """One session: everything a config needs to train, evaluate or sample, built once.
 
 `Run(config, workdir)` holds the data splits, the encoding, the model, the optimizer, the
-mesh, the checkpointer and the jitted functions; the train loop (vdm/train.py), the eval and
+mesh, the checkpointer and the jitted functions; the train loop (vdm/run/train.py), the eval and
 sample modes (vdm/main.py), the notebooks and the experiments all use this one surface.
 """
 
@@ -15,12 +15,14 @@ import os
 import jax
 import numpy as np
 
-from vdm import checkpoint, data, elbo, likelihood, sharding
-from vdm import config as config_lib
-from vdm import workdir as workdir_lib
+from vdm import data, sharding
+from vdm.core import elbo
+from vdm.eval import likelihood
 from vdm.model import VDM
-from vdm.samplers import generate
-from vdm.train_step import TrainState, init_state, make_optimizer, make_train_step
+from vdm.run import checkpoint, generate
+from vdm.run import config as config_lib
+from vdm.run import workdir as workdir_lib
+from vdm.run.train_step import TrainState, init_state, make_optimizer, make_train_step
 
 
 class Run:
@@ -92,7 +94,7 @@ class Run:
 
     @functools.cached_property
     def train_step(self):
-        """Jitted (state, batches, key) → (state, metrics) (vdm/train_step.py)."""
+        """Jitted (state, batches, key) → (state, metrics) (vdm/run/train_step.py)."""
         return make_train_step(self.model, self.optimizer, self.config, self.n_dims, self.mesh)
 
     @functools.cached_property
@@ -173,7 +175,7 @@ class Run:
     def fid_n(self) -> int:
         """N of `--mode=sample`'s FID: min(sample.fid_n, test split, train split), or 0
         without `sample.fid` or a classifier recipe for the data."""
-        from vdm import fid
+        from vdm.eval import fid
 
         s = self.config.sample
         if not (s.fid and self.config.data.name in fid.RECIPES):
@@ -186,9 +188,9 @@ class Run:
 
     def sample_fid(self, samples: np.ndarray) -> dict:
         """FID of the first N integer samples (N ≤ `sample.fid_n`) against as many test
-        images, in the features of the data's cached classifier (vdm/fid.py), beside the
+        images, in the features of the data's cached classifier (vdm/eval/fid.py), beside the
         train-vs-test FID at the same N (the floor a perfect model would reach)."""
-        from vdm import fid
+        from vdm.eval import fid
 
         clf = fid.load_or_train(self.config.data, log=print)
         n = min(len(samples), self._fid_cap())

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from vdm.elbo import Encoding
-from vdm.toy_data import SWIRL_N, gaussian_mixture, spiral, swirl_official
+from vdm.core.elbo import Encoding
+from vdm.data.toy import SWIRL_N, gaussian_mixture, spiral, swirl_official
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 

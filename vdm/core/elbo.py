@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import diffusion
+from vdm.core import diffusion
 
 GammaFn = Callable[[jax.Array], jax.Array]
 EpsHatFn = Callable[[jax.Array, jax.Array], jax.Array]

@@ -1,8 +1,8 @@
 """The training loop: init or restore → for step: batch → train_step → log / eval / sample / save.
 
 A run directory is exactly `workdir`; running the same command again resumes. The session
-(data, model, mesh, checkpointer, jitted functions) is `vdm/session.py`; one optimisation
-step is `vdm/train_step.py`; this module only orders them in time and writes what they return.
+(data, model, mesh, checkpointer, jitted functions) is `vdm/run/session.py`; one optimisation
+step is `vdm/run/train_step.py`; this module only orders them in time and writes what they return.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import time
 import jax
 import numpy as np
 
-from vdm import config as config_lib
-from vdm import data, health, preemption, sharding
-from vdm import workdir as workdir_lib
-from vdm.metrics_writer import MetricWriter, read_rows
+from vdm import data, sharding
 from vdm.model import count_params
-from vdm.session import Run
+from vdm.run import config as config_lib
+from vdm.run import health, preemption
+from vdm.run import workdir as workdir_lib
+from vdm.run.metrics import MetricWriter, read_rows
+from vdm.run.session import Run
 
 NonFiniteLossError = health.DivergedError  # the name earlier versions raised
 
@@ -32,7 +33,7 @@ def _mean_metrics(pending: list) -> dict[str, float]:
 
 def _check_health(pending: list, first_step: int, n: int, run: Run, history: list[float]):
     """Stop before any save if a step since the last check was unhealthy or the interval's
-    loss spiked (vdm/health.py); else add the interval's mean loss to `history`."""
+    loss spiked (vdm/run/health.py); else add the interval's mean loss to `history`."""
     ckpt = run.ckpt
     last = ckpt.latest_step()
     info = (
@@ -63,7 +64,7 @@ def train_and_evaluate(config, workdir: str, reset: bool = False) -> dict:
     """Train (resuming from `workdir` if it holds checkpoints), evaluate and sample.
 
     Nothing is written before the config is validated, the workdir is locked against a second
-    training run, and the config is checked against the run it would resume (vdm/workdir.py).
+    training run, and the config is checked against the run it would resume (vdm/run/workdir.py).
     Only process 0 writes files; every process computes.
     """
     config_lib.validate(config)
@@ -142,7 +143,7 @@ def _resume(run: Run):
 def _loop(run: Run, state, writer: MetricWriter, guard, history: list[float]):
     """Steps until `training.num_steps`: log (after a health check), save, eval + sample.
     Every eval step is saved too, so the best eval bpd can be pinned against rotation. After a
-    signal (vdm/preemption.py) the step in flight is checked, logged and saved, then
+    signal (vdm/run/preemption.py) the step in flight is checked, logged and saved, then
     `Preempted` is raised."""
     from tqdm.auto import tqdm
 

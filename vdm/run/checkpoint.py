@@ -18,7 +18,7 @@ all read it, so all restore the same one.
 Rotation keeps the newest `max_to_keep` steps and the step with the best eval bpd
 (`record_eval`, kept in `checkpoints/best.json`). A save that fails (disk full, permission,
 quota) is one `CheckpointWriteError` naming the path; orbax's threads print nothing.
-Only healthy states are ever saved (vdm/health.py).
+Only healthy states are ever saved (vdm/run/health.py).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from vdm import orbax_quiet, sharding
-from vdm.workdir import write_atomic
+from vdm import sharding
+from vdm.run import orbax_quiet
+from vdm.run.workdir import write_atomic
 
 
 class StructureMismatch(ValueError):
@@ -349,7 +350,7 @@ def tree_differences(saved: dict[str, tuple], wanted: dict[str, tuple]) -> list[
 @contextlib.contextmanager
 def _quiet_writes(directory: str, step: int | None = None):
     """orbax/tensorstore errors of a save → one `CheckpointWriteError` naming the step's
-    path and the OS's reason; their threads' reports are dropped (vdm/orbax_quiet.py)."""
+    path and the OS's reason; their threads' reports are dropped (vdm/run/orbax_quiet.py)."""
     held = io.StringIO()
     try:
         with contextlib.redirect_stderr(held):

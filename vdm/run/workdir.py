@@ -160,7 +160,7 @@ def changed_fields(workdir: str, config) -> dict[str, tuple]:
     """The fields of `config` that differ from the run's `config.json` (empty without one).
 
     Whether a change is safe to resume with is decided by structure, not by field names: the
-    checkpoint's tree is compared with the one `config` builds (vdm/checkpoint.py).
+    checkpoint's tree is compared with the one `config` builds (vdm/run/checkpoint.py).
     """
     old = read_config(workdir)
     return {} if old is None else config_diff(old, json.loads(config.to_json_best_effort()))

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from vdm.workdir import write_atomic, writing
+from vdm.run.workdir import write_atomic, writing
 
 
 def read_rows(path: str) -> list[dict]:

@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import data, diffusion, elbo, sharding
+from vdm import data, sharding
+from vdm.core import diffusion, elbo
 from vdm.model import VDM
 from vdm.samplers.common import example_keys
-from vdm.samplers.ode import EVALS_PER_STEP, SOLVERS
+from vdm.samplers.ode import EVALS_PER_STEP, SOLVERS, adaptive_step_control
 
 TERMS = ("bpd", "recon", "prior", "diffusion")
 
@@ -88,20 +89,17 @@ def _drift_and_trace(f, y, v, trace: str):
 
 
 def _solve(field, y0, g0, g1, solver, rtol, atol, max_steps):
-    """One diffrax solve of the augmented PF-ODE from γ₀ to γ₁.
-
-    A first step of 1/8 of the γ range and a PI controller (diffrax's suggested 0.3 / 0.4): on
-    the digits model at rtol = atol = 1e-5 the slowest of 64 images took 11–12 steps instead
-    of 13–14 with 1/64 and the I controller, the same bpd to 2e-5 (experiments/bench_pf_ode.py).
-    """
+    """One diffrax solve of the augmented PF-ODE from γ₀ to γ₁, under the sampler's step
+    control (`vdm.samplers.ode.adaptive_step_control`)."""
+    controller, dt0 = adaptive_step_control(rtol, atol, g0, g1)
     return diffrax.diffeqsolve(
         diffrax.ODETerm(field),
         SOLVERS[solver](),
         t0=g0,
         t1=g1,
-        dt0=(g1 - g0) / 8,
+        dt0=dt0,
         y0=y0,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4),
+        stepsize_controller=controller,
         max_steps=max_steps,
         saveat=diffrax.SaveAt(t1=True),
     )

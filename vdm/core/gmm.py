@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import diffusion
+from vdm.core import diffusion
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import textwrap
 
 import numpy as np
 
-from vdm.metrics_writer import read_rows
+from vdm.run.metrics import read_rows
 
 PANELS = (
     ("bound (bpd)", ("bpd",)),

@@ -1,7 +1,7 @@
 """One optimisation step: the train state, the optimizer (VDM App. B) and the jitted step.
 
 `make_train_step` returns one `jax.jit` over the mesh: the batch sharded on the data axis,
-state and key replicated, the state donated. The loop that calls it is `vdm/train.py`.
+state and key replicated, the state donated. The loop that calls it is `vdm/run/train.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vdm import elbo, objectives, sharding
+from vdm import sharding
+from vdm.core import elbo, objectives
 from vdm.model import VDM
 
 

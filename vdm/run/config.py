@@ -10,13 +10,16 @@ import os
 
 import jax
 
-from vdm import data, diffusion, elbo, likelihood, objectives, samplers, schedules, train_step
+from vdm import data, samplers
+from vdm.core import diffusion, elbo, objectives, schedules
+from vdm.eval import likelihood
 from vdm.networks import DTYPES, FOURIER_GATES, NETWORKS
+from vdm.run import train_step
 
 DECAYS = ("none", "cosine")
 
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def named_configs() -> list[str]:
