@@ -39,7 +39,9 @@ def test_every_new_home_exists_and_no_old_file_is_left():
 
 @pytest.mark.parametrize("old", sorted(_moved.LEFT))
 def test_a_module_moved_out_of_the_package_fails_naming_its_new_place(old):
-    with pytest.raises(ModuleNotFoundError, match="moved out of the package: .*(tools|experiments)/"):
+    with pytest.raises(
+        ModuleNotFoundError, match="moved out of the package: .*(tools|experiments)/"
+    ):
         importlib.import_module(old)
 
 
@@ -102,7 +104,9 @@ def test_relink_end_to_end_keeps_outputs_and_refuses_a_code_change(tmp_path):
     nb.cells = [header] + nb.cells
     nbformat.write(nb, tmp_path / "demo.ipynb")
 
-    src.write_text("# %% [markdown]\n# Demo, moved\n\n# %%\nfrom vdm.core import elbo\nprint(1 + 1)\n")
+    src.write_text(
+        "# %% [markdown]\n# Demo, moved\n\n# %%\nfrom vdm.core import elbo\nprint(1 + 1)\n"
+    )
     report.relink("demo", str(src), str(tmp_path))
     out = nbformat.read(tmp_path / "demo.ipynb", as_version=4)
     assert out.cells[2].source == "from vdm.core import elbo\nprint(1 + 1)"

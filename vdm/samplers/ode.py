@@ -24,6 +24,8 @@ def adaptive_step_control(rtol: float, atol: float, gamma_start, gamma_end):
     (experiments/bench_pf_ode.py). Returns (stepsize_controller, dt0)."""
     controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4)
     return controller, (gamma_end - gamma_start) / 8
+
+
 # Network evaluations per step (first-same-as-last solvers reuse one).
 EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "heun": 2}
 
@@ -46,8 +48,9 @@ def solve_pf_ode(
     """Integrate the PF-ODE from γ_start to γ_end (`forward`: γ increasing, data → latent).
 
     steps > 0: a fixed grid (with `gamma_fn`, `grid`); steps = 0: adaptive
-    (`adaptive_step_control`, shared with the likelihood). Each example is solved as its own ODE (vmap), so adaptive step sizes, and hence
-    results, do not depend on what else is in the batch. Returns (z_end, steps per example).
+    (`adaptive_step_control`, shared with the likelihood). Each example is solved as its own
+    ODE (vmap), so adaptive step sizes, and hence results, do not depend on what else is in
+    the batch. Returns (z_end, steps per example).
     """
     if solver not in SOLVERS:
         raise ValueError(f"sample.solver must be one of {sorted(SOLVERS)}, got {solver!r}")
