@@ -27,7 +27,7 @@
 #         --config.training.num_steps=3000
 #
 # (this notebook resumes it to `STEPS` if it holds fewer). On a CPU it codes N = 128 digits
-# at T ≤ 250 (the paper's T = 500, 1000 take hours here: `experiments/compress_table.py`
+# at T ≤ 250 (the paper's T = 500, 1000 take hours here: `experiments/studies/compress_table.py`
 # runs them). `SMOKE=1` (CI) trains the smoke model in a temporary directory and codes 8
 # images at tiny T: the pipeline, not the claims.
 
@@ -38,7 +38,7 @@ import tempfile
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments import compress_study as study
+from experiments.studies import compress_study as study
 from vdm.compress import api, baselines, files
 from vdm.configs import mnist
 from vdm.run import session, train

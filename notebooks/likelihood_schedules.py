@@ -14,7 +14,7 @@
 # %% [markdown]
 # # Likelihood and the noise schedule: the paper's claims at CPU scale
 #
-# From the ablation runner (`experiments/ablate_schedules.py`) on the bundled digits:
+# From the ablation runner (`experiments/studies/ablate_schedules.py`) on the bundled digits:
 #
 # 1. continuous time beats discrete T, and the loss falls as T grows (VDM eq. 16);
 # 2. Fourier features lower bpd on 8-bit data (§3.3; MNIST curves, `FOURIER_CONFIG`);
@@ -23,7 +23,7 @@
 # 4. the variance-minimising learned schedule lowers the estimator's variance (§5, App. I.2).
 #
 # `SMOKE=1` (CI) runs a 3-cell grid for 2 steps: it checks the pipeline, not the claims.
-# The full run is the command in `experiments/ablate_schedules.py` with `RESULTS` below;
+# The full run is the command in `experiments/studies/ablate_schedules.py` with `RESULTS` below;
 # its measured table is quoted in the last cell.
 
 # %%
@@ -35,10 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
 
-from experiments import (
-    ablate_schedules,
-    fourier_ablation,
-)
+from experiments.studies import ablate_schedules, fourier_ablation
 from vdm.run import plot, session
 
 ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
@@ -88,7 +85,7 @@ print(open(os.path.join(OUT, "results.md")).read())
 # `vdm plot` over the cells' `metrics.jsonl` (the same figure as
 # `vdm plot results/ablation/cells/*_T0_*`): the bound, its terms, γ₀ and γ₁, and the
 # variance of the diffusion-loss estimator; then γ(t) of every cell at the end of training
-# (`gamma.png` of `experiments/ablate_schedules.py`).
+# (`gamma.png` of `experiments/studies/ablate_schedules.py`).
 
 # %%
 cont = [r for r in rows if r["n_timesteps"] == 0 and not r["fourier"]]
@@ -194,9 +191,9 @@ for sched in ("learned_net", "learned_net+vm"):
 
 # %% [markdown]
 # ## Measured at full size
-# 2026-11-24 at commit 5148908 (`python experiments/ablate_schedules.py` with the grid above,
-# then `python -m tools.report --only=likelihood_schedules`), 2-core CPU shared with other jobs,
-# `configs/digits.py`, 1,500 steps per cell, seed 0, 13 cells in 46 min of wall time
+# 2026-11-24 at commit 5148908 (`python experiments/studies/ablate_schedules.py` with the grid
+# above, then `python -m tools.report --only=likelihood_schedules`), 2-core CPU shared with other
+# jobs, `configs/digits.py`, 1,500 steps per cell, seed 0, 13 cells in 46 min of wall time
 # (123–237 s each); every bpd equals the first run's (2026-11-23) to the 4th decimal. Test
 # bpd ± SE (one ELBO pass over the 297 test images):
 #
@@ -239,8 +236,9 @@ for sched in ("learned_net", "learned_net+vm"):
 #    (`model.fourier_gate=coherence`) — keeps the low-noise gain (0.056 at γ = −13) and matches
 #    or beats no features above γ ≈ −8, giving the lowest bpd at every checkpoint. Whether the
 #    ungated features catch up at 10k+ steps (the paper trains for millions) is not measured
-#    here: `experiments/fourier_ablation.py --steps=10000 --seeds=0,1,2` is the command, ~75 min
-#    per cell on this CPU. `configs/mnist.py` (and Fashion-MNIST) use the gate on this evidence.
+#    here: `experiments/studies/fourier_ablation.py --steps=10000 --seeds=0,1,2` is the
+#    command, ~75 min per cell on this CPU. `configs/mnist.py` (and Fashion-MNIST) use the gate
+#    on this evidence.
 
 # %%
 print(json.dumps({r["name"]: round(r["bpd"], 4) for r in rows}, indent=1))

@@ -30,7 +30,7 @@
 # test accuracy) between 297 samples and the 297 test digits, at 20 and 100 NFE of DDIM
 # (η = 0). Why digits and not MNIST: a 28×28 cell runs at ≈ 2 steps/s on this 2-core CPU, so
 # the 20-cell grid is an overnight job there (`--config=configs/mnist.py`, same script).
-# The grid is `experiments/objectives_study.py` (`FULL_GRID`); `SMOKE=1` (CI) runs two cells
+# The grid is `experiments/studies/objectives_study.py` (`FULL_GRID`); `SMOKE=1` (CI) runs two cells
 # of the digits smoke model for 2 steps: it checks the pipeline, not the claims.
 
 # %%
@@ -41,7 +41,7 @@ import tempfile
 import numpy as np
 from IPython.display import Image, display
 
-from experiments import objectives_study
+from experiments.studies import objectives_study
 from vdm.run import plot
 
 ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))
@@ -120,7 +120,7 @@ if ratios:
 
 # %% [markdown]
 # ## Measured at full size
-# 2026-12-02 (`python experiments/objectives_study.py` with `FULL_GRID`, then
+# 2026-12-02 (`python experiments/studies/objectives_study.py` with `FULL_GRID`, then
 # `python -m tools.report --only=objectives_digits`), 20 cells of 1,000 steps on a shared 2-core
 # CPU in 40 min (32 of them training); ± is the SE over the two training seeds.
 #

@@ -36,7 +36,7 @@
 # and this notebook tabulates what is kept (`--report-only`), training nothing. All 20 cells
 # are kept; the command that measured them (it reruns only cells missing from the folder):
 #
-#     python experiments/objectives_study.py --config=configs/mnist.py \
+#     python experiments/studies/objectives_study.py --config=configs/mnist.py \
 #         --out=results/objectives_mnist --keep=docs/data/objectives_mnist \
 #         --steps=1000 --seeds=0,1 --weightings=elbo,sigmoid:2,sigmoid:-2,edm,v_cosine \
 #         --noise=uniform_t,adaptive --nfe=20,100 --fid-n=500 --set=schedule.name=fixed_linear \
@@ -53,7 +53,7 @@ import tempfile
 
 from IPython.display import Image, display
 
-from experiments import objectives_study
+from experiments.studies import objectives_study
 from vdm.run import plot
 
 ROOT = os.path.abspath(os.environ.get("VDM_ROOT", ".."))

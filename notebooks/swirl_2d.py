@@ -28,8 +28,8 @@
 # `WORKDIR_COLAB` / `WORKDIR_BEST` at finished runs to only draw the figures.
 #
 # **Measured** 2026-11-24 at full size on a shared 2-core CPU, beside the colab notebook run
-# headless (`python experiments/bench_swirl.py --official=<google-research/vdm checkout>`;
-# ELBO over the 1,024 points from 200 draws):
+# headless (`python experiments/benchmarks/bench_swirl.py --official=<google-research/vdm
+# checkout>`; ELBO over the 1,024 points from 200 draws):
 #
 # | run | ELBO bpd | γ₀ | γ₁ | wall time |
 # |---|---|---|---|---|

@@ -1,11 +1,12 @@
-"""The schedule-ablation runner (experiments/ablate_schedules.py): grid, report, resumability."""
+"""The schedule-ablation runner (experiments/studies/ablate_schedules.py): grid, report,
+resumability."""
 
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from experiments import ablate_schedules  # noqa: E402
+from experiments.common import ROOT
+from experiments.studies import ablate_schedules
 
 
 def test_grid_skips_variance_min_in_discrete_time():
@@ -63,11 +64,11 @@ def test_bad_grid_values_are_clear_errors(capsys):
 
 
 def test_fourier_ablation_reports_kept_cells_without_training(tmp_path, capsys):
-    """experiments/fourier_ablation.py --keep/--report-only: a grid of ≈ 2 h cells run a few at
-    a time keeps each finished cell's row; the report draws from whatever is finished."""
+    """experiments/studies/fourier_ablation.py --keep/--report-only: a grid of ≈ 2 h cells run a
+    few at a time keeps each finished cell's row; the report draws from whatever is finished."""
     import json
 
-    from experiments import fourier_ablation
+    from experiments.studies import fourier_ablation
 
     keep, out = tmp_path / "keep", tmp_path / "out"
     grid = ["--cells=off,gated", "--seeds=0", "--steps=20", "--every=10", "--repeats=1"]
@@ -77,8 +78,9 @@ def test_fourier_ablation_reports_kept_cells_without_training(tmp_path, capsys):
              gamma_1=5.0)
         for s, b in ((10, 3.0), (20, 2.5))
     ]  # fmt: skip
-    row = dict(cell="gated", seed=0, key=[20, 10, 8, 1], wall_s=1.0, curve=curve,
-               gammas=[-13.0, 6.0], by_gamma=[0.1, 0.01])  # fmt: skip
+    row = dict(cell="gated", seed=0, name="gated_seed0", steps=20, every=10, eval_examples=8,
+               repeats=1, wall_s=1.0, curve=curve, gammas=[-13.0, 6.0],
+               by_gamma=[0.1, 0.01])  # fmt: skip
     (keep / "gated_seed0").mkdir(parents=True)
     (keep / "gated_seed0" / "fourier_cell.json").write_text(json.dumps(row))
     rows = fourier_ablation.main([*grid, "--report-only"])

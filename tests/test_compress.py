@@ -627,10 +627,43 @@ def test_compressed_size_is_the_net_codelength_plus_clean_bits(trained, tmp_path
     assert stats["file_bytes"] > 4 * len(words) and math.isfinite(stats["file_bpd"])
 
 
+def test_the_studys_file_size_is_the_file_compress_writes(trained, tmp_path):
+    """compress_table --file_n measures the file `--mode=compress` writes, byte for byte
+    (same header fields, words and CRCs), for the first n images."""
+    from experiments.studies import compress_study as study
+
+    root, images = trained
+    run, params, step = _codec_and_run(root)
+    stats = api.compress_file(
+        run, params, step, str(root / "images.npz"), str(tmp_path / "s.vdmz"), progress=False
+    )
+    codec = api.codec_from_config(run.model, params, run.x_shape, run.config.compress)
+    meta = {**api.identity(run, params, step), "names": None}
+    rows = study.file_by_n(codec, np.asarray(images), [2, len(images)], meta)
+    assert rows[-1]["file_bytes"] == stats["file_bytes"]
+    assert rows[-1]["file_bpd"] == pytest.approx(stats["file_bpd"])
+    assert rows[0]["n"] == 2 and rows[0]["file_bytes"] < rows[-1]["file_bytes"]
+    assert set(rows[0]["classical_bpd"]) >= {"xz", "png"}
+
+
+def test_crossover_is_where_a_fixed_cost_plus_a_cost_per_image_meets_the_codec():
+    """File of 100 + 10 n bytes (800 + 80 n bits), 8 dims per image: against 20 bpd (160 bits
+    an image) it is equal at n = 10 and smaller from 11 on; against 5 bpd (40 bits) never."""
+    from experiments.studies import compress_study as study
+
+    rows = [
+        {"n": n, "file_bytes": 100 + 10 * n, "classical_bpd": {"xz": 20.0, "png": 5.0}}
+        for n in (4, 16, 64)
+    ]
+    got = study.crossover(rows, dims=8)
+    assert got["fixed_bits"] == pytest.approx(800) and got["bits_per_image"] == pytest.approx(80)
+    assert got["by_codec"] == {"xz": 11, "png": None} and got["measured_up_to"] == 64
+
+
 def test_merging_runs_on_disjoint_images_pools_their_figures_exactly(tmp_path):
-    """A table split over runs (experiments/compress_table.py --merge) equals the table of
+    """A table split over runs (experiments/studies/compress_table.py --merge) equals the table of
     one run over all the images: means, SEs as `code_once` and `elbo_bpd` define them."""
-    from experiments import compress_study as study
+    from experiments.studies import compress_study as study
 
     rng = np.random.default_rng(0)
     dims, repeats = 784, 3
@@ -666,7 +699,7 @@ def test_merging_runs_on_disjoint_images_pools_their_figures_exactly(tmp_path):
         study.merge_rows([[row(slice(0, 10))], [dict(row(slice(10, 20)), steps=500)]])
 
     # the script pools the files of the parts, the classical codecs' bpd by image too
-    from experiments import compress_table
+    from experiments.studies import compress_table
 
     def part(path, start, stop, xz):
         head = {"data": "mnist", "checkpoint_step": 3000, "n": stop - start, "start": start}

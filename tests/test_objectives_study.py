@@ -1,4 +1,4 @@
-"""The objectives study runner (experiments/objectives_study.py): its grid, its refusals and
+"""The objectives study runner (experiments/studies/objectives_study.py): its grid, its refusals and
 its summary. The notebook test runs it end to end at smoke size."""
 
 import json
@@ -8,7 +8,7 @@ import re
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from experiments import objectives_study  # noqa: E402
+from experiments.studies import objectives_study  # noqa: E402
 from vdm.run.config import load_file  # noqa: E402
 
 

@@ -51,7 +51,7 @@ def test_remat_recomputes_the_blocks_in_the_compiled_backward_pass():
     """The optimised program holds each residual block's convolutions once more (the
     recomputation survives XLA's CSE). Whether that lowers peak memory is the backend's
     scheduler's business: XLA:CPU schedules the recomputation early and its peak does not
-    fall (`experiments/bench_train.py --variants base,remat`); accelerators' memory-aware
+    fall (`experiments/benchmarks/bench_train.py --variants base,remat`); accelerators' memory-aware
     schedulers do."""
     c = digits.get_config()
     params = VDM.from_config(c).init(jax.random.key(0), (8, 8, 1))

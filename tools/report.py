@@ -209,11 +209,13 @@ def relink(name: str, path: str, out_dir: str) -> dict:
             if _without_imports(old.source) != _without_imports(new.source):
                 raise ValueError(f"{name}: code cell {k + 1} changed beyond its imports: re-run it")
         old.source = new.source
-    header.source += (
-        f"\n\n*Relinked by `python -m tools.report --relink --only={name}` at commit "
+    line = (
+        f"*Relinked by `python -m tools.report --relink --only={name}` at commit "
         f"{_commit()}, {datetime.date.today().isoformat()}: only import lines and prose changed "
         "since the run; the outputs are the run's.*"
     )
+    kept = [p for p in header.source.split("\n\n") if not p.startswith("*Relinked by ")]
+    header.source = "\n\n".join([*kept, line])  # the latest relink replaces an earlier one
     nbformat.write(rendered, ipynb)
     md = to_markdown(rendered, name, os.path.join(out_dir, f"{name}_files"))
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:

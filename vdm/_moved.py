@@ -39,7 +39,7 @@ MOVED = {
 # Moved out of the installed package: an import of these fails with the new place.
 LEFT = {
     "vdm.report": "tools/report.py (python -m tools.report, from the repository root)",
-    "vdm.compress.study": "experiments/compress_study.py",
+    "vdm.compress.study": "experiments/studies/compress_study.py",
 }
 
 

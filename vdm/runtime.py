@@ -2,10 +2,10 @@
 
 The jaxlib this project pins (0.10) hands convolutions on CPU to YNNPACK by default; on the
 ScoreUNet that path runs convolutions and the whole train step slower than XLA's own (Eigen)
-convolution (measured with and without the flag by `experiments/bench_train.py`; the figures are
-on docs/benchmarks.md). So `vdm` removes convolutions from XLA:CPU's YNNPACK fusions; everything
-else keeps XLA's defaults. XLA reads `XLA_FLAGS` once, when the first backend starts, so the
-flag takes effect only if `vdm` is imported before any JAX computation runs (the entry points,
+convolution (measured with and without the flag by `experiments/benchmarks/bench_train.py`; the
+figures are on docs/benchmarks.md). So `vdm` removes convolutions from XLA:CPU's YNNPACK fusions;
+everything else keeps XLA's defaults. XLA reads `XLA_FLAGS` once, when the first backend starts, so
+the flag takes effect only if `vdm` is imported before any JAX computation runs (the entry points,
 tests, notebooks and benchmarks all do). Accelerator backends ignore `xla_cpu_*` flags.
 
 Opt out with `VDM_XLA_CPU_DEFAULTS=0`; a value the user already gives the same flag in

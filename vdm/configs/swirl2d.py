@@ -7,12 +7,8 @@ Same data, standardisation, Fourier features (n = 0..7 of [z, γ̃]) and plain s
 with the variance-minimising gradient (VDM §5), antithetic t, warm-up and cosine decay of the
 learning rate, an EMA of the parameters, and three hidden layers of 320 (fewer parameters
 than the colab's 2 × 512: 223k against 290k).
-Measured 2026-11-24 on a shared 2-core CPU, side by side with the colab notebook itself
-(`python experiments/bench_swirl.py --official=<google-research/vdm checkout>
---configs=configs/swirl2d.py --steps=20000 --repeats=200 --rounds=1`): ELBO over the 1,024
-points 4.875 ± 0.018 bpd (colab 5.117 ± 0.021), γ₀ −10.93, γ₁ 4.80, in 0.95× the colab's
-wall time (189 s against 199 s). The data's own entropy, the floor for any model of these
-points, is 4.735 bpd (774 distinct points).
+Measured side by side with the colab notebook itself by `experiments/benchmarks/bench_swirl.py`:
+docs/benchmarks.md.
 """
 
 from vdm.configs import swirl2d_colab

@@ -8,11 +8,8 @@ n = 0..7 of both; learned scalar γ from −13.3 / 5; adamw 3e-3 (weight decay 1
 i.i.d. t, continuous time, 20,000 steps, no EMA; the ELBO over the same 1,024 points.
 One departure: the colab's adamw also decays the schedule's two scalars and the biases; the
 project never decays schedule parameters (it would pull γ₀, γ₁ towards 0).
-Measured 2026-11-24 on a shared 2-core CPU, side by side with the colab notebook itself
-(`python experiments/bench_swirl.py --official=<google-research/vdm checkout> --steps=20000
---repeats=200 --rounds=1`): ELBO over the 1,024 points (200 draws) 5.161 ± 0.020 bpd,
-learned γ₀ −10.63, γ₁ 6.67, 201 s; the colab run headless in the same benchmark gave
-5.117 ± 0.021 bpd, γ₀ −10.76, γ₁ 6.92, 250 s (this config: 0.81× its wall time).
+Measured side by side with the colab notebook itself by `experiments/benchmarks/bench_swirl.py`:
+docs/benchmarks.md.
 """
 
 from vdm.configs import default

@@ -67,7 +67,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
     Written as two einsums around a float32 softmax, as the official AttnBlock: on XLA:CPU
     `jax.nn.dot_product_attention` takes 1.4–1.6× as long forward and backward over 1,024
-    tokens (`experiments/bench_train.py --official`'s profile).
+    tokens (`experiments/benchmarks/bench_train.py --official`'s profile).
     """
     scores = jnp.einsum("bqc,bkc->bqk", q / jnp.sqrt(q.shape[-1]).astype(q.dtype), k)
     weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)

@@ -176,8 +176,8 @@ def resolve_loop(loop: str) -> str:
     On XLA:CPU a train step inside a while loop (which `lax.scan` lowers to, unrolled or not)
     runs tens of times slower than the same step straight-line, and unrolling the steps in
     the trace makes compile time grow with `steps_per_call`
-    (`python experiments/bench_steps_per_call.py`); the host loop costs one dispatch per step
-    and compiles once, whatever `steps_per_call` is.
+    (`python experiments/benchmarks/bench_steps_per_call.py`); the host loop costs one dispatch per
+    step and compiles once, whatever `steps_per_call` is.
     """
     if loop not in LOOPS:
         raise ValueError(f"training.loop must be one of {list(LOOPS)}, got {loop!r}")

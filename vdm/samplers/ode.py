@@ -21,7 +21,7 @@ def adaptive_step_control(rtol: float, atol: float, gamma_start, gamma_end):
     a PI controller (diffrax's suggested pcoeff 0.3, icoeff 0.4) and a first step of 1/8 of
     the γ range. On the digits model at rtol = atol = 1e-5 the slowest of 64 images took 11–12
     steps with it instead of 13–14 with 1/64 and the I controller, the same bpd to 2e-5
-    (experiments/bench_pf_ode.py). Returns (stepsize_controller, dt0)."""
+    (experiments/benchmarks/bench_pf_ode.py). Returns (stepsize_controller, dt0)."""
     controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4)
     return controller, (gamma_end - gamma_start) / 8
 

@@ -1,6 +1,7 @@
 """Fourier-feature ablation as curves: bpd against steps, per term and per noise level.
 
-    python experiments/fourier_ablation.py --config=configs/mnist.py --out=results/fourier_mnist \
+    python experiments/studies/fourier_ablation.py --config=configs/mnist.py \
+        --out=results/fourier_mnist \
         --cells=off,old,official,gated --seeds=0,1,2 --steps=10000 --every=1000 \
         --eval_examples=500 --repeats=2
 
@@ -29,17 +30,9 @@ import json
 import math
 import os
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from experiments.bench_io import (  # noqa: E402
-    csv_list,
-    finished_row_in,
-    keep_cell,
-    report_finished,
-    write_json,
-)
+from experiments import grid as grid_lib
+from experiments.common import ROOT, csv_list
 
 ROW = "fourier_cell.json"  # a finished cell's row, in its workdir (and --keep folder)
 
@@ -59,10 +52,10 @@ def load_config(spec: str):
     return load_file(spec)
 
 
-def cell_config(base, cell: str, seed: int, steps: int, every: int):
+def cell_config(base, setting: dict, steps: int, every: int):
     c = base.copy_and_resolve_references()
-    c.model.update(CELLS[cell])
-    c.seed = seed
+    c.model.update(CELLS[setting["cell"]])
+    c.seed = setting["seed"]
     c.training.num_steps = steps
     c.training.save_every = every
     c.training.eval_every = steps
@@ -92,62 +85,45 @@ def density_by_gamma(model, params, x_int, key, gammas):
     return [float(one(g, jax.random.fold_in(key, i))) for i, g in enumerate(gammas)]
 
 
-def run_cell(base, cell: str, seed: int, args) -> dict:
-    import jax
-    import numpy as np
+def make_measure(args):
+    """The measurement of a trained cell: every kept checkpoint evaluated on the same images
+    with the same t, ε (paired), and the last one's diffusion loss per noise level."""
 
-    from vdm import data
-    from vdm.eval import likelihood
-    from vdm.run import session, train
+    def measure(setting, workdir, config, result) -> dict:
+        import jax
+        import numpy as np
 
-    name = f"{cell}_seed{seed}"
-    workdir = os.path.join(args.out, "cells", name)
-    done = os.path.join(workdir, ROW)
-    kept = os.path.join(args.keep, name) if args.keep else None
-    if row := finished_row(name, args):
-        print(f"[done] {name}", flush=True)
-        return row
-    config = cell_config(base, cell, seed, args.steps, args.every)
-    t0 = time.time()
-    train.train_and_evaluate(config, workdir)
-    wall = time.time() - t0
-    run = session.Run(config, workdir)
-    test = run.test_split
-    n = min(args.eval_examples, len(test))
-    subset = data.in_memory(test.get(np.arange(n))["image"], None, 0)
-    eval_step = likelihood.make_eval_step(run.model, run.n_dims, run.mesh)
-    eval_key = jax.random.key(12345)  # paired: the same t, ε for every cell and checkpoint
-    curve = []
-    for step in sorted(run.ckpt.manager.all_steps()):
-        params = run.restore(step=step).ema_params
-        r = likelihood.elbo_bpd(
-            eval_step, params, subset, config.eval.batch_size, eval_key, run.mesh, args.repeats
-        )
-        g0, g1 = run.model.endpoints(params)
-        curve.append(dict(step=int(step), gamma_0=float(g0), gamma_1=float(g1), **r))
-        print(f"  {name} step {step}: bpd {r['bpd']:.4f} ± {r['bpd_se']:.4f}", flush=True)
-    gammas = np.linspace(*GAMMA_GRID)
-    x = np.asarray(subset.get(np.arange(n))["image"])
-    by_gamma = density_by_gamma(run.model, params, x, jax.random.key(54321), gammas)
-    row = dict(
-        cell=cell, seed=seed, key=list(_key(args)), wall_s=wall, curve=curve,
-        gammas=gammas.tolist(), by_gamma=by_gamma,
-    )  # fmt: skip
-    write_json(row, done)
-    if kept:
-        keep_cell(workdir, kept, row, ROW)
-    return row
+        from vdm import data
+        from vdm.eval import likelihood
+        from vdm.run import session
+
+        run = session.Run(config, workdir)
+        test = run.test_split
+        n = min(args.eval_examples, len(test))
+        subset = data.in_memory(test.get(np.arange(n))["image"], None, 0)
+        eval_step = likelihood.make_eval_step(run.model, run.n_dims, run.mesh)
+        eval_key = jax.random.key(12345)  # paired: the same t, ε for every cell and checkpoint
+        curve = []
+        for step in sorted(run.ckpt.manager.all_steps()):
+            params = run.restore(step=step).ema_params
+            r = likelihood.elbo_bpd(
+                eval_step, params, subset, config.eval.batch_size, eval_key, run.mesh, args.repeats
+            )
+            g0, g1 = run.model.endpoints(params)
+            curve.append(dict(step=int(step), gamma_0=float(g0), gamma_1=float(g1), **r))
+            print(f"  step {step}: bpd {r['bpd']:.4f} ± {r['bpd_se']:.4f}", flush=True)
+        gammas = np.linspace(*GAMMA_GRID)
+        x = np.asarray(subset.get(np.arange(n))["image"])
+        by_gamma = density_by_gamma(run.model, params, x, jax.random.key(54321), gammas)
+        return dict(curve=curve, gammas=gammas.tolist(), by_gamma=by_gamma)
+
+    return measure
 
 
-def _key(args) -> tuple:
+def grid_key(args) -> dict:
     """What a finished row must have been measured under to count as this grid's."""
-    return (args.steps, args.every, args.eval_examples, args.repeats)
-
-
-def finished_row(name: str, args) -> dict | None:
-    """The cell's row if it finished under this grid's settings (--keep first, then --out)."""
-    return finished_row_in(
-        args.out, args.keep, name, ROW, lambda row: tuple(row["key"]) == _key(args)
+    return dict(
+        steps=args.steps, every=args.every, eval_examples=args.eval_examples, repeats=args.repeats
     )
 
 
@@ -237,10 +213,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--every", type=int, default=1000)
     p.add_argument("--eval_examples", type=int, default=500)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--keep", default="", help="folder that keeps each finished cell's row")
-    p.add_argument(
-        "--report-only", action="store_true", help="report the finished cells; train nothing"
-    )
+    grid_lib.add_arguments(p)
     args = p.parse_args(argv)
     cells = csv_list(args.cells)
     bad = [c for c in cells if c not in CELLS]
@@ -251,15 +224,18 @@ def main(argv=None) -> list[dict]:
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
-    base = load_config(args.config)
+    try:
+        base = grid_lib.override(load_config(args.config), args.set)
+    except ValueError as e:
+        p.error(str(e))
+    todo = [
+        (f"{c}_seed{s}", {"cell": c, "seed": s}) for s in csv_list(args.seeds, int) for c in cells
+    ]
+    grid = grid_lib.Grid(args.out, ROW, grid_key(args), args.keep)
+    make_config = lambda setting: cell_config(base, setting, args.steps, args.every)  # noqa: E731
+    rows = grid.run(todo, make_config, make_measure(args), args.report_only)
     os.makedirs(args.out, exist_ok=True)
-    grid = [(c, s) for s in csv_list(args.seeds, int) for c in cells]
-    if args.report_only:
-        names = [f"{c}_seed{s}" for c, s in grid]
-        rows = report_finished(names, lambda name: finished_row(name, args))
-    else:
-        rows = [run_cell(base, c, s, args) for c, s in grid]
-    command = "python experiments/fourier_ablation.py " + " ".join(
+    command = "python experiments/studies/fourier_ablation.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     write_report(rows, args.out, command)

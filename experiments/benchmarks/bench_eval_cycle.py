@@ -2,7 +2,7 @@
 jitted functions rebuilt on every cycle (the code before this benchmark's change) against
 built once per run and split over the mesh (`vdm.session.Run`), on 1 and 2 devices.
 
-    python experiments/bench_eval_cycle.py [--config digits] [--cycles 3] [--devices 1,2]
+    python experiments/benchmarks/bench_eval_cycle.py [--config digits] [--cycles 3] [--devices 1,2]
         [--out results/bench_eval_cycle.json]
 
 A cycle is the test-split ELBO (`eval.batch_size`), `sample.n_samples` samples with the
@@ -20,10 +20,8 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-from experiments import bench_io  # noqa: E402
+from experiments import common as bench_io
+from experiments.common import ROOT
 
 
 def run_devices(config: str, cycles: int, pf_ode_examples: int) -> dict:

@@ -1,6 +1,7 @@
 """Diffusion objectives as weighted ELBOs (Kingma & Gao 2023): weighting × noise distribution.
 
-    python experiments/objectives_study.py --config=configs/digits.py --out=results/objectives \
+    python experiments/studies/objectives_study.py --config=configs/digits.py \
+        --out=results/objectives \
         --steps=1000 --seeds=0,1 --weightings=elbo,sigmoid:2,sigmoid:-2,edm,v_cosine \
         --noise=uniform_t,adaptive --nfe=20,100 --fid-n=297 \
         --set=schedule.name=fixed_linear --set=sample.batch_size=297
@@ -33,17 +34,9 @@ import argparse
 import itertools
 import json
 import os
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from experiments.bench_io import (  # noqa: E402
-    csv_list,
-    finished_row_in,
-    keep_cell,
-    report_finished,
-    write_json,
-)
+from experiments import grid as grid_lib
+from experiments.common import ROOT, csv_list, write_json
 
 NOISE = ("uniform_t", "adaptive")
 ROW = "objectives_cell.json"  # a finished cell's row, in its workdir (and --keep folder)
@@ -197,68 +190,55 @@ def read_pick(args, first: str) -> str | None:
     return None
 
 
-def finished_row(name: str, args) -> dict | None:
-    """The cell's row if it finished under this grid's settings (--keep first, then --out)."""
-    want = _wanted(args)
-    matches = lambda row: all(row.get(k) == v for k, v in want.items())  # noqa: E731
-    return finished_row_in(args.out, args.keep, name, ROW, matches)
+def make_grid(base, args) -> tuple[grid_lib.Grid, callable, callable]:
+    """The study as a grid: its cells' home and key, their configs, and the measurement of a
+    trained cell (bpd, the loss variance, FID at each NFE; the first cell of a grid that picks
+    its sampler measures every candidate and fixes the grid's sampler)."""
+    grid = grid_lib.Grid(args.out, ROW, _wanted(args), args.keep)
 
+    def measure(setting, workdir, config, result) -> dict:
+        from vdm.run import session
 
-def run_cell(base, name, setting, args) -> dict:
-    from vdm.run import session, train
+        run = session.Run(config, workdir)
+        state = run.restore()
+        params = run.eval_params(state)
+        var = loss_variance(run, state, setting, args.var_n)
+        by_sampler = {}
+        for sampler in [args.sampler] if args.sampler else args.samplers:
+            by_sampler[sampler] = {}
+            for nfe in args.nfe:
+                res = fid_at(run, params, nfe, sampler, args.fid_n)
+                by_sampler[sampler][str(nfe)] = res["fid"]
+                floor, fid_n = res["fid_train_vs_test"], res["fid_n"]
+                acc = res["classifier_test_accuracy"]
+        picked = {}
+        if not args.sampler:  # the first cell of a grid that picks its sampler
+            first = os.path.basename(workdir)
+            args.sampler = grid.key["sampler"] = min(
+                by_sampler, key=lambda k: sum(by_sampler[k].values())
+            )
+            picked = {"fid_by_sampler": by_sampler}
+            write_json({**_pick_key(args, first), "best": args.sampler, **picked}, _pick_path(args))
+            print(f"[pick] {args.sampler}: " + json.dumps(by_sampler), flush=True)
+        fids = by_sampler[args.sampler]
+        fid_text = ", ".join(f"FID@{k} {v:.1f}" for k, v in fids.items())
+        print(f"  bpd {result['bpd']:.4f} ± {result['bpd_se']:.4f}, {fid_text}", flush=True)
+        return dict(
+            sampler=args.sampler,
+            **picked,
+            bpd=result["bpd"],
+            bpd_se=result["bpd_se"],
+            recon=result["recon"],
+            prior=result["prior"],
+            diffusion=result["diffusion"],
+            loss_var=var,
+            fid=fids,
+            fid_train_vs_test=floor,
+            fid_n_used=fid_n,
+            classifier_test_accuracy=acc,
+        )
 
-    if row := finished_row(name, args):
-        print(f"[done] {name}", flush=True)
-        return row
-    workdir = os.path.join(args.out, "cells", name)
-    done = os.path.join(workdir, ROW)
-    kept = os.path.join(args.keep, name) if args.keep else None
-    config = cell_config(base, setting, args.steps)
-    t0 = time.time()
-    result = train.train_and_evaluate(config, workdir)
-    wall = time.time() - t0
-    run = session.Run(config, workdir)
-    state = run.restore()
-    params = run.eval_params(state)
-    var = loss_variance(run, state, setting, args.var_n)
-    by_sampler = {}
-    for sampler in [args.sampler] if args.sampler else args.samplers:
-        by_sampler[sampler] = {}
-        for nfe in args.nfe:
-            res = fid_at(run, params, nfe, sampler, args.fid_n)
-            by_sampler[sampler][str(nfe)] = res["fid"]
-            floor, fid_n = res["fid_train_vs_test"], res["fid_n"]
-            acc = res["classifier_test_accuracy"]
-    picked = {}
-    if not args.sampler:  # the first cell of a grid that picks its sampler
-        args.sampler = min(by_sampler, key=lambda k: sum(by_sampler[k].values()))
-        picked = {"fid_by_sampler": by_sampler}
-        write_json({**_pick_key(args, name), "best": args.sampler, **picked}, _pick_path(args))
-        print(f"[pick] {args.sampler}: " + json.dumps(by_sampler), flush=True)
-    fids = by_sampler[args.sampler]
-    row = dict(
-        setting,
-        name=name,
-        **_wanted(args),
-        **picked,
-        wall_s=wall,
-        bpd=result["bpd"],
-        bpd_se=result["bpd_se"],
-        recon=result["recon"],
-        prior=result["prior"],
-        diffusion=result["diffusion"],
-        loss_var=var,
-        fid=fids,
-        fid_train_vs_test=floor,
-        fid_n_used=fid_n,
-        classifier_test_accuracy=acc,
-    )
-    write_json(row, done)
-    if kept:
-        keep_cell(workdir, kept, row, ROW)
-    fid_text = ", ".join(f"FID@{k} {v:.1f}" for k, v in fids.items())
-    print(f"[new]  {name}: bpd {row['bpd']:.4f} ± {row['bpd_se']:.4f}, {fid_text}", flush=True)
-    return row
+    return grid, lambda setting: cell_config(base, setting, args.steps), measure
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -390,11 +370,7 @@ def main(argv=None) -> list[dict]:
     )
     p.add_argument("--fid-n", type=int, default=1000)
     p.add_argument("--var-n", type=int, default=500)
-    p.add_argument("--keep", default="", help="folder that keeps each finished cell's row")
-    p.add_argument(
-        "--report-only", action="store_true", help="tabulate the finished cells; train nothing"
-    )
-    p.add_argument("--set", action="append", default=[], help="config override a.b=value")
+    grid_lib.add_arguments(p)
     args = p.parse_args(argv)
     from absl import logging
 
@@ -412,23 +388,17 @@ def main(argv=None) -> list[dict]:
     if [s for s in args.samplers if s not in samplers.SAMPLERS] or not args.samplers:
         p.error(f"--sampler must be drawn from {sorted(samplers.SAMPLERS)}, got {args.sampler!r}")
     args.nfe = csv_list(args.nfe, int)
-    base = load_file(args.config)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        section, _, field = key.partition(".")
-        if section not in base or field not in base[section]:
-            p.error(f"--set: {key!r} is not a config field (section.field=value)")
-        old = base[section][field]
-        base[section][field] = type(old)(value) if not isinstance(old, bool) else value == "True"
-    os.makedirs(args.out, exist_ok=True)
-    grid = list(cells(weightings, noises, csv_list(args.seeds, int)))
-    args.sampler = args.samplers[0] if len(args.samplers) == 1 else read_pick(args, grid[0][0])
+    try:
+        base = grid_lib.override(load_file(args.config), args.set)
+    except ValueError as e:
+        p.error(str(e))
+    todo = list(cells(weightings, noises, csv_list(args.seeds, int)))
+    args.sampler = args.samplers[0] if len(args.samplers) == 1 else read_pick(args, todo[0][0])
     if args.report_only and not args.sampler:
         p.error(f"--report-only: no sampler picked yet ({_pick_path(args)})")
-    if args.report_only:
-        rows = report_finished([name for name, _ in grid], lambda name: finished_row(name, args))
-    else:
-        rows = [run_cell(base, name, setting, args) for name, setting in grid]
+    grid, make_config, measure = make_grid(base, args)
+    rows = grid.run(todo, make_config, measure, args.report_only)
+    os.makedirs(args.out, exist_ok=True)
     write_report(rows, args.out)
     print(f"→ {args.out}/results.json, results.md, bpd_fid.png")
     return rows

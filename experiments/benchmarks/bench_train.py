@@ -1,9 +1,9 @@
 """Training-step benchmark: steps/s, images/s, compile time, GFLOP/s, peak RSS.
 
-    python experiments/bench_train.py [--cases digits,fashion_mnist,cifar_small] [--steps 50]
-        [--variants base,remat,bf16] [--batch 64] [--out results/bench_train.json]
-    python experiments/bench_train.py --official DIR [--rounds 3] [--steps 10] [--batch 16]
-        [--interleave]
+    python experiments/benchmarks/bench_train.py [--cases digits,fashion_mnist,cifar_small] \
+        [--steps 50] [--variants base,remat,bf16] [--batch 64] [--out results/bench_train.json]
+    python experiments/benchmarks/bench_train.py --official DIR [--rounds 3] [--steps 10] \
+        [--batch 16] [--interleave]
 
 `--official DIR`: the project's train step against google-research/vdm's, side by side on the
 official ScoreUNet configuration (`official_cifar`: 32×32×3, n_embd 64, n_layer 4, learned
@@ -36,11 +36,11 @@ import resource
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")  # before `import vdm` adds its CPU defaults
 
 
-from experiments import bench_io  # noqa: E402
+from experiments import common as bench_io  # noqa: E402
+from experiments.common import ROOT  # noqa: E402
 
 CASES = ("digits", "fashion_mnist", "cifar_small", "official_cifar")
 

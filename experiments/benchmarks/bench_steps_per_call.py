@@ -1,6 +1,6 @@
 """`training.steps_per_call` and `training.loop`: per-step time and compile time, side by side.
 
-    python experiments/bench_steps_per_call.py [--cases digits,swirl2d_colab]
+    python experiments/benchmarks/bench_steps_per_call.py [--cases digits,swirl2d_colab]
         [--cells host:1,host:10,host:100,scan:1,scan:10] [--seconds 20]
         [--out results/bench_steps_per_call.json]
 
@@ -18,10 +18,8 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-from experiments import bench_io  # noqa: E402
+from experiments import common as bench_io
+from experiments.common import ROOT
 
 
 def case_config(name: str):

@@ -1,6 +1,6 @@
 """Train (or load from the cache) the FID feature classifiers and report their test accuracy.
 
-    python experiments/fid_classifiers.py --data=digits,mnist,fashion_mnist \
+    python experiments/studies/fid_classifiers.py --data=digits,mnist,fashion_mnist \
         --out=results/fid_classifiers.json
 
 Each is `vdm.fid.FeatureNet` trained on the data's training split with the recipe in
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from experiments.bench_io import write_results  # noqa: E402
+from experiments.common import write_results
 from vdm import data  # noqa: E402
 from vdm.eval import fid  # noqa: E402
 from vdm.run.config import load_file  # noqa: E402

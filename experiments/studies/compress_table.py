@@ -1,21 +1,28 @@
 """Bits-back compression against the T-step bound and classical codecs (VDM Table 2's shape).
 
-    python experiments/compress_table.py --config=configs/digits.py --workdir=runs/digits \
+    python experiments/studies/compress_table.py --config=configs/digits.py --workdir=runs/digits \
         --n=297 --steps=10,100,250,500,1000 --out=results/compress_digits.json
+
+`--file_n=32,64,128,297` also writes the `.vdmz` file of the first n images at each T and
+measures it (bpd of the whole file: net codelength + the stored clean bits + header), beside
+the classical codecs' files of the same n images, and estimates from how many images the file
+is the smaller for each codec (`compress_study.crossover`).
 
 For each T: the net codelength of the first N test images coded as one message (bits pushed −
 bits popped, ± its SE over images), the clean bits the message consumed (stored once,
 amortised over the chunks), the T-step negative ELBO of the same images (`--repeats` draws
 each, mean ± SE), the round trip checked bit-exact for every image, and encode/decode seconds
-per image (experiments/compress_study.py). Beside them the classical codecs on the same images
-(vdm/compress/baselines.py). `--latent_bits` and `--range_stds` may list several values to
+per image (experiments/studies/compress_study.py). Beside them the classical codecs on the same
+images (vdm/compress/baselines.py). `--latent_bits` and `--range_stds` may list several values to
 sweep the latent grid at each T.
 
 A long T can be split over runs on disjoint images and pooled into one table:
 
-    python experiments/compress_table.py … --n=250 --steps=1000 --out=results/a.json
-    python experiments/compress_table.py … --n=250 --start=250 --steps=1000 --out=results/b.json
-    python experiments/compress_table.py --merge=results/a.json,results/b.json --out=results/ab.json
+    python experiments/studies/compress_table.py … --n=250 --steps=1000 --out=results/a.json
+    python experiments/studies/compress_table.py … --n=250 --start=250 --steps=1000 \
+        --out=results/b.json
+    python experiments/studies/compress_table.py --merge=results/a.json,results/b.json \
+        --out=results/ab.json
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ import sys
 
 import numpy as np
 
-from experiments import compress_study as study  # noqa: E402
-from experiments.bench_io import write_results  # noqa: E402
+from experiments.common import write_results
+from experiments.studies import compress_study as study
 from vdm.compress import baselines  # noqa: E402
 from vdm.run.config import load_file  # noqa: E402
 from vdm.run.session import Run  # noqa: E402
@@ -49,6 +56,12 @@ def main(argv=None):
     p.add_argument("--range_stds", default="", help="comma list; default: the config's")
     p.add_argument("--batch_size", type=int, default=0, help="0: the config's")
     p.add_argument("--repeats", type=int, default=20, help="ELBO draws per image")
+    p.add_argument(
+        "--file_n",
+        default="",
+        help="comma list of n: the .vdmz file of the first n images at each T, against the "
+        "classical codecs' files of the same n, and the n from which the file is smaller",
+    )
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     if a.merge:
@@ -85,6 +98,26 @@ def main(argv=None):
     )
     for row in rows:
         row["start"] = a.start
+    if a.file_n:
+        from vdm.compress import api
+
+        meta = api.identity(run, params, step)
+        ns = [k for k in _ints(a.file_n) if k <= n]
+        for row in rows:
+            codec = api.Codec(
+                run.model, params, run.x_shape, row["steps"], row["latent_bits"],
+                row["range_stds"], row["batch_size"],
+            )  # fmt: skip
+            row["file_by_n"] = study.file_by_n(codec, images, ns, meta)
+            row["file_crossover"] = study.crossover(row["file_by_n"], codec.dims)
+            for f in row["file_by_n"]:
+                print(
+                    f"T={row['steps']:5d} n={f['n']:4d}: file {f['file_bpd']:.3f} bpd (net "
+                    f"{f['net_bpd']:.3f} + clean {f['clean_bpd']:.3f} + header); "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in f["classical_bpd"].items()),
+                    flush=True,
+                )
+            print(f"T={row['steps']:5d} file smaller from n = {row['file_crossover']}", flush=True)
     head = {"data": config.data.name, "checkpoint_step": step, "classical_bpd": classical}
     head.update(start=a.start, n=n)
     write_results(a.out, __file__, [head, *rows])

@@ -1,6 +1,6 @@
 """PF-ODE likelihood speed: the project's jitted diffrax solve against scipy on the host.
 
-    python experiments/bench_pf_ode.py --config=configs/digits.py --workdir=runs/digits \
+    python experiments/benchmarks/bench_pf_ode.py --config=configs/digits.py --workdir=runs/digits \
         --n=64 --rounds=3 --out=results/bench_pf_ode.json
 
 Both sides integrate the same augmented ODE [z, Δ log p] of the same network in γ from γ₀ to
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from experiments.bench_io import write_results  # noqa: E402
+from experiments.common import write_results
 from vdm.core import diffusion  # noqa: E402
 from vdm.eval import likelihood  # noqa: E402
 from vdm.run.config import load_file  # noqa: E402

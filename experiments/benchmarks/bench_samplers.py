@@ -1,7 +1,7 @@
 """Sampler benchmark: quality against NFE on a Gaussian mixture with the exact model, wall
 time per network evaluation for a digits model, and FID against NFE for a trained one.
 
-    python experiments/bench_samplers.py [--n 4000] [--digits-workdir runs/digits]
+    python experiments/benchmarks/bench_samplers.py [--n 4000] [--digits-workdir runs/digits]
         [--fid-seeds 0,1] [--out results/bench_samplers]
 
 Quality: the mean true log-density of the samples (data itself scores `data_logp`) and the
@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from experiments.common import ROOT
 from vdm import samplers  # noqa: E402
 from vdm.core import schedules  # noqa: E402
 from vdm.core.gmm import GaussianMixture  # noqa: E402

@@ -1,16 +1,19 @@
 """Noise-schedule ablation: schedule × time discretisation × Fourier features, fixed step budget.
 
-    python experiments/ablate_schedules.py --config=configs/digits.py --out=results/ablation \
+    python experiments/studies/ablate_schedules.py --config=configs/digits.py \
+        --out=results/ablation \
         --steps=2000 --seeds=0,1 \
         --schedules=fixed_linear,cosine,learned_scalar,learned_net,learned_net+vm \
         --times=0,10,100,1000 --fourier=off,on
 
 `learned_net+vm` is the learned monotone network with the variance-minimising gradient
 (continuous time only: cells with T > 0 are skipped). `--times` lists T, with 0 = continuous.
-Each cell is a normal training run in `<out>/cells/<cell>/`; finished cells are not rerun and
-interrupted ones resume from their checkpoints. Writes `<out>/results.json`, `<out>/results.md`
-(test bpd ± SE, estimator variance, learned γ₀ and γ₁, wall time) and `<out>/bpd.png`,
-`<out>/gamma.png` (bpd per setting; learned γ(t) curves).
+Each cell is a normal training run in `<out>/cells/<cell>/` on the shared grid runner
+(experiments/grid.py): finished cells are not rerun, interrupted ones resume from their
+checkpoints, `--keep=DIR` keeps each finished row in a lasting folder, `--report-only`
+tabulates what is finished, `--set=section.field=value` overrides the base config. Writes
+`<out>/results.json`, `<out>/results.md` (test bpd ± SE, estimator variance, learned γ₀ and
+γ₁, wall time) and `<out>/bpd.png`, `<out>/gamma.png` (bpd per setting; learned γ(t) curves).
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ import argparse
 import itertools
 import json
 import os
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiments import grid as grid_lib
+from experiments.common import ROOT, csv_list
 
-from experiments.bench_io import csv_list  # noqa: E402
+ROW = "ablation_cell.json"  # a finished cell's row, in its workdir (and --keep folder)
 
 SCHEDULES = ("fixed_linear", "cosine", "learned_scalar", "learned_net", "learned_net+vm")
 
@@ -57,36 +60,21 @@ def cell_config(base, setting: dict, steps: int):
     return c
 
 
-def run_cell(base, name: str, setting: dict, steps: int, out: str) -> dict:
-    """Train and evaluate one cell (or read its finished result)."""
+def measure(setting, workdir, config, result) -> dict:
+    """A trained cell's row: the final eval's bpd and terms, the estimator's variance (train:
+    the last quarter of the logged steps; eval: over test examples) and the learned γ(t)."""
     import numpy as np
 
-    from vdm.run import session, train
+    from vdm.run import session
 
-    workdir = os.path.join(out, "cells", name)
-    done = os.path.join(workdir, "ablation_cell.json")
-    if os.path.exists(done):
-        with open(done) as f:
-            row = json.load(f)
-        if row.get("steps") == steps:
-            print(f"[done] {name}", flush=True)
-            return row
-    config = cell_config(base, setting, steps)
-    t0 = time.time()
-    result = train.train_and_evaluate(config, workdir)
-    wall = time.time() - t0
     rows = [json.loads(ln) for ln in open(os.path.join(workdir, "metrics.jsonl"))]
     train_rows = [r for r in rows if r["split"] == "train"]
     tail = train_rows[-max(1, len(train_rows) // 4) :]
     run = session.Run(config, workdir)
     params = run.restore().ema_params
-    t_grid = np.linspace(0.0, 1.0, 101)
-    gamma = np.asarray(run.model.gamma_fn(params)(t_grid))
-    row = dict(
-        setting,
-        name=name,
-        steps=steps,
-        wall_s=wall,
+    gamma = np.asarray(run.model.gamma_fn(params)(np.linspace(0.0, 1.0, 101)))
+    print(f"  bpd {result['bpd']:.4f} ± {result['bpd_se']:.4f}", flush=True)
+    return dict(
         bpd=result["bpd"],
         bpd_se=result["bpd_se"],
         recon=result["recon"],
@@ -98,11 +86,6 @@ def run_cell(base, name: str, setting: dict, steps: int, out: str) -> dict:
         gamma_1=float(gamma[-1]),
         gamma_curve=gamma.tolist(),
     )
-    with open(done + ".tmp", "w") as f:
-        json.dump(row, f)
-    os.replace(done + ".tmp", done)
-    print(f"[new]  {name}: bpd {row['bpd']:.4f} ± {row['bpd_se']:.4f} in {wall:.0f} s", flush=True)
-    return row
 
 
 def label(r: dict) -> str:
@@ -169,6 +152,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--schedules", default=",".join(SCHEDULES))
     p.add_argument("--times", default="0,10,100,1000")
     p.add_argument("--fourier", default="off,on")
+    grid_lib.add_arguments(p)
     args = p.parse_args(argv)
     from absl import logging
 
@@ -183,14 +167,15 @@ def main(argv=None) -> list[dict]:
     times = csv_list(args.times, int)
     if any(t < 0 for t in times):
         p.error(f"--times must be integers >= 0 (0 = continuous), got {times}")
-    base = load_config(args.config)
+    try:
+        base = grid_lib.override(load_config(args.config), args.set)
+    except ValueError as e:
+        p.error(str(e))
+    todo = cells(schedules, times, [f == "on" for f in fourier], csv_list(args.seeds, int))
+    grid = grid_lib.Grid(args.out, ROW, {"steps": args.steps}, args.keep)
+    make_config = lambda setting: cell_config(base, setting, args.steps)  # noqa: E731
+    rows = grid.run(todo, make_config, measure, args.report_only)
     os.makedirs(args.out, exist_ok=True)
-    rows = [
-        run_cell(base, name, setting, args.steps, args.out)
-        for name, setting in cells(
-            schedules, times, [f == "on" for f in fourier], csv_list(args.seeds, int)
-        )
-    ]
     write_report(rows, args.out)
     print(f"→ {args.out}/results.json, results.md, bpd.png, gamma.png")
     return rows

@@ -1,6 +1,6 @@
 """The official 2-D colab against this project on the same swirl, side by side in one run.
 
-    python experiments/bench_swirl.py --official=/path/to/google-research/vdm \
+    python experiments/benchmarks/bench_swirl.py --official=/path/to/google-research/vdm \
         --configs=configs/swirl2d_colab.py,configs/swirl2d.py --steps=20000 --rounds=1
 
 `--official` is a checkout of google-research/vdm (public on GitHub; nothing of it is part of
@@ -24,7 +24,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiments.common import ROOT
+
 SKIP_PREFIXES = ("%", "from google.colab", "from IPython", "import pylab")
 
 
@@ -115,7 +116,7 @@ def main(argv=None) -> dict:
                 runs[c].append(run_project(c, args.steps, args.repeats, wd))
             print(f"round {r}: {c} {runs[c][-1]}", flush=True)
     ref = sum(x["wall_s"] for x in runs["colab (official notebook)"])
-    command = "python experiments/bench_swirl.py " + " ".join(
+    command = "python experiments/benchmarks/bench_swirl.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     summary = {

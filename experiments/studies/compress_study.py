@@ -2,20 +2,22 @@
 
 `codelength_rows(run, params, images, steps)` codes the same images at each T (one message,
 round trip checked bit-exact) and evaluates the T-step negative ELBO of the same images; the
-script experiments/compress_table.py and notebooks/compression_mnist.py both call it.
+script experiments/studies/compress_table.py and notebooks/compression_mnist.py both call it.
 `merge_rows` pools the rows of runs over disjoint image ranges (a long T split across runs).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 
 import jax
 import numpy as np
 
 from vdm import data
-from vdm.compress import api
+from vdm.compress import api, baselines, container
 from vdm.eval import likelihood
 from vdm.model import VDM
 
@@ -61,6 +63,49 @@ def code_once(codec: api.Codec, images: np.ndarray) -> dict:
         "encode_s_per_image": t_enc / n,
         "decode_s_per_image": t_dec / n,
     }
+
+
+def file_by_n(codec: api.Codec, images: np.ndarray, ns: list[int], meta: dict) -> list[dict]:
+    """The `.vdmz` file of the first n images, for each n in `ns`: written as `--mode=compress`
+    writes it (header, words, CRCs) and measured in bits per dimension, beside the net
+    codelength, the stored clean bits and the classical codecs' files of the same n images."""
+    rows = []
+    for n in ns:
+        sub = images[:n].astype(np.int64)
+        msg = codec.encode(sub)
+        header = api.file_header(codec, images[:n], msg, meta)
+        with tempfile.TemporaryDirectory() as d:
+            size = container.write(os.path.join(d, "images.vdmz"), header, msg.words)
+        dims = n * codec.dims
+        rows.append(
+            {
+                "n": n,
+                "file_bytes": size,
+                "file_bpd": 8 * size / dims,
+                "net_bpd": msg.net_bits / dims,
+                "clean_bpd": msg.clean_bits / dims,
+                "classical_bpd": baselines.classical_bpd(images[:n]),
+            }
+        )
+    return rows
+
+
+def crossover(rows: list[dict], dims: int) -> dict:
+    """Per classical codec: the number of images from which the `.vdmz` file is the smaller,
+    from a least-squares line through the file's bits against n (a fixed cost + a cost per
+    image) and the codec's bpd at the largest n measured. A value beyond the largest n is an
+    extrapolation (the codec's bpd also falls as it sees more images); None: never."""
+    n = np.array([r["n"] for r in rows], float)
+    bits = np.array([8 * r["file_bytes"] for r in rows], float)
+    per_image, fixed = np.polyfit(n, bits, 1) if len(rows) > 1 else (bits[0] / n[0], 0.0)
+    last = max(rows, key=lambda r: r["n"])
+    out = {"fixed_bits": float(fixed), "bits_per_image": float(per_image), "by_codec": {}}
+    for codec, bpd in last["classical_bpd"].items():
+        margin = bpd * dims - per_image  # the codec's bits per image minus the file's
+        # the least n with fixed + per_image · n < bpd · dims · n (strictly smaller)
+        out["by_codec"][codec] = math.floor(fixed / margin + 1e-9) + 1 if margin > 0 else None
+    out["measured_up_to"] = int(last["n"])
+    return out
 
 
 def codelength_rows(
