@@ -41,10 +41,21 @@ def override(config, items: list[str]):
     for item in items:
         key, sep, value = item.partition("=")
         section, _, field = key.partition(".")
-        if not sep or section not in config or field not in config[section]:
+        if not (sep and field) or section not in config or field not in config[section]:
             raise ValueError(f"--set: {key!r} is not a config field (section.field=value)")
         old = config[section][field]
-        config[section][field] = value == "True" if isinstance(old, bool) else type(old)(value)
+        if isinstance(old, bool):
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--set: {key} takes True or False, got {value!r}")
+            config[section][field] = value.lower() == "true"
+        elif isinstance(old, int | float | str):
+            try:
+                config[section][field] = type(old)(value)
+            except ValueError:
+                kind = type(old).__name__
+                raise ValueError(f"--set: {key} takes a {kind}, got {value!r}") from None
+        else:
+            raise ValueError(f"--set: {key} is a {type(old).__name__}: set it in a config file")
     return config
 
 
@@ -80,11 +91,14 @@ class Grid:
     row_file: str
     key: dict  # fields every row carries, and a finished row must match to count
     keep: str = ""
+    legacy: Callable[[dict], bool] | None = None  # also accept rows of an earlier format
 
     def workdir(self, name: str) -> str:
         return os.path.join(self.out, "cells", name)
 
     def matches(self, row: dict) -> bool:
+        if self.legacy is not None and self.legacy(row):
+            return True
         return all(row.get(k) == v for k, v in self.key.items())
 
     def finished(self, name: str) -> dict | None:

@@ -107,7 +107,7 @@ plt.show()
 # %% [markdown]
 # ## ELBO against the probability-flow ODE
 # The PF-ODE gives the likelihood of uniformly dequantized data (an upper bound on the
-# discrete bpd, see `vdm.likelihood.dequantize`); the ELBO bounds the discrete bpd directly.
+# discrete bpd, see `vdm.eval.likelihood.dequantize`); the ELBO bounds the discrete bpd directly.
 # Both on the same first test examples.
 
 # %%

@@ -110,7 +110,7 @@ plt.show()
 # ## ELBO against the probability-flow ODE, on the same test images
 # The ELBO bounds the discrete bpd through the exact decoder; the PF-ODE (diffrax Tsit5,
 # Hutchinson trace) is the density of uniformly dequantized data, which bounds it too
-# (`vdm.likelihood.dequantize`). Both on the first N test images.
+# (`vdm.eval.likelihood.dequantize`). Both on the first N test images.
 
 # %%
 config.eval.pf_ode_examples = config.eval.pf_ode_batch_size = N

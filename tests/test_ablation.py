@@ -92,3 +92,42 @@ def test_fourier_ablation_reports_kept_cells_without_training(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fourier_ablation.main([*grid, "--report-only", "--steps=40", "--every=20"])
     assert "no finished cell" in capsys.readouterr().err
+
+
+def test_a_fourier_row_of_the_earlier_format_still_counts_as_finished(tmp_path, capsys):
+    """Rows written before the shared grid runner carried their settings as a `key` list."""
+    import json
+
+    from experiments.studies import fourier_ablation
+
+    keep, out = tmp_path / "keep", tmp_path / "out"
+    old = dict(cell="off", seed=0, key=[20, 10, 8, 1], wall_s=1.0, gammas=[-13.0, 6.0],
+               by_gamma=[0.1, 0.01], curve=[dict(step=20, bpd=2.5, bpd_se=0.1, recon=0.1,
+               prior=0.0, diffusion=2.4, gamma_0=-13.0, gamma_1=5.0)])  # fmt: skip
+    (keep / "off_seed0").mkdir(parents=True)
+    (keep / "off_seed0" / "fourier_cell.json").write_text(json.dumps(old))
+    grid = ["--cells=off", "--seeds=0", "--steps=20", "--every=10", "--repeats=1"]
+    grid += ["--eval_examples=8", f"--out={out}", f"--keep={keep}", "--report-only"]
+    assert fourier_ablation.main(grid) == [old]
+    with pytest.raises(SystemExit):  # measured under other settings: not this grid's
+        fourier_ablation.main([*grid, "--repeats=2"])
+
+
+def test_config_overrides_are_typed_and_refuse_what_they_cannot_set():
+    from experiments import grid
+    from vdm.run.config import load_file
+
+    c = grid.override(
+        load_file("configs/digits.py:smoke"),
+        ["training.num_steps=7", "model.fourier_features=false", "schedule.name=cosine"],
+    )
+    assert c.training.num_steps == 7 and c.model.fourier_features is False
+    assert c.schedule.name == "cosine"
+    for item, match in [
+        ("model.fourier_features=yes", "True or False"),
+        ("training.num_steps=many", "takes a int"),
+        ("seed=1", "not a config field"),
+        ("model.n_embed=8", "not a config field"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            grid.override(load_file("configs/digits.py:smoke"), [item])

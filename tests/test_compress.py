@@ -647,17 +647,24 @@ def test_the_studys_file_size_is_the_file_compress_writes(trained, tmp_path):
 
 
 def test_crossover_is_where_a_fixed_cost_plus_a_cost_per_image_meets_the_codec():
-    """File of 100 + 10 n bytes (800 + 80 n bits), 8 dims per image: against 20 bpd (160 bits
-    an image) it is equal at n = 10 and smaller from 11 on; against 5 bpd (40 bits) never."""
+    """File of 100 + 10 n bytes (800 + 80 n bits) with a net codelength of 10 bpd (80 bits an
+    image of 8 dims): against 20 bpd (160 bits an image) it is equal at n = 10 and smaller from
+    11 on; against 5 bpd (40 bits) never. The fixed cost is read off the largest file."""
     from experiments.studies import compress_study as study
 
     rows = [
-        {"n": n, "file_bytes": 100 + 10 * n, "classical_bpd": {"xz": 20.0, "png": 5.0}}
+        {
+            "n": n,
+            "file_bytes": 100 + 10 * n,
+            "net_bpd": 10.0,
+            "classical_bpd": {"xz": 20.0, "png": 5.0},
+        }
         for n in (4, 16, 64)
     ]
     got = study.crossover(rows, dims=8)
     assert got["fixed_bits"] == pytest.approx(800) and got["bits_per_image"] == pytest.approx(80)
     assert got["by_codec"] == {"xz": 11, "png": None} and got["measured_up_to"] == 64
+    assert study.crossover(rows[2:], dims=8) == got  # the largest file decides
 
 
 def test_merging_runs_on_disjoint_images_pools_their_figures_exactly(tmp_path):

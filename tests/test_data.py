@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from vdm import data
 from vdm.configs import cifar10, default, fashion_mnist, mnist, swirl2d
+from vdm.data import datasets
 
 
 def test_batches_are_a_pure_function_of_seed_and_step_and_cover_each_epoch():
@@ -110,7 +111,7 @@ def test_fashion_mnist_reads_idx_files(tmp_path):
 
 
 def test_missing_fashion_mnist_is_one_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     c = fashion_mnist.get_config().data
     c.data_dir = str(tmp_path)
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):

@@ -31,6 +31,21 @@ def test_an_old_path_is_the_moved_module_with_a_warning(old):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+def test_the_warning_shows_under_default_filters_at_the_users_import():
+    """Python shows a DeprecationWarning by default only when it points into __main__."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import vdm.elbo"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert "<string>:1: DeprecationWarning: vdm.elbo moved to vdm.core.elbo" in out.stderr
+
+
+def test_python_dash_m_of_an_old_path_runs_the_new_module():
+    out = subprocess.run(
+        [sys.executable, "-m", "vdm.plot", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0 and "usage: vdm plot" in out.stdout, out.stderr
+
+
 def test_every_new_home_exists_and_no_old_file_is_left():
     for old, new in _moved.MOVED.items():
         assert importlib.util.find_spec(new) is not None, new

@@ -60,7 +60,7 @@ def test_mlp_for_2d_data_and_class_conditioning():
 
 
 def _eps_reference(head, z, out, gamma):
-    """ε from a network output, from the definitions alone (float64 numpy, not vdm.diffusion):
+    """ε from a network output, from the definitions alone (float64 numpy, not vdm.core.diffusion):
     z = α x + σ ε with α² = sigmoid(−γ), σ² = sigmoid(γ); v = α ε − σ x; score = −ε / σ."""
     z, out = np.asarray(z, np.float64), np.asarray(out, np.float64)
     g = np.asarray(gamma, np.float64).reshape(-1, *([1] * (z.ndim - 1)))

@@ -376,7 +376,7 @@ def test_objective_config_errors_name_the_field(overrides, match):
 def test_weighted_objective_trains_and_eval_reports_the_elbo(tmp_path):
     """A digits smoke run trained with sigmoid(b − λ) under EDM's p(λ): the train metrics
     are named `objective` (it is not a bound), and eval reports the ELBO of the restored EMA
-    parameters, recomputed here term by term (VDM eq. 11, `vdm.elbo`'s functions) over the
+    parameters, recomputed here term by term (VDM eq. 11, `vdm.core.elbo`'s functions) over the
     same test examples: with eval's own draws (t, ε, ε₀) to float precision, and with fresh
     draws within the standard errors. The training objective on the same draws, and the ELBO
     of the raw (not EMA) parameters, are far outside those tolerances."""

@@ -211,8 +211,8 @@ def relink(name: str, path: str, out_dir: str) -> dict:
         old.source = new.source
     line = (
         f"*Relinked by `python -m tools.report --relink --only={name}` at commit "
-        f"{_commit()}, {datetime.date.today().isoformat()}: only import lines and prose changed "
-        "since the run; the outputs are the run's.*"
+        f"{_commit()}, {datetime.date.today().isoformat()}: only the notebook's import lines and "
+        "prose changed since the run (the library may have); the outputs are the run's.*"
     )
     kept = [p for p in header.source.split("\n\n") if not p.startswith("*Relinked by ")]
     header.source = "\n\n".join([*kept, line])  # the latest relink replaces an earlier one

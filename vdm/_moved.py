@@ -55,6 +55,10 @@ class _Alias(importlib.abc.Loader):
     def exec_module(self, module):
         module.__spec__ = self.spec  # the import system set the alias's spec: put it back
 
+    def get_code(self, fullname):
+        """`python -m OLD` (runpy) runs the new module's code."""
+        return importlib.util.find_spec(self.new).loader.get_code(self.new)
+
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
@@ -63,7 +67,7 @@ class _Finder(importlib.abc.MetaPathFinder):
         new = MOVED.get(fullname)
         if new is None:
             return None
-        warnings.warn(f"{fullname} moved to {new}", DeprecationWarning, stacklevel=3)
+        warnings.warn(f"{fullname} moved to {new}", DeprecationWarning, stacklevel=2)
         return importlib.util.spec_from_loader(fullname, _Alias(new))
 
 

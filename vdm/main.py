@@ -110,7 +110,7 @@ def run_mode(
     from vdm.run import workdir as workdir_lib
     from vdm.run.session import Run
 
-    if line := runtime.describe(jax.default_backend()):
+    if jax.process_index() == 0 and (line := runtime.describe(jax.default_backend())):
         print(line, flush=True)
     if mode == "train":
         return train.train_and_evaluate(config, workdir, reset=reset)
@@ -287,7 +287,7 @@ def main(argv):
 
 
 def _os_error(e: OSError) -> str:
-    """`cannot write PATH: reason` (vdm.workdir.WriteError), `PATH: reason`, or the text."""
+    """`cannot write PATH: reason` (vdm.run.workdir.WriteError), `PATH: reason`, or the text."""
     from vdm.run.workdir import WriteError
 
     if e.filename and e.strerror and not isinstance(e, WriteError):

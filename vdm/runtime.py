@@ -88,6 +88,6 @@ def describe(backend: str) -> str:
     if STATUS == "late":
         return (
             "XLA:CPU: vdm's runtime defaults were not applied (a JAX backend had started "
-            "before `import vdm`); convolutions run through YNNPACK"
+            "before `import vdm`); XLA:CPU keeps convolutions in YNNPACK"
         )
     return ""

@@ -1,6 +1,6 @@
 """One eval + sample cycle of a run, as the train loop does it every `eval_every` steps:
 jitted functions rebuilt on every cycle (the code before this benchmark's change) against
-built once per run and split over the mesh (`vdm.session.Run`), on 1 and 2 devices.
+built once per run and split over the mesh (`vdm.run.session.Run`), on 1 and 2 devices.
 
     python experiments/benchmarks/bench_eval_cycle.py [--config digits] [--cycles 3] [--devices 1,2]
         [--out results/bench_eval_cycle.json]

@@ -8,7 +8,7 @@ Both sides integrate the same augmented ODE [z, Δ log p] of the same network in
 rtol = atol, and report the same bpd. The reference is the way score_sde computes
 likelihoods: `scipy.integrate.solve_ivp` (RK45, Dormand–Prince 5(4)) over the whole batch as
 one flat state, calling one jitted drift-and-trace function per evaluation (a host round trip
-each). The project's path is one jitted diffrax solve per batch (`vdm.likelihood`): vmapped,
+each). The project's path is one jitted diffrax solve per batch (`vdm.eval.likelihood`): vmapped,
 each image with its own step sizes (`eval.pf_ode_step_control=per_example`, the default),
 with Tsit5 (the default solver) and Dopri5 (RK45's method); and Dopri5 with the batch as one
 ODE under one step size (`step_control=batch`, the reference's own error control).

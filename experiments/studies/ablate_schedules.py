@@ -32,7 +32,7 @@ SCHEDULES = ("fixed_linear", "cosine", "learned_scalar", "learned_net", "learned
 
 
 def load_config(spec: str):
-    """`path/to/config.py[:arg]` → the config (`vdm.config.load_file`)."""
+    """`path/to/config.py[:arg]` → the config (`vdm.run.config.load_file`)."""
     from vdm.run.config import load_file
 
     return load_file(spec)

@@ -91,19 +91,24 @@ def file_by_n(codec: api.Codec, images: np.ndarray, ns: list[int], meta: dict) -
 
 
 def crossover(rows: list[dict], dims: int) -> dict:
-    """Per classical codec: the number of images from which the `.vdmz` file is the smaller,
-    from a least-squares line through the file's bits against n (a fixed cost + a cost per
-    image) and the codec's bpd at the largest n measured. A value beyond the largest n is an
-    extrapolation (the codec's bpd also falls as it sees more images); None: never."""
-    n = np.array([r["n"] for r in rows], float)
-    bits = np.array([8 * r["file_bytes"] for r in rows], float)
-    per_image, fixed = np.polyfit(n, bits, 1) if len(rows) > 1 else (bits[0] / n[0], 0.0)
+    """Per classical codec: the number of images from which the `.vdmz` file is the smaller.
+
+    Once the message spans a chunk, the file is a fixed cost F (the stored clean bits, about
+    one chunk's latents, the header and the CRCs) plus the net codelength per further image;
+    F is read off the largest file measured, F = bits(N) − net · D · N. (A straight line
+    through all sizes would be wrong: a message shorter than one chunk stores fewer clean
+    bits.) Against a codec's bpd c at the largest N, the file is smaller from
+    n = ⌊F / ((c − net) D)⌋ + 1; None where the codec costs less per image than the net
+    codelength. Beyond N this is an extrapolation, and an optimistic one: a codec's bpd also
+    falls as it sees more images."""
     last = max(rows, key=lambda r: r["n"])
+    per_image = last["net_bpd"] * dims
+    fixed = 8 * last["file_bytes"] - per_image * last["n"]
     out = {"fixed_bits": float(fixed), "bits_per_image": float(per_image), "by_codec": {}}
     for codec, bpd in last["classical_bpd"].items():
         margin = bpd * dims - per_image  # the codec's bits per image minus the file's
-        # the least n with fixed + per_image · n < bpd · dims · n (strictly smaller)
-        out["by_codec"][codec] = math.floor(fixed / margin + 1e-9) + 1 if margin > 0 else None
+        smaller = math.floor(max(fixed, 0.0) / margin + 1e-9) + 1
+        out["by_codec"][codec] = smaller if margin > 0 else None
     out["measured_up_to"] = int(last["n"])
     return out
 
@@ -165,6 +170,8 @@ def image_mean(rows: list[dict], fields) -> dict:
 def _merge_one(rows: list[dict]) -> dict:
     n = sum(r["n"] for r in rows)
     out = dict(rows[0], n=n, starts=[r.get("start", 0) for r in rows], parts=len(rows))
+    for field in ("file_by_n", "file_crossover"):  # one part's images, not the pooled set's
+        out.pop(field, None)
     means = ("net_bpd", "coded_prob_bpd", "gaussian_bpd", "clean_bpd")
     out.update(image_mean(rows, (*means, "encode_s_per_image", "decode_s_per_image")))
     # net_se = std(per-image bits, ddof 0) / dims / sqrt(n)  (`code_once`).

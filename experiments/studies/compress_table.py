@@ -79,6 +79,9 @@ def main(argv=None):
             f"--start={a.start} with --n={a.n}: no test image (the split has {len(run.test_split)})"
         )
     images = run.test_split.get(np.arange(a.start, stop))["image"]
+    file_ns = sorted({k for k in _ints(a.file_n) if 0 < k <= stop - a.start})
+    if a.file_n and not file_ns:
+        p.error(f"--file_n needs image counts in [1, {stop - a.start}], got {a.file_n!r}")
     n = len(images)
     classical = baselines.classical_bpd(images) if run.model.vocab_size <= 256 else {}
     print(
@@ -101,8 +104,8 @@ def main(argv=None):
     if a.file_n:
         from vdm.compress import api
 
-        meta = api.identity(run, params, step)
-        ns = [k for k in _ints(a.file_n) if k <= n]
+        meta = {**api.identity(run, params, step), "names": None}  # as from an .npz
+        ns = file_ns
         for row in rows:
             codec = api.Codec(
                 run.model, params, run.x_shape, row["steps"], row["latent_bits"],

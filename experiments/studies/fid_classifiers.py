@@ -3,8 +3,8 @@
     python experiments/studies/fid_classifiers.py --data=digits,mnist,fashion_mnist \
         --out=results/fid_classifiers.json
 
-Each is `vdm.fid.FeatureNet` trained on the data's training split with the recipe in
-`vdm.fid.RECIPES` (fixed seed), cached under the user's cache directory by a hash of the
+Each is `vdm.eval.fid.FeatureNet` trained on the data's training split with the recipe in
+`vdm.eval.fid.RECIPES` (fixed seed), cached under the user's cache directory by a hash of the
 recipe and the data; the accuracy is on the whole test split. Also reports the train-vs-test
 FID at N = min(test size, 10,000): the floor of any model's FID at that N.
 """

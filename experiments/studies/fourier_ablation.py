@@ -46,7 +46,7 @@ GAMMA_GRID = (-13.0, 6.0, 39)  # the fixed γ grid of the per-noise-level loss
 
 
 def load_config(spec: str):
-    """`path/to/config.py[:arg]` → the config (`vdm.config.load_file`)."""
+    """`path/to/config.py[:arg]` → the config (`vdm.run.config.load_file`)."""
     from vdm.run.config import load_file
 
     return load_file(spec)
@@ -231,7 +231,9 @@ def main(argv=None) -> list[dict]:
     todo = [
         (f"{c}_seed{s}", {"cell": c, "seed": s}) for s in csv_list(args.seeds, int) for c in cells
     ]
-    grid = grid_lib.Grid(args.out, ROW, grid_key(args), args.keep)
+    key = grid_key(args)
+    old = [key["steps"], key["every"], key["eval_examples"], key["repeats"]]  # rows before 12-04
+    grid = grid_lib.Grid(args.out, ROW, key, args.keep, legacy=lambda row: row.get("key") == old)
     make_config = lambda setting: cell_config(base, setting, args.steps, args.every)  # noqa: E731
     rows = grid.run(todo, make_config, make_measure(args), args.report_only)
     os.makedirs(args.out, exist_ok=True)

@@ -1,6 +1,6 @@
 """Defaults shared by every experiment config; each config overrides what it needs.
 
-Every field is one ablation axis or one setting of the run; `vdm.config.validate` checks them
+Every field is one ablation axis or one setting of the run; `vdm.run.config.validate` checks them
 and names the allowed values when one is wrong.
 """
 
@@ -49,15 +49,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Training objective (Kingma & Gao 2023): the diffusion term weighted by w(λ) under a noise
     # distribution p(λ), λ = −γ; eval always reports the true ELBO (w = 1) in bpd.
     c.objective = ml_collections.ConfigDict()
-    c.objective.weighting = "elbo"  # see vdm.objectives.WEIGHTINGS
+    c.objective.weighting = "elbo"  # see vdm.core.objectives.WEIGHTINGS
     c.objective.weighting_shift = 0.0  # b of sigmoid(b − λ)
-    c.objective.noise_dist = "uniform_t"  # see vdm.objectives.NOISE_DIST_NAMES
+    c.objective.noise_dist = "uniform_t"  # see vdm.core.objectives.NOISE_DIST_NAMES
     c.objective.noise_shift = 0.0  # shifts p(λ) along λ
     c.objective.adaptive_bins = 100  # noise_dist='adaptive': histogram bins over [λ_min, λ_max]
     c.objective.adaptive_decay = 0.99  # ... and the EMA decay of each bin's mean loss
 
     c.schedule = ml_collections.ConfigDict()
-    c.schedule.name = "learned_net"  # see vdm.schedules.SCHEDULES
+    c.schedule.name = "learned_net"  # see vdm.core.schedules.SCHEDULES
     c.schedule.gamma_min = -13.3
     c.schedule.gamma_max = 5.0
     c.schedule.n_features = 1024

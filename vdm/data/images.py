@@ -42,7 +42,7 @@ def save_samples(
 ) -> str:
     """Save integer samples as a PNG: a grid for images, a scatter for 2-D points.
 
-    `vocab_size` is an int (bin-centre encoding) or a `vdm.elbo.Encoding`; 2-D points are drawn
+    `vocab_size` is an int (bin-centre encoding) or a `vdm.core.elbo.Encoding`; 2-D points are drawn
     in model space, over `reference` (integer data points, grey) when given.
     """
     import matplotlib.image

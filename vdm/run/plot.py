@@ -1,4 +1,4 @@
-"""A quick look at runs: `python -m vdm.plot WORKDIR [WORKDIR …] [--out=PNG]` (or `vdm plot`).
+"""A quick look at runs: `python -m vdm.run.plot WORKDIR [WORKDIR …] [--out=PNG]` (or `vdm plot`).
 
 Reads each run's `metrics.jsonl` (the source of truth) and draws, against training steps, one
 figure of four panels: the bound in bpd (train, and eval ± its standard error), its terms
