@@ -115,3 +115,32 @@ def test_plot_series_follow_the_metrics_file(tmp_path):
     assert plot.main([str(tmp_path), "--out", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 10_000
     assert plot.main([str(tmp_path / "missing")]) == 1
+
+
+def test_plot_marks_each_eval_file_with_how_it_was_made(tmp_path):
+    rows = [{"step": s, "split": "train", "bpd": 3.0 - s / 100} for s in (10, 20, 30)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pf_record = {
+        "estimator": "pf_ode_iw",
+        "dequantization": "truncated_normal",
+        "importance_samples": 4,
+        "trace": "hutchinson",
+        "probe": "rademacher",
+        "probes": 4,
+        "solver": "tsit5",
+        "rtol": 1e-5,
+        "atol": 1e-5,
+        "checkpoint_step": 30,
+    }
+    elbo_record = {"estimator": "elbo", "time": "continuous", "repeats": 2, "checkpoint_step": 30}
+    result = {"step": 30, "bpd": 2.8, "bpd_se": 0.1, "elbo_record": elbo_record}
+    result.update(pf_ode_bpd=2.6, pf_ode_bpd_se=0.2, pf_ode_record=pf_record)
+    (tmp_path / "eval_step_30.json").write_text(json.dumps(result))
+    (tmp_path / "eval_step_20.json").write_text(json.dumps({"step": 20, "bpd": 2.9}))  # old
+    (tmp_path / "eval_step_30_1.json").write_text("{ half a file")  # skipped, not fatal
+    points = plot.eval_points(str(tmp_path))
+    assert [(s, b) for s, b, _, _ in points] == [(20, 2.9), (30, 2.6), (30, 2.8)]
+    assert points[0][3] == "ELBO" and points[2][3] == "ELBO: ELBO, continuous, repeats 2"
+    assert points[1][3].startswith("PF-ODE: truncated_normal dequantization, K = 4, Hutchinson ×4")
+    assert "not a strict bound" in points[1][3]
+    assert plot.main([str(tmp_path), "--out", str(tmp_path / "p.png")]) == 0

@@ -105,7 +105,9 @@ def test_pf_ode_cell_volume_follows_the_encoding():
     np.testing.assert_allclose(
         likelihood.log_bin_volume((2,), enc), np.log(1 / 40) + np.log(1 / 10), rtol=1e-6
     )
-    np.testing.assert_allclose(likelihood.log_bin_volume((4, 4, 1), 256), 16 * np.log(2 / 256))
+    np.testing.assert_allclose(
+        likelihood.log_bin_volume((4, 4, 1), elbo.Encoding.bin_centres(256)), 16 * np.log(2 / 256)
+    )
 
 
 def test_config_rejects_an_unknown_encoding_and_a_skip_on_other_heads():

@@ -115,7 +115,24 @@ def test_discrete_elbo_bounds_the_exact_log_probability():
 
 def test_dequantization_stays_in_its_bin():
     x_int = jax.random.randint(jax.random.key(0), (1000, 3), 0, 17)
-    y = likelihood.dequantize(jax.random.key(1), x_int, 17)
+    y = likelihood.dequantize(jax.random.key(1), x_int, elbo.Encoding.bin_centres(17))
     centre = elbo.encode(x_int, 17)
     assert jnp.all(jnp.abs(y - centre) <= 1.0 / 17 + 1e-6)
     assert float(jnp.std(y - centre)) > 0.5 / 17 / math.sqrt(3)  # really spread over the bin
+
+
+def test_pf_ode_bpd_refuses_a_non_finite_example_instead_of_averaging_it():
+    class Split:
+        def __len__(self):
+            return 5
+
+        def get(self, idx):
+            return {"image": np.zeros((len(idx), 2), np.int32)}
+
+    def step(params, x, offset):  # example 3 (global index) is −inf
+        idx = offset + jnp.arange(x.shape[0])
+        bpd = jnp.where(idx == 3, -jnp.inf, 1.0)
+        return bpd, {"steps": jnp.ones(x.shape[0], jnp.int32)}
+
+    with pytest.raises(FloatingPointError, match=r"1 of 5 test examples \(first indices \[3\]\)"):
+        likelihood.pf_ode_bpd(None, None, Split(), 2, jax.random.key(0), step_fn=step)

@@ -314,10 +314,34 @@ def test_monotone_flags_match_the_functions():
 def test_noise_distributions_are_densities_with_matching_cdfs():
     for name in objectives.NOISE_DISTS:
         d = objectives.noise_dist(name, shift=0.5)
+        if not d.normalised:
+            continue  # alpha_sq: finite mass on a range only, next test
         total, _ = integrate.quad(lambda v, d=d: float(jnp.exp(d.log_pdf(v))), -60, 60, limit=200)
         np.testing.assert_allclose(total, 1.0, rtol=1e-5)
         q = jnp.array([0.01, 0.3, 0.5, 0.9])
         np.testing.assert_allclose(d.cdf(d.icdf(q)), q, atol=1e-5)
+
+
+def test_alpha_sq_noise_distribution_normaliser_and_inverse_in_closed_form():
+    """p(λ) ∝ sigmoid(λ − s) on [λ_min, λ_max] (i-DODE): the mass over the range is
+    log[(1 + e^{λ_max−s}) / (1 + e^{λ_min−s})], the CDF's inverse inverts it, and draws by
+    inverse transform follow the truncated density."""
+    s, lo, hi = 0.5, -13.0, 5.0
+    d = objectives.noise_dist("alpha_sq", shift=s)
+    mass, _ = integrate.quad(lambda v: float(jnp.exp(d.log_pdf(v))), lo, hi, limit=200)
+    closed = math.log((1 + math.exp(hi - s)) / (1 + math.exp(lo - s)))
+    np.testing.assert_allclose(mass, closed, rtol=1e-6)
+    np.testing.assert_allclose(float(d.cdf(hi) - d.cdf(lo)), closed, rtol=1e-6)
+    lam = jnp.array([-12.0, -3.0, 0.0, 4.0])
+    np.testing.assert_allclose(d.icdf(d.cdf(lam)), lam, atol=1e-4)
+    u = (jnp.arange(4000) + 0.5) / 4000
+    draws, inv_p = objectives.sample_lambda(u, d, lo, hi)
+    assert float(draws.min()) >= lo and float(draws.max()) <= hi
+    mid = 0.5 * (float(d.cdf(lo)) + float(d.cdf(hi)))
+    np.testing.assert_allclose(float(jnp.median(draws)), float(d.icdf(mid)), atol=0.02)
+    # E[1/p(λ)] = the range's length (on a range where 1/p is smooth enough for a u-grid)
+    _, inv_p = objectives.sample_lambda(u, d, -2.0, 3.0)
+    np.testing.assert_allclose(float(inv_p.mean()), 5.0, rtol=1e-3)
 
 
 def test_bad_names_are_one_clear_error():

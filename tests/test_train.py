@@ -80,17 +80,49 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(resumed_and_straight):
 
 def test_eval_and_sample_modes(resumed_and_straight):
     a, _ = resumed_and_straight
-    vdm_main(
+    printed = vdm_main(
         f"--workdir={a}",
         "--mode=eval",
         "--config.eval.pf_ode=True",
         "--config.eval.pf_ode_examples=8",
         "--config.eval.repeats=2",
-    )
+        "--config.eval.dequantization=truncated_normal",
+    ).stdout
     result = json.load(open(os.path.join(a, "eval_step_6.json")))
     assert result["n"] == 200 and np.isfinite(result["bpd"]) and result["bpd_se"] > 0
     assert result["pf_ode_n"] == 8 and np.isfinite(result["pf_ode_bpd"])
     assert result["pf_ode_nfe_max"] > 0
+    # every number says how it was made, in the JSON and the printed line
+    elbo_rec, pf_rec = result["elbo_record"], result["pf_ode_record"]
+    assert elbo_rec == {
+        "estimator": "elbo",
+        "time": "continuous",
+        "repeats": 2,
+        "matmul_precision": "highest",
+        "dataset": "digits",
+        "split": "test",
+        "test_examples": 100,
+        "version": elbo_rec["version"],
+        "examples": 100,
+        "checkpoint_step": 6,
+    }
+    assert {
+        "estimator": "pf_ode",
+        "dequantization": "truncated_normal",
+        "importance_samples": 1,
+        "trace": "hutchinson",
+        "probe": "rademacher",
+        "probes": 1,
+        "solver": "tsit5",
+        "matmul_precision": "highest",
+        "dataset": "digits",
+        "split": "test",
+        "n": 8,
+        "checkpoint_step": 6,
+    }.items() <= pf_rec.items()
+    assert pf_rec["nfe_max"] == result["pf_ode_nfe_max"] and pf_rec["rtol"] > 0
+    assert "truncated_normal dequantization, K = 1, Hutchinson ×1 rademacher trace" in printed
+    assert "ELBO, continuous, repeats 2" in printed
     total = result["recon"] + result["prior"] + result["diffusion"]
     np.testing.assert_allclose(result["bpd"], total, rtol=1e-6)
     out = vdm_main(f"--workdir={a}", "--mode=sample", f"--checkpoint={a}/checkpoints/4")

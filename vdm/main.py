@@ -122,15 +122,24 @@ def run_mode(
     run.ckpt.move_damaged = False  # a live run may be training here: skip damage, move nothing
     params, step = _load_params(run, checkpoint_path)
     if mode == "eval":
+        from vdm.eval import likelihood
+
         result = {"step": step}
         if config.eval.elbo:
             result.update(run.evaluate(params))
-            print(f"ELBO   test bpd {result['bpd']:.4f} ± {result['bpd_se']:.4f} (n={result['n']})")
+            result["elbo_record"]["checkpoint_step"] = step
+            print(
+                f"ELBO   test bpd {result['bpd']:.4f} ± {result['bpd_se']:.4f} (n={result['n']}; "
+                f"{likelihood.describe(result['elbo_record'])}; step {step})"
+            )
         if config.eval.pf_ode:
             result.update(run.evaluate_pf_ode(params))
+            result["pf_ode_record"]["checkpoint_step"] = step
             print(
                 f"PF-ODE test bpd {result['pf_ode_bpd']:.4f} ± {result['pf_ode_bpd_se']:.4f} "
-                f"(n={result['pf_ode_n']}, NFE ≤ {result['pf_ode_nfe_max']})"
+                f"(n={result['pf_ode_n']}; {likelihood.describe(result['pf_ode_record'])}; "
+                f"NFE mean {result['pf_ode_nfe_mean']:.0f}, max {result['pf_ode_nfe_max']}; "
+                f"step {step})"
             )
         if jax.process_index() == 0:  # every process computes; one writes
             path = workdir_lib.unused_path(os.path.join(workdir, f"eval_step_{step}.json"))

@@ -38,12 +38,11 @@ def scipy_reference(model, params, x_int, key, rtol, atol):
     """(bpd per image, NFE): solve_ivp RK45 over the batch, one jitted call per evaluation."""
     gamma_fn = model.gamma_fn(params)
     eps_hat = model.eps_hat_fn(params)
-    k_u, k_probe = jax.random.split(key)
     n, d = x_int.shape[0], math.prod(x_int.shape[1:])
-    # The same dequantization and probes as likelihood.pf_ode_bpd_terms (offset 0).
-    y = likelihood.dequantize(jax.random.fold_in(k_u, 0), x_int, model.encoding)
-    keys = likelihood.example_keys(k_probe, n, 0)
-    v = jax.vmap(lambda k: likelihood._probe(k, x_int.shape[1:], "rademacher"))(keys)
+    # The same dequantization and probe as likelihood.pf_ode_bpd_terms (offset 0, one draw).
+    k_deq, k_probe = likelihood.draw_keys(key, n, 0, 1)
+    y = jax.vmap(lambda k, x: likelihood.dequantize(k, x[None], model.encoding)[0])(k_deq[0], x_int)
+    v = jax.vmap(lambda k: likelihood._probe(k, (1, *x_int.shape[1:]), "rademacher")[0])(k_probe[0])
     g0, g1 = float(gamma_fn(jnp.zeros(()))), float(gamma_fn(jnp.ones(())))
     alpha_0 = math.sqrt(1.0 / (1.0 + math.exp(g0)))
 

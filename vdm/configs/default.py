@@ -97,8 +97,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval.pf_ode = False  # ... and/or the probability-flow ODE bpd (dequantized)
     c.eval.pf_ode_examples = 256  # first N test examples (0 = all): the ODE is costly
     c.eval.pf_ode_batch_size = 64
+    # The PF-ODE bound on −log P(x): q(z₀ | x) inside x's bin (uniform | truncated_normal,
+    # i-DODE's), and K draws of it in an importance-weighted bound (vdm/eval/dequantization.py)
+    c.eval.dequantization = "uniform"
+    c.eval.importance_samples = 1  # K; > 1 with hutchinson needs pf_ode_probes >= 4
     c.eval.pf_ode_trace = "hutchinson"  # hutchinson | exact (D JVPs: small data only)
     c.eval.pf_ode_probe = "rademacher"  # rademacher | gaussian
+    c.eval.pf_ode_probes = 1  # Hutchinson probes per draw, averaged
+    c.eval.matmul_precision = "highest"  # default | high | highest, for every eval estimator
     c.eval.pf_ode_solver = "tsit5"
     c.eval.pf_ode_rtol = 1e-5
     c.eval.pf_ode_atol = 1e-5

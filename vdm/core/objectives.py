@@ -137,6 +137,9 @@ class NoiseDist:
     log_pdf: Callable
     cdf: Callable
     icdf: Callable
+    # False for a density that only has a finite mass on a finite range (p ∝ sigmoid(λ)):
+    # `cdf` is then an antiderivative, and only its differences over the range are used.
+    normalised: bool = True
 
 
 def _cosine(shift):
@@ -173,7 +176,26 @@ def _flow_matching(shift):
     )
 
 
-NOISE_DISTS = {"cosine": _cosine, "edm": _edm, "flow_matching": _flow_matching}
+def _alpha_sq(shift):
+    # p(λ) ∝ α²(λ) = sigmoid(λ − s) (i-DODE, Zheng et al. 2023): infinite mass on the line,
+    # finite on [λ_min, λ_max]. Antiderivative softplus(λ − s), so the truncated normaliser is
+    # log[(1 + e^{λ_max−s}) / (1 + e^{λ_min−s})] in closed form, and the inverse of
+    # q = softplus(λ − s) is λ = s + q + log(1 − e^{−q}).
+    return NoiseDist(
+        "alpha_sq",
+        lambda lam: jax.nn.log_sigmoid(lam - shift),
+        lambda lam: jax.nn.softplus(lam - shift),
+        lambda q: shift + q + jnp.log(-jnp.expm1(-q)),
+        normalised=False,
+    )
+
+
+NOISE_DISTS = {
+    "cosine": _cosine,
+    "edm": _edm,
+    "flow_matching": _flow_matching,
+    "alpha_sq": _alpha_sq,
+}
 # 'uniform_t': t ∼ U(0, 1) under the model's own schedule, p(λ) = 1/|dλ/dt|.
 # 'adaptive': a histogram over λ fitted online to the expected weighted loss (K&G §5).
 NOISE_DIST_NAMES = ("uniform_t", *NOISE_DISTS, "adaptive")
@@ -191,7 +213,8 @@ def sample_lambda(u, dist: NoiseDist, lam_min, lam_max):
     """λ ∼ p(λ) truncated to [lam_min, lam_max] by inverse transform of u ∈ [0, 1), and
     1 / p_trunc(λ) (the importance weight of the integral over the range)."""
     lo, hi = dist.cdf(lam_min), dist.cdf(lam_max)
-    q = jnp.clip(lo + u * (hi - lo), 1e-7, 1 - 1e-7)
+    q = lo + u * (hi - lo)
+    q = jnp.clip(q, 1e-7, 1 - 1e-7) if dist.normalised else jnp.clip(q, lo, hi)
     lam = jnp.clip(dist.icdf(q), lam_min, lam_max)
     return lam, (hi - lo) * jnp.exp(-dist.log_pdf(lam))
 

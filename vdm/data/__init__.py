@@ -24,6 +24,7 @@ from vdm.data.datasets import (
     train_batch,
     train_batches,
     validate_batch,
+    version_of,
 )
 from vdm.data.toy import swirl_official
 
@@ -44,4 +45,5 @@ __all__ = [
     "train_batch",
     "train_batches",
     "validate_batch",
+    "version_of",
 ]

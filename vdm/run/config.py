@@ -12,7 +12,7 @@ import jax
 
 from vdm import data, samplers
 from vdm.core import diffusion, elbo, objectives, schedules
-from vdm.eval import likelihood
+from vdm.eval import dequantization, likelihood
 from vdm.networks import DTYPES, FOURIER_GATES, NETWORKS
 from vdm.run import train_step
 
@@ -98,8 +98,10 @@ def _check_names(config) -> None:
     _choice(config.sample.sampler, "sample.sampler", sorted(samplers.SAMPLERS))
     _choice(config.sample.grid, "sample.grid", samplers.GRIDS)
     _choice(config.sample.solver, "sample.solver", sorted(samplers.SOLVERS))
-    _choice(config.eval.pf_ode_trace, "eval.pf_ode_trace", ["hutchinson", "exact"])
-    _choice(config.eval.pf_ode_probe, "eval.pf_ode_probe", ["rademacher", "gaussian"])
+    _choice(config.eval.pf_ode_trace, "eval.pf_ode_trace", likelihood.TRACES)
+    _choice(config.eval.pf_ode_probe, "eval.pf_ode_probe", likelihood.PROBES)
+    _choice(config.eval.dequantization, "eval.dequantization", dequantization.DEQUANTIZATIONS)
+    _choice(config.eval.matmul_precision, "eval.matmul_precision", likelihood.MATMUL_PRECISIONS)
     _choice(config.eval.pf_ode_solver, "eval.pf_ode_solver", sorted(samplers.SOLVERS))
     _choice(config.eval.pf_ode_step_control, "eval.pf_ode_step_control", likelihood.STEP_CONTROLS)
     _choice(config.objective.weighting, "objective.weighting", sorted(objectives.WEIGHTINGS))
@@ -119,6 +121,8 @@ _POSITIVE = (
     "eval.batch_size",
     "eval.repeats",
     "eval.pf_ode_batch_size",
+    "eval.pf_ode_probes",
+    "eval.importance_samples",
     "compress.steps",
     "compress.batch_size",
     "compress.range_stds",
@@ -194,6 +198,14 @@ def _check_combinations(config) -> None:
         )
     if not (config.eval.elbo or config.eval.pf_ode):
         raise ConfigError("eval.elbo and eval.pf_ode are both False: nothing to evaluate")
+    e = config.eval
+    if e.importance_samples > 1 and e.pf_ode_trace == "hutchinson":
+        if e.pf_ode_probes < likelihood.MIN_PROBES_IW:
+            raise ConfigError(
+                f"eval.importance_samples={e.importance_samples} with Hutchinson's trace is "
+                "biased (exp of a noisy log-density): set eval.pf_ode_trace='exact', or "
+                f"eval.pf_ode_probes >= {likelihood.MIN_PROBES_IW}, got {e.pf_ode_probes}"
+            )
     if config.sample.guidance and not config.model.class_conditional:
         raise ConfigError(
             "sample.guidance needs a class-conditional model (model.class_conditional=True), "

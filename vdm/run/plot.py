@@ -4,18 +4,25 @@ Reads each run's `metrics.jsonl` (the source of truth) and draws, against traini
 figure of four panels: the bound in bpd (train, and eval ± its standard error), its terms
 (recon, prior, diffusion), the schedule's endpoints γ₀ and γ₁, and the variance of the
 diffusion-loss estimator. Several workdirs share the axes, one colour each, so comparing
-runs takes one command. Written to `--out`, by default `<first workdir>/metrics.png`.
+runs takes one command. Each `--mode=eval` result in a workdir (`eval_step_<N>*.json`, and
+the end of training's `eval_final.json`) is marked on the bound panel at its checkpoint step,
+labelled with how it was made (its record, `vdm.eval.records.describe`: the ELBO's time and
+repeats, or the PF-ODE's dequantization, K, trace and solver). Written to `--out`, by
+default `<first workdir>/metrics.png`.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import os
 import sys
 import textwrap
 
 import numpy as np
 
+from vdm.eval.records import describe
 from vdm.run.metrics import read_rows
 
 PANELS = (
@@ -42,6 +49,30 @@ def load(workdir: str) -> list[dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{workdir}: no metrics.jsonl (is it a vdm workdir?)")
     return read_rows(path)
+
+
+def eval_points(workdir: str) -> list[tuple[int, float, float, str]]:
+    """(step, bpd, SE, what it is) of every estimate in the workdir's eval JSONs, by step; a
+    file of an older format (no record) is labelled by its estimator only, an unreadable one
+    is skipped."""
+    points = []
+    paths = sorted(glob.glob(os.path.join(workdir, "eval_step_*.json")))
+    for path in [*paths, os.path.join(workdir, "eval_final.json")]:
+        try:
+            with open(path) as f:
+                r = json.load(f)
+        except (OSError, ValueError):
+            continue
+        for key, record, name in (
+            ("bpd", "elbo_record", "ELBO"),
+            ("pf_ode_bpd", "pf_ode_record", "PF-ODE"),
+        ):
+            if isinstance(r.get(key), int | float):
+                rec = r.get(record)
+                what = f"{name}: {describe(rec)}" if isinstance(rec, dict) else name
+                step = (rec or {}).get("checkpoint_step", r.get("step", 0))
+                points.append((int(step), float(r[key]), float(r.get(key + "_se", 0.0)), what))
+    return sorted(points)
 
 
 def plot_runs(workdirs: list[str], out: str, labels: list[str] | None = None) -> str:
@@ -71,7 +102,23 @@ def plot_runs(workdirs: list[str], out: str, labels: list[str] | None = None) ->
                         ax.fill_between(x, y - se, y + se, color=c, alpha=0.2)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("training step")
-    axes[0, 0].legend(fontsize=8)
+    markers = {}
+    for i, w in enumerate(workdirs):  # eval results, one marker per kind of estimate
+        for step, bpd, se, what in eval_points(w):
+            m = markers.setdefault(what, "sDv^<>ph"[len(markers) % 8])
+            axes[0, 0].errorbar(
+                [step],
+                [bpd],
+                [se],
+                fmt=m,
+                color=colours[i % len(colours)],
+                ms=6,
+                capsize=2,
+                label=textwrap.shorten(f"{labels[i]} eval file, {what}", 110),
+            )
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    unique = dict(zip(names, handles, strict=True))  # one entry per run and estimate
+    axes[0, 0].legend(unique.values(), unique.keys(), fontsize=7)
     axes[1, 1].set_yscale("log")
     for ax in axes.flat[:2]:
         lo, hi = _robust_limits(ax)
@@ -86,7 +133,8 @@ def plot_runs(workdirs: list[str], out: str, labels: list[str] | None = None) ->
 
 def _robust_limits(ax):
     """y-limits that ignore the first steps' very large values (the bound starts far above)."""
-    ys = np.concatenate([ln.get_ydata() for ln in ax.get_lines()] or [np.zeros(0)])
+    ys = [np.asarray(ln.get_ydata(), dtype=float).ravel() for ln in ax.get_lines()]
+    ys = np.concatenate(ys or [np.zeros(0)])
     ys = ys[np.isfinite(ys)]
     if len(ys) < 4:
         return None, None

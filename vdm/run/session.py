@@ -99,14 +99,26 @@ class Run:
 
     @functools.cached_property
     def eval_step(self):
-        return likelihood.make_eval_step(self.model, self.n_dims, self.mesh)
+        return likelihood.make_eval_step(
+            self.model, self.n_dims, self.mesh, self.config.eval.matmul_precision
+        )
 
     # ---- evaluation and samples ----
 
+    def data_record(self) -> dict:
+        """The data an eval number is of: dataset, its version where two exist, the split."""
+        d = self.config.data
+        record = {"dataset": d.name, "split": "test", "test_examples": len(self.test_split)}
+        version = data.version_of(d)
+        if version:
+            record["version"] = version
+        return record
+
     def evaluate(self, params) -> dict:
-        """ELBO bpd of the test split: every example once per `eval.repeats`, mean ± SE."""
+        """ELBO bpd of the test split: every example once per `eval.repeats`, mean ± SE, with
+        the record of how it was made (`elbo_record`)."""
         key = jax.random.fold_in(self.key, 2)
-        return likelihood.elbo_bpd(
+        result = likelihood.elbo_bpd(
             self.eval_step,
             params,
             self.test_split,
@@ -115,31 +127,53 @@ class Run:
             self.mesh,
             self.config.eval.repeats,
         )
+        record = {**self.elbo_record(), "examples": len(self.test_split)}
+        return dict(result, elbo_record=record)
 
-    def pf_ode_step(self):
-        """The PF-ODE likelihood step of the `eval` section's solver options, jitted once per
-        run (per set of options), its batch split over the mesh."""
+    def elbo_record(self) -> dict:
+        c = self.config
+        T = c.model.n_timesteps
+        return {
+            "estimator": "elbo",
+            "time": "continuous" if T == 0 else f"T = {T}",
+            "repeats": int(c.eval.repeats),
+            "matmul_precision": c.eval.matmul_precision,
+            **self.data_record(),
+        }
+
+    def pf_ode_options(self) -> dict:
+        """The `eval` section's PF-ODE options, as `likelihood.make_pf_ode_step` takes them."""
         e = self.config.eval
-        options = dict(
+        return dict(
+            dequantization=e.dequantization,
+            importance_samples=int(e.importance_samples),
             trace=e.pf_ode_trace,
             probe=e.pf_ode_probe,
+            probes=int(e.pf_ode_probes),
             solver=e.pf_ode_solver,
             rtol=e.pf_ode_rtol,
             atol=e.pf_ode_atol,
             step_control=e.pf_ode_step_control,
         )
-        cache_key = json.dumps(options, sort_keys=True)
+
+    def pf_ode_step(self):
+        """The PF-ODE likelihood step of the `eval` section's options, jitted once per run
+        (per set of options), its batch split over the mesh."""
+        options = self.pf_ode_options()
+        precision = self.config.eval.matmul_precision
+        cache_key = json.dumps([options, precision], sort_keys=True)
         if cache_key not in self._pf_ode_steps:
             key = jax.random.fold_in(self.key, 4)
             self._pf_ode_steps[cache_key] = likelihood.make_pf_ode_step(
-                self.model, key, self.mesh, **options
+                self.model, key, self.mesh, matmul_precision=precision, **options
             )
         return self._pf_ode_steps[cache_key]
 
     def evaluate_pf_ode(self, params) -> dict:
-        """PF-ODE bpd (dequantized) of the first `eval.pf_ode_examples` test examples."""
+        """PF-ODE bpd bound of the first `eval.pf_ode_examples` test examples, with its
+        record (estimator, dequantization, K, trace, solver, …, and the data)."""
         e = self.config.eval
-        return likelihood.pf_ode_bpd(
+        result = likelihood.pf_ode_bpd(
             self.model,
             params,
             self.test_split,
@@ -148,7 +182,16 @@ class Run:
             e.pf_ode_examples,
             step_fn=self.pf_ode_step(),
             n_devices=self.mesh.size,
+            matmul_precision=e.matmul_precision,
+            **self.pf_ode_options(),
         )
+        result["pf_ode_record"].update(
+            self.data_record(),
+            n=result["pf_ode_n"],
+            nfe_mean=result["pf_ode_nfe_mean"],
+            nfe_max=result["pf_ode_nfe_max"],
+        )
+        return result
 
     def sampler(self, n: int):
         """The configured sampler, jitted once per run (per batch size), its batch split over

@@ -110,6 +110,8 @@ def _train_locked(config, workdir: str) -> dict:
             run.ckpt.close()
             writer.close()
     result["step"] = step
+    if isinstance(result.get("elbo_record"), dict):
+        result["elbo_record"]["checkpoint_step"] = step
     if _is_main():
         _write_json(os.path.join(workdir, "eval_final.json"), result)
     return result
@@ -197,7 +199,8 @@ def _loop(run: Run, state, writer: MetricWriter, guard, history: list[float]):
                 params = run.eval_params(state)
                 result = run.evaluate(params)
                 run.ckpt.record_eval(step, result["bpd"])
-                writer.write(step, {k: v for k, v in result.items() if k != "n"}, prefix="eval")
+                scalars = {k: v for k, v in result.items() if k != "n" and not isinstance(v, dict)}
+                writer.write(step, scalars, prefix="eval")
                 run.write_samples(params, step)  # every process samples; process 0 writes
                 t_log = time.time()
         if not result and step > 0:  # resumed a finished run: report it
