@@ -133,26 +133,31 @@ def test_recon_loss_is_the_exact_discrete_decoder():
     vocab, gamma_0 = 5, -1.5
     x_int = jnp.array([[0, 2, 4], [1, 3, 3]])
     eps_0 = jax.random.normal(jax.random.key(7), x_int.shape)
-    f = elbo.encode(x_int, vocab)
+    enc = elbo.Encoding.bin_centres(vocab)
+    f = elbo.encode(x_int, enc)
     z_0 = D.q_sample(f, jnp.full((2,), gamma_0), eps_0)
     alpha, sigma = (float(a) for a in D.alpha_sigma(jnp.asarray(gamma_0)))
     centres = (2 * np.arange(vocab) + 1) / vocab - 1
     dens = stats.norm.pdf(np.asarray(z_0)[..., None], alpha * centres, sigma)
     p = dens / dens.sum(-1, keepdims=True)
     ref = -np.log(np.take_along_axis(p, np.asarray(x_int)[..., None], -1)[..., 0]).sum(-1)
-    got = elbo.recon_loss(x_int, eps_0, jnp.full((2,), gamma_0), vocab)
+    got = elbo.recon_loss(x_int, eps_0, jnp.full((2,), gamma_0), enc)
     np.testing.assert_allclose(got, ref, rtol=1e-4)
 
 
 @pytest.mark.parametrize(
     "encoding",
-    [256, 17, elbo.Encoding.standardize(256, [100.0, 120.0], [30.0, 50.0])],
+    [
+        elbo.Encoding.bin_centres(256),
+        elbo.Encoding.bin_centres(17),
+        elbo.Encoding.standardize(256, [100.0, 120.0], [30.0, 50.0]),
+    ],
     ids=["8bit", "17levels", "standardized"],
 )
 def test_recon_loss_value_and_gradient_equal_the_log_softmax_over_the_vocab(encoding):
     """The one-pass log-normaliser (closed-form max, moments for the derivative) gives the
     value and the gradient in γ₀ and ε₀ of log_softmax over every vocab value, at x."""
-    enc = elbo.as_encoding(encoding)
+    enc = encoding
     channels = len(enc.shift)
     x_int = jax.random.randint(jax.random.key(1), (4, 3, 3, channels), 0, enc.vocab_size)
     eps_0 = jax.random.normal(jax.random.key(2), x_int.shape)
@@ -178,9 +183,10 @@ def test_recon_loss_value_and_gradient_equal_the_log_softmax_over_the_vocab(enco
 def test_recon_and_prior_vanish_at_the_extremes():
     x_int = jax.random.randint(jax.random.key(8), (16, 4, 4, 3), 0, 256)
     eps_0 = jax.random.normal(jax.random.key(9), x_int.shape)
-    recon = [float(elbo.recon_loss(x_int, eps_0, g, 256).mean()) for g in (-8.0, -13.0, -20.0)]
+    enc = elbo.Encoding.bin_centres(256)
+    recon = [float(elbo.recon_loss(x_int, eps_0, g, enc).mean()) for g in (-8.0, -13.0, -20.0)]
     assert recon[0] > recon[1] > recon[2] >= 0 and recon[2] < 1e-3
-    f = elbo.encode(x_int, 256)
+    f = elbo.encode(x_int, enc)
     prior = [float(elbo.prior_loss(f, g).mean()) for g in (2.0, 8.0, 20.0)]
     assert prior[0] > prior[1] > prior[2] >= 0 and prior[2] < 1e-3
     # The prior term is the analytic KL of N(α₁x, σ₁²) from N(0, 1).
@@ -246,10 +252,9 @@ def test_vlb_terms_under_jit_any_shape_and_bpd():
             *module.apply(params, method="endpoints"),
             lambda t: module.apply(params, t, method="shape"),
         )
-        plain = elbo.vlb_terms(key, x_int, gamma_fn, lambda z, g: jnp.zeros_like(z), vocab_size=17)
-        with_vm = elbo.vlb_terms(
-            key, x_int, gamma_fn, lambda z, g: jnp.zeros_like(z), vocab_size=17, variance_min=vm
-        )
+        enc, zero = elbo.Encoding.bin_centres(17), lambda z, g: jnp.zeros_like(z)
+        plain = elbo.vlb_terms(key, x_int, gamma_fn, zero, encoding=enc)
+        with_vm = elbo.vlb_terms(key, x_int, gamma_fn, zero, encoding=enc, variance_min=vm)
         return plain, with_vm
 
     plain, with_vm = run(params, jax.random.key(0))
@@ -288,7 +293,7 @@ def test_antithetic_time_of_a_padded_batch_spreads_over_its_valid_examples():
 
     elbo.vlb_terms(
         jax.random.key(4), jnp.zeros((16, 3), jnp.int32), lambda t: 2.0 * t - 1.0, eps_hat,
-        vocab_size=4, mask=mask,
+        encoding=elbo.Encoding.bin_centres(4), mask=mask,
     )  # fmt: skip
     k_t = jax.random.split(jax.random.key(4), 3)[0]
     t_valid = np.mod(float(jax.random.uniform(k_t, ())) + np.arange(5) / 5, 1.0)
@@ -303,7 +308,7 @@ def test_variance_min_in_discrete_time_is_a_clear_error():
             x_int,
             lambda t: t,
             lambda z, g: z,
-            vocab_size=4,
+            encoding=elbo.Encoding.bin_centres(4),
             n_timesteps=10,
             variance_min=(0.0, 1.0, lambda t: t),
         )

@@ -31,9 +31,9 @@ def test_grey_levels_span_black_to_white_for_any_vocab():
 
 
 def test_caption_goes_under_the_grid(tmp_path):
-    x = np.zeros((4, 8, 8, 1), np.uint8)
-    plain = images.save_samples(str(tmp_path / "a.png"), x, 17)
-    captioned = images.save_samples(str(tmp_path / "b.png"), x, 17, caption="ddim, 20 steps")
+    x, enc = np.zeros((4, 8, 8, 1), np.uint8), elbo.Encoding.bin_centres(17)
+    plain = images.save_samples(str(tmp_path / "a.png"), x, enc)
+    captioned = images.save_samples(str(tmp_path / "b.png"), x, enc, caption="ddim, 20 steps")
     a, b = np.asarray(Image.open(plain)), np.asarray(Image.open(captioned))
     assert b.shape[1] == a.shape[1] and b.shape[0] > a.shape[0]
     assert a.shape[0] >= 2 * 64  # 2 × 2 tiles of ≥ 64 px

@@ -360,12 +360,13 @@ def test_objective_terms_with_elbo_weighting_are_the_vlb_terms():
     net = lambda z, g: 0.3 * z  # noqa: E731
     x = jax.random.randint(jax.random.key(1), (6, 4, 4, 1), 0, 17)
     key = jax.random.key(2)
-    a = objectives.objective_terms(key, x, gamma_fn, net, vocab_size=17)
-    b = elbo.vlb_terms(key, x, gamma_fn, net, vocab_size=17)
+    enc = elbo.Encoding.bin_centres(17)
+    a = objectives.objective_terms(key, x, gamma_fn, net, encoding=enc)
+    b = elbo.vlb_terms(key, x, gamma_fn, net, encoding=enc)
     for k in ("recon", "prior", "diffusion"):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6)
     c = objectives.objective_terms(
-        key, x, gamma_fn, net, vocab_size=17, weighting_name="sigmoid", weighting_shift=2.0
+        key, x, gamma_fn, net, encoding=enc, objective=objectives.Objective("sigmoid", 2.0)
     )
     np.testing.assert_allclose(c["recon"], b["recon"], rtol=1e-6)
     assert np.all(np.asarray(c["diffusion"]) < np.asarray(b["diffusion"]))  # sigmoid ≤ 1
@@ -446,10 +447,8 @@ def test_weighted_objective_trains_and_eval_reports_the_elbo(tmp_path):
             x,
             gamma_fn,
             eps_hat,
-            vocab_size=enc,
-            weighting_name=o.weighting,
-            weighting_shift=o.weighting_shift,
-            noise=o.noise_dist,
+            encoding=enc,
+            objective=objectives.Objective.from_config(o),
         )
         return {k: v * to_bpd for k, v in terms.items()}, sum(objective.values()) * to_bpd
 

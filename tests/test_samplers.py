@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from vdm import samplers
-from vdm.core import diffusion, schedules
+from vdm.core import diffusion, elbo, schedules
 from vdm.core.gmm import GaussianMixture
 
 GMM = GaussianMixture.ring()
 _SCHED = schedules.make_schedule("fixed_linear", gamma_min=-10.0, gamma_max=8.0)
 N = 4000
+ENC_256 = elbo.Encoding.bin_centres(256)
 REF = GMM.sample(jax.random.key(123), N)
 REF_LOGP = float(GMM.log_prob(REF).mean())  # 0.96 nats, MC standard error ≈ 0.02
 
@@ -155,9 +156,9 @@ def test_guidance_w0_is_unconditional_and_w1_is_conditional():
 
 
 def test_final_denoise_and_decode_give_integers():
-    x, info = _run("ddim", jax.random.key(4), n=32, steps=20, vocab_size=256, final_denoise=True)
+    x, info = _run("ddim", jax.random.key(4), n=32, steps=20, encoding=ENC_256, final_denoise=True)
     assert x.dtype == np.int32 and x.min() >= 0 and x.max() < 256 and int(info["nfe"]) == 21
-    y, _ = _run("ddim", jax.random.key(4), n=32, steps=20, vocab_size=256)
+    y, _ = _run("ddim", jax.random.key(4), n=32, steps=20, encoding=ENC_256)
     assert np.abs(x.astype(int) - y).max() <= 1  # both sit on the same bins, up to a boundary
 
 

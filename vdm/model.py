@@ -34,8 +34,7 @@ class VDM:
     variance_min: bool
     num_classes: int
     label_dropout: float
-    # (weighting, weighting_shift, noise_dist, noise_shift) of the training objective.
-    objective: tuple = ("elbo", 0.0, "uniform_t", 0.0)
+    objective: objectives.Objective = objectives.Objective()
 
     @classmethod
     def from_config(
@@ -48,7 +47,7 @@ class VDM:
         """The model of `config`; `encoding` defaults to the bin centres of data.vocab_size
         (data.encoding='standardize' needs the training split's statistics: pass
         `elbo.make_encoding(name, vocab_size, mean, std)`, as `vdm.run.session.Run` does)."""
-        s, o = config.schedule, config.objective
+        s = config.schedule
         schedule = schedules.make_schedule(
             s.name, gamma_min=s.gamma_min, gamma_max=s.gamma_max, n_features=s.n_features
         )
@@ -65,12 +64,7 @@ class VDM:
             variance_min=s.variance_min,
             num_classes=num_classes,
             label_dropout=config.model.label_dropout,
-            objective=(
-                o.weighting,
-                float(o.weighting_shift),
-                o.noise_dist,
-                float(o.noise_shift),
-            ),
+            objective=objectives.Objective.from_config(config.objective),
         )
 
     @property
@@ -109,7 +103,7 @@ class VDM:
     @property
     def weighted(self) -> bool:
         """Whether training uses a weighted diffusion loss rather than the ELBO."""
-        return objectives.is_weighted(self.objective[0], self.objective[2])
+        return self.objective.weighted
 
     def _conditioning(self, key, batch: dict, train: bool):
         """(label, flags) of a batch, labels dropped to the null class at train time."""
@@ -128,18 +122,14 @@ class VDM:
             return self.vlb_terms(params, key, batch, train=True), None
         k_obj, k_drop, k_label = jax.random.split(key, 3)
         label, flags = self._conditioning(k_label, batch, True)
-        weighting, weighting_shift, noise, noise_shift = self.objective
         terms, fit = objectives.objective_terms(
             k_obj,
             batch["image"],
             self.gamma_fn(params),
             self.eps_hat_fn(params, label, flags, True, k_drop),
-            vocab_size=self.encoding,
+            encoding=self.encoding,
+            objective=self.objective,
             antithetic_time=self.antithetic_time,
-            weighting_name=weighting,
-            weighting_shift=weighting_shift,
-            noise=noise,
-            noise_shift=noise_shift,
             hist=hist,
             stats=True,
         )
@@ -162,7 +152,7 @@ class VDM:
             x,
             self.gamma_fn(params),
             self.eps_hat_fn(params, label, flags, train, k_drop),
-            vocab_size=self.encoding,
+            encoding=self.encoding,
             n_timesteps=self.n_timesteps,
             antithetic_time=self.antithetic_time,
             variance_min=vm,

@@ -124,11 +124,7 @@ def loss_variance(run, state, setting: dict, n: int, seed: int = 0) -> dict:
     n = min(n, len(run.test_split))
     x = run.test_split.get(np.arange(n))["image"]
     hist = train_step.noise_hist(state.opt_state)
-    kw = dict(
-        vocab_size=model.encoding,
-        weighting_name=setting["weighting"],
-        weighting_shift=setting["shift"],
-    )
+    weighting = dict(weighting=setting["weighting"], weighting_shift=setting["shift"])
     out = {}
     for noise in ("uniform_t", "adaptive") if hist is not None else ("uniform_t",):
 
@@ -139,9 +135,9 @@ def loss_variance(run, state, setting: dict, n: int, seed: int = 0) -> dict:
                 x,
                 model.gamma_fn(params),
                 model.eps_hat_fn(params),
-                noise=noise,
+                encoding=model.encoding,
+                objective=objectives.Objective(**weighting, noise_dist=noise),
                 hist=hist,
-                **kw,
             )
             return terms["diffusion"]
 

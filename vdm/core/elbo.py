@@ -5,7 +5,7 @@
 Data x_int are integers in [0, vocab_size) of any shape (batch, ..., channels); inside the
 model an `Encoding` maps them to f = (x_int − shift) / scale per channel: the bin centres
 f = (2 x_int + 1) / vocab_size − 1 ∈ (−1, 1) by default, or per-dimension standardisation
-(the official 2-D colab). Wherever a function takes `vocab_size`, an `Encoding` may be given.
+(the official 2-D colab). Functions that need the map take the `Encoding` itself.
 Every term takes its randomness (t, ε) as arguments; only `vlb_terms` draws it from a key.
 `gamma_fn(t) -> γ_t` is the schedule; `eps_hat_fn(z_t, γ_t) -> ε̂` the denoiser.
 """
@@ -94,16 +94,19 @@ def make_encoding(name: str, vocab_size: int, mean=None, std=None) -> Encoding:
     return Encoding.standardize(vocab_size, mean, std)
 
 
-def as_encoding(vocab_or_encoding: int | Encoding) -> Encoding:
-    """An `Encoding` as given, or the bin-centre encoding of an integer vocab size."""
-    if isinstance(vocab_or_encoding, Encoding):
-        return vocab_or_encoding
-    return Encoding.bin_centres(int(vocab_or_encoding))
+def check_encoding(encoding: Encoding, where: str = "encoding") -> Encoding:
+    """`encoding` if it is an `Encoding`, else one line saying how to make one."""
+    if not isinstance(encoding, Encoding):
+        raise TypeError(
+            f"{where} must be a vdm.core.elbo.Encoding (e.g. Encoding.bin_centres(vocab_size)), "
+            f"got {type(encoding).__name__} {encoding!r}"
+        )
+    return encoding
 
 
-def encode(x_int: jax.Array, vocab_size: int | Encoding) -> jax.Array:
-    """Integers in [0, vocab_size) → model space; by default the bin centres (2x + 1) / V − 1."""
-    return as_encoding(vocab_size).encode(x_int)
+def encode(x_int: jax.Array, encoding: Encoding) -> jax.Array:
+    """Integers in [0, vocab_size) → model space, e.g. the bin centres (2x + 1) / V − 1."""
+    return check_encoding(encoding).encode(x_int)
 
 
 def decoder_logit(d: jax.Array, gamma_0: jax.Array) -> jax.Array:
@@ -115,12 +118,12 @@ def decoder_logit(d: jax.Array, gamma_0: jax.Array) -> jax.Array:
     return -0.5 * jnp.exp(-gamma_0) * jnp.square(d)
 
 
-def decoder_logprobs(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int | Encoding) -> jax.Array:
+def decoder_logprobs(z_0: jax.Array, gamma_0: jax.Array, encoding: Encoding) -> jax.Array:
     """log p(x | z₀) for every value of the vocab, shape z₀.shape + (vocab_size,)  (VDM eq. 8).
 
     p(x_i | z_0,i) ∝ q(z_0,i | x_i) normalised over the vocab's encoded values (VDM App. A).
     """
-    enc = as_encoding(vocab_size)
+    enc = check_encoding(encoding)
     gamma_0 = diffusion.bcast(gamma_0, z_0)
     alpha_0, _ = diffusion.alpha_sigma(gamma_0)
     centres = enc.centres().T  # (channels, vocab): broadcasts over z₀'s last axis
@@ -162,14 +165,14 @@ def _decoder_log_normalizer_jvp(enc, primals, tangents):
 
 
 def recon_loss(
-    x_int: jax.Array, eps_0: jax.Array, gamma_0: jax.Array, vocab_size: int | Encoding
+    x_int: jax.Array, eps_0: jax.Array, gamma_0: jax.Array, encoding: Encoding
 ) -> jax.Array:
     """L_recon = −log p(x | z₀) with z₀ = α₀ f + σ₀ ε₀, exact discrete decoder (VDM eq. 8).
 
     log p(x | z₀) = l_x − log Z: the logit of x minus the log-normaliser over the vocab
     (`decoder_log_normalizer`), the same value as `decoder_logprobs` at x.
     """
-    enc = as_encoding(vocab_size)
+    enc = check_encoding(encoding)
     f = enc.encode(x_int)
     z_0 = diffusion.q_sample(f, gamma_0, eps_0)
     gamma_0 = jnp.broadcast_to(diffusion.bcast(gamma_0, z_0), z_0.shape)
@@ -314,13 +317,49 @@ def sample_t(
     return jax.random.uniform(key, (batch_size,))
 
 
+def bound_terms(
+    key: jax.Array,
+    x_int: jax.Array,
+    gamma_fn: GammaFn,
+    diffusion_term: Callable,
+    *,
+    encoding: Encoding,
+    antithetic_time: bool = True,
+    mask: jax.Array | None = None,
+    endpoints: tuple[jax.Array, jax.Array] | None = None,
+):
+    """({'recon', 'prior', 'diffusion'} per example in nats, aux)  (VDM eq. 11).
+
+    The one place the bound's randomness is drawn: `key` splits into t (`sample_t`), ε and
+    ε₀, so every diffusion term — the VLB's (`vlb_terms`) or a weighted objective's
+    (`vdm.core.objectives.objective_terms`) — sees the same draws from the same key.
+    `diffusion_term(f, t, ε) -> (L, aux)` with f the encoded data; `endpoints` = (γ₀, γ₁)
+    where they are not γ(0), γ(1) of `gamma_fn` as traced (the variance-minimising form).
+    """
+    f = encode(x_int, encoding)
+    k_t, k_eps, k_eps0 = jax.random.split(key, 3)
+    t = sample_t(k_t, f.shape[0], antithetic_time, mask)
+    eps = jax.random.normal(k_eps, f.shape)
+    eps_0 = jax.random.normal(k_eps0, f.shape)
+    if endpoints is None:
+        endpoints = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
+    gamma_0, gamma_1 = endpoints
+    diff, aux = diffusion_term(f, t, eps)
+    terms = {
+        "recon": recon_loss(x_int, eps_0, gamma_0, encoding),
+        "prior": prior_loss(f, gamma_1),
+        "diffusion": diff,
+    }
+    return terms, aux
+
+
 def vlb_terms(
     key: jax.Array,
     x_int: jax.Array,
     gamma_fn: GammaFn,
     eps_hat_fn: EpsHatFn,
     *,
-    vocab_size: int | Encoding,
+    encoding: Encoding,
     n_timesteps: int = 0,
     antithetic_time: bool = True,
     variance_min: tuple[jax.Array, jax.Array, GammaFn] | None = None,
@@ -332,14 +371,12 @@ def vlb_terms(
     (continuous time only); the values are unchanged. `mask` (1 for the real examples of a
     padded eval batch) spreads the antithetic t over the real examples (`sample_t`).
     """
-    f = encode(x_int, vocab_size)
-    k_t, k_eps, k_eps0 = jax.random.split(key, 3)
-    t = sample_t(k_t, f.shape[0], antithetic_time, mask)
-    eps = jax.random.normal(k_eps, f.shape)
-    eps_0 = jax.random.normal(k_eps0, f.shape)
     if variance_min is None:
-        gamma_0, gamma_1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
-        diff = diffusion_loss(f, t, eps, gamma_fn, eps_hat_fn, n_timesteps)
+        endpoints = None
+
+        def term(f, t, eps):
+            return diffusion_loss(f, t, eps, gamma_fn, eps_hat_fn, n_timesteps), None
+
     else:
         if n_timesteps != 0:
             raise ValueError(
@@ -347,12 +384,23 @@ def vlb_terms(
                 f"time the bound depends on the schedule's shape; got n_timesteps={n_timesteps}"
             )
         gamma_0, gamma_1, shape_fn = variance_min
-        diff = diffusion_loss_variance_min(f, t, eps, gamma_0, gamma_1, shape_fn, eps_hat_fn)
-    return {
-        "recon": recon_loss(x_int, eps_0, gamma_0, vocab_size),
-        "prior": prior_loss(f, gamma_1),
-        "diffusion": diff,
-    }
+        endpoints = gamma_0, gamma_1
+
+        def term(f, t, eps):
+            loss = diffusion_loss_variance_min(f, t, eps, gamma_0, gamma_1, shape_fn, eps_hat_fn)
+            return loss, None
+
+    terms, _ = bound_terms(
+        key,
+        x_int,
+        gamma_fn,
+        term,
+        encoding=encoding,
+        antithetic_time=antithetic_time,
+        mask=mask,
+        endpoints=endpoints,
+    )
+    return terms
 
 
 def to_bpd(nats: jax.Array, n_dims: int) -> jax.Array:

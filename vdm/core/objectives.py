@@ -318,48 +318,75 @@ def is_weighted(weighting_name: str, noise: str) -> bool:
     return weighting_name != "elbo" or noise != "uniform_t"
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A training objective (Kingma & Gao 2023): the weighting w(λ) and the noise
+    distribution p(λ), each with its shift; the defaults are the ELBO with uniform t."""
+
+    weighting: str = "elbo"
+    weighting_shift: float = 0.0
+    noise_dist: str = "uniform_t"
+    noise_shift: float = 0.0
+
+    @classmethod
+    def from_config(cls, objective) -> Objective:
+        """The objective of a config's `objective` section."""
+        return cls(
+            objective.weighting,
+            float(objective.weighting_shift),
+            objective.noise_dist,
+            float(objective.noise_shift),
+        )
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the training loss is anything but the ELBO (`is_weighted`)."""
+        return is_weighted(self.weighting, self.noise_dist)
+
+
 def objective_terms(
     key,
     x_int,
     gamma_fn,
     eps_hat_fn,
     *,
-    vocab_size,
+    encoding: elbo.Encoding,
+    objective: Objective = Objective(),
     antithetic_time: bool = True,
-    weighting_name: str = "elbo",
-    weighting_shift: float = 0.0,
-    noise: str = "uniform_t",
-    noise_shift: float = 0.0,
     hist=None,
     stats: bool = False,
 ):
     """Per-example training terms in nats: the ELBO's recon and prior terms and the weighted
-    diffusion loss L_w in place of the diffusion term. The randomness is drawn exactly as in
-    `elbo.vlb_terms` (same key split, u in place of t), so w = 1 with uniform t gives the
-    ELBO's terms, value for value. With `stats`, also (λ, w(λ)‖ε − ε̂‖², λ_min, λ_max)."""
-    f = elbo.encode(x_int, vocab_size)
-    k_t, k_eps, k_eps0 = jax.random.split(key, 3)
-    u = elbo.sample_t(k_t, f.shape[0], antithetic_time)
-    eps = jax.random.normal(k_eps, f.shape)
-    eps_0 = jax.random.normal(k_eps0, f.shape)
+    diffusion loss L_w of `objective` in place of the diffusion term. The randomness is drawn
+    by `elbo.bound_terms`, as for `elbo.vlb_terms` (u in place of t), so w = 1 with uniform t
+    gives the ELBO's terms, value for value. With `stats`, also (λ, w(λ)‖ε − ε̂‖², λ_min,
+    λ_max)."""
+
+    def term(f, u, eps):
+        diff, lam, integrand = weighted_diffusion_parts(
+            f,
+            u,
+            eps,
+            gamma_fn,
+            eps_hat_fn,
+            weighting_name=objective.weighting,
+            weighting_shift=objective.weighting_shift,
+            noise=objective.noise_dist,
+            noise_shift=objective.noise_shift,
+            hist=hist,
+        )
+        return diff, (lam, integrand)
+
     gamma_0, gamma_1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
-    diff, lam, integrand = weighted_diffusion_parts(
-        f,
-        u,
-        eps,
+    terms, (lam, integrand) = elbo.bound_terms(
+        key,
+        x_int,
         gamma_fn,
-        eps_hat_fn,
-        weighting_name=weighting_name,
-        weighting_shift=weighting_shift,
-        noise=noise,
-        noise_shift=noise_shift,
-        hist=hist,
+        term,
+        encoding=encoding,
+        antithetic_time=antithetic_time,
+        endpoints=(gamma_0, gamma_1),
     )
-    terms = {
-        "recon": elbo.recon_loss(x_int, eps_0, gamma_0, vocab_size),
-        "prior": elbo.prior_loss(f, gamma_1),
-        "diffusion": diff,
-    }
     if stats:
         return terms, (lam, integrand, -gamma_1, -gamma_0)
     return terms

@@ -38,17 +38,21 @@ def image_grid(x: np.ndarray, vocab_size: int, min_tile: int = MIN_TILE_PX) -> n
 
 
 def save_samples(
-    path: str, x: np.ndarray, vocab_size, caption: str = "", reference: np.ndarray | None = None
+    path: str,
+    x: np.ndarray,
+    encoding: elbo.Encoding,
+    caption: str = "",
+    reference: np.ndarray | None = None,
 ) -> str:
     """Save integer samples as a PNG: a grid for images, a scatter for 2-D points.
 
-    `vocab_size` is an int (bin-centre encoding) or a `vdm.core.elbo.Encoding`; 2-D points are drawn
-    in model space, over `reference` (integer data points, grey) when given.
+    2-D points are drawn in model space (through `encoding`), over `reference` (integer data
+    points, grey) when given.
     """
     import matplotlib.image
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
-    enc = elbo.as_encoding(vocab_size)
+    enc = elbo.check_encoding(encoding)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if x.ndim == 4:
         grid = image_grid(x, enc.vocab_size)

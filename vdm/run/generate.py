@@ -49,7 +49,7 @@ def make_sampler(model: VDM, sample_cfg, x_shape, batch: int, mesh=None):
             eps,
             model.gamma_fn(params),
             (batch, *x_shape),
-            vocab_size=model.encoding,
+            encoding=model.encoding,
             final_denoise=s.final_denoise,
             offset=offset,
             z_init=z_1,

@@ -88,15 +88,17 @@ def sample(
     gamma_fn,
     shape,
     *,
-    vocab_size: int | elbo.Encoding | None = None,
+    encoding: elbo.Encoding | None = None,
     final_denoise: bool = False,
     **options,
 ):
     """Run sampler `name`, passing the options it takes; then optionally denoise and decode.
 
-    Returns (x, info): integers in [0, vocab_size) if `vocab_size` is given (the exact decoder
+    Returns (x, info): integers in [0, vocab_size) if an `encoding` is given (the exact decoder
     on z₀, or the nearest bin of x̂ after the final Tweedie step), else z₀ or x̂.
     """
+    if encoding is not None:
+        elbo.check_encoding(encoding, "samplers.sample's encoding")
     accepted = options_of(name)
     unknown = sorted(set(options) - set(accepted) - {"z_init", "offset"})
     if unknown:
@@ -108,5 +110,5 @@ def sample(
     if final_denoise:
         z = denoise(eps_hat_fn, z, gamma_0)
         info = dict(info, nfe=info["nfe"] + 1)
-        return (elbo.as_encoding(vocab_size).to_integers(z) if vocab_size else z), info
-    return (decode(z, gamma_0, vocab_size) if vocab_size else z), info
+        return (encoding.to_integers(z) if encoding is not None else z), info
+    return (decode(z, gamma_0, encoding) if encoding is not None else z), info

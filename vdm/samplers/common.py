@@ -53,6 +53,6 @@ def denoise(eps_hat_fn, z: jax.Array, gamma: jax.Array) -> jax.Array:
     return diffusion.eps_to_x0(z, eps_hat_fn(z, gamma), gamma)
 
 
-def decode(z_0: jax.Array, gamma_0: jax.Array, vocab_size: int | elbo.Encoding) -> jax.Array:
+def decode(z_0: jax.Array, gamma_0: jax.Array, encoding: elbo.Encoding) -> jax.Array:
     """The most likely integers under the exact decoder p(x | z₀) (VDM eq. 8)."""
-    return jnp.argmax(elbo.decoder_logprobs(z_0, gamma_0, vocab_size), axis=-1)
+    return jnp.argmax(elbo.decoder_logprobs(z_0, gamma_0, encoding), axis=-1)
