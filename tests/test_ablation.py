@@ -1,6 +1,7 @@
 """The schedule-ablation runner (experiments/studies/ablate_schedules.py): grid, report,
 resumability."""
 
+import json
 import os
 
 import pytest
@@ -131,3 +132,22 @@ def test_config_overrides_are_typed_and_refuse_what_they_cannot_set():
     ]:
         with pytest.raises(ValueError, match=match):
             grid.override(load_file("configs/digits.py:smoke"), [item])
+
+
+def test_likelihood_cells_are_kept_per_checkpoint_step(tmp_path):
+    """A run trained further has no cell at its new step (measured afresh); the earlier
+    step's cell is still found for that step, and one written before steps were in the name
+    counts for the step its rows carry."""
+    from experiments.studies import likelihood_estimators as study
+
+    cells, work = tmp_path / "cells", tmp_path / "run"
+    cells.mkdir()
+    (work / "checkpoints" / "300").mkdir(parents=True)
+    (cells / "m_exact_n4_d2.json").write_text(json.dumps([{"checkpoint_step": 100, "bpd": 1.0}]))
+    (cells / "m_exact_n4_d2_s200.json").write_text(json.dumps([{"checkpoint_step": 200}]))
+    assert study.latest_step(str(work)) == 300
+    assert study.kept_cell(str(cells), "m_exact_n4_d2", 300) is None
+    assert study.kept_cell(str(cells), "m_exact_n4_d2", 100)[1][0]["bpd"] == 1.0
+    assert study.kept_cell(str(cells), "m_exact_n4_d2", None)[0].endswith("_s200.json")
+    assert study.latest_step(str(tmp_path / "elsewhere")) is None
+    assert study.kept_cell(str(cells), "m_exact_n4_d16", None) is None

@@ -28,9 +28,11 @@ trace on a real model.
 
 A cell's rows are written to `<out>.cells/<cell>.json` when it finishes (atomically), so an
 interrupted study resumes at the next cell; `--report-only` tabulates the finished cells (and
-writes nothing). A kept cell is keyed by run name, trace, n and draws only: after retraining a
-run, delete its cells (each row carries the `checkpoint_step` it measured). `--out` holds the
-cells of the last `--plan` run, all of them.
+writes nothing). A kept cell is keyed by run name, trace, n, draws and the checkpoint step it
+measured (`<cell>_s<step>.json`): after a run trains further, its newest step has no cell and
+is measured afresh, and the earlier step's cell stays on disk. Where a run's workdir is not on
+this machine, `--report-only` takes each cell's newest kept step. `--out` holds the cells of
+the last `--plan` run, all of them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import argparse
 import json
 import math
 import os
+import re
 import time
 
 import jax
@@ -199,6 +202,40 @@ def measure_cell(run: Run, params, name: str, trace: str, n: int, draws: int, ba
     return rows
 
 
+def latest_step(workdir: str) -> int | None:
+    """The newest checkpoint step in a run's workdir (what `Run.restore` reads), or None if
+    the workdir has no checkpoints here."""
+    d = os.path.join(workdir, "checkpoints")
+    steps = [int(n) for n in os.listdir(d) if n.isdigit()] if os.path.isdir(d) else []
+    return max(steps) if steps else None
+
+
+def kept_cell(cells_dir: str, stem: str, step: int | None) -> tuple[str, list[dict]] | None:
+    """(path, rows) of the cell `stem` measured at checkpoint `step` (the newest kept step
+    if None), or None. Cells written before steps were in their names (`<stem>.json`) count
+    for the step their rows carry."""
+    if not os.path.isdir(cells_dir):
+        return None
+    found = []
+    for fname in os.listdir(cells_dir):
+        m = re.fullmatch(re.escape(stem) + r"(?:_s(\d+))?\.json", fname)
+        if m:
+            with open(os.path.join(cells_dir, fname)) as f:
+                rows = json.load(f)
+            steps = {r.get("checkpoint_step") for r in rows}
+            cell_step = (
+                int(m.group(1)) if m.group(1) else (steps.pop() if len(steps) == 1 else None)
+            )
+            if cell_step is not None:
+                found.append((cell_step, os.path.join(cells_dir, fname), rows))
+    if step is not None:
+        found = [c for c in found if c[0] == step]
+    if not found:
+        return None
+    _, path, rows = max(found, key=lambda c: c[0])
+    return path, rows
+
+
 def compare_runs(rows: list[dict], pairs: list[str]) -> list[dict]:
     """For each 'a/b' (a side is `run` or `run:trace`): the paired difference a − b of every
     PF-ODE estimator both sides have, over the first images both measured (the same test
@@ -274,10 +311,11 @@ def main(argv=None):
                 f"--plan: {cell!r} is not run:trace:n[:draws] with run in {list(runs)}"
             )
         parse_trace(trace)
-        path = os.path.join(cells_dir, f"{name}_{trace}_n{n}_d{draws}.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                cell_rows = json.load(f)
+        stem = f"{name}_{trace}_n{n}_d{draws}"
+        step = latest_step(runs[name][1])
+        kept = kept_cell(cells_dir, stem, step)
+        if kept is not None:
+            cell_rows = kept[1]
             for r in cell_rows:
                 if "dequantization" in r and "K" in r:
                     r["record"] = row_record(r)
@@ -293,7 +331,7 @@ def main(argv=None):
             cell_rows = measure_cell(run, params, name, trace, int(n), int(draws), a.batch)
             for r in cell_rows:
                 r["checkpoint_step"] = step
-            write_json(cell_rows, path)
+            write_json(cell_rows, os.path.join(cells_dir, f"{stem}_s{step}.json"))
         print(table(cell_rows), flush=True)
         rows += cell_rows
     rows += compare_runs(rows, csv_list(a.compare))
