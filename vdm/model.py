@@ -75,9 +75,10 @@ class VDM:
         """Parameters for data of per-example shape `x_shape`."""
         k_s, k_n = jax.random.split(key)
         z = jnp.zeros((1, *x_shape))
+        net = self.network.init(k_n, z, jnp.zeros((1,)))["params"]
         return {
             "schedule": self.schedule.init(k_s, jnp.zeros(())).get("params", {}),
-            "net": self.network.init(k_n, z, jnp.zeros((1,)))["params"],
+            "net": stored_form(self.network, net),
         }
 
     def gamma_fn(self, params: Params):
@@ -86,11 +87,12 @@ class VDM:
     def eps_hat_fn(self, params: Params, label=None, flags=None, train=False, rng=None):
         """z, γ_t ↦ ε̂(z_t; t), converting the network's head through vdm/core/diffusion.py."""
         rngs = {"dropout": rng} if (train and rng is not None) else {}
+        net = apply_form(self.network, params["net"])
 
         def eps_hat(z, gamma_t):
             gamma_t = jnp.broadcast_to(gamma_t, z.shape[:1])
             out = self.network.apply(
-                {"params": params["net"]}, z, gamma_t, label, flags, train=train, rngs=rngs
+                {"params": net}, z, gamma_t, label, flags, train=train, rngs=rngs
             )
             return diffusion.to_eps(self.head, z, out, gamma_t)
 
@@ -158,6 +160,20 @@ class VDM:
             variance_min=vm,
             mask=batch.get("mask"),
         )
+
+
+def stored_form(network: nn.Module, net_params: Params) -> Params:
+    """A network's parameters as checkpoints hold them, whatever form it applies (the
+    ScoreUNet's `scan_blocks` stacks its blocks; checkpoints keep them unrolled)."""
+    convert = getattr(network, "to_stored_form", None)
+    return convert(net_params) if convert else net_params
+
+
+def apply_form(network: nn.Module, net_params: Params) -> Params:
+    """The stored parameters in the form `network.apply` takes (the inverse of
+    `stored_form`)."""
+    convert = getattr(network, "to_apply_form", None)
+    return convert(net_params) if convert else net_params
 
 
 def count_params(params: Params) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vdm.networks.layers import FOURIER_GATES, fourier_top_n
@@ -14,9 +15,11 @@ __all__ = [
     "DTYPES",
     "FOURIER_GATES",
     "NETWORKS",
+    "SCAN_BLOCKS",
     "fourier_top_n",
     "make_network",
     "resolve_fourier_top_n",
+    "resolve_scan_blocks",
 ]
 
 
@@ -29,12 +32,35 @@ def resolve_fourier_top_n(model_cfg, vocab_size: int) -> float:
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+SCAN_BLOCKS = ("auto", "true", "false")
+
+
+def resolve_scan_blocks(value, backend: str | None = None) -> bool:
+    """`model.scan_blocks`: 'true' runs the ScoreUNet's down and up stacks each as one scan
+    (`ScoreUNet.scan_blocks`), 'false' unrolls them, 'auto' scans on accelerators and
+    unrolls on CPU.
+
+    Scanning compiles in a fraction of the time at the paper's depth on every backend; on
+    XLA:CPU its loop body also runs slower than straight-line code, which at CPU sizes costs
+    more than the compile saves (the measurements: docs/benchmarks.md#compile-time-and-memory).
+    """
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() not in SCAN_BLOCKS:
+        raise ValueError(f"model.scan_blocks must be one of {list(SCAN_BLOCKS)}, got {value!r}")
+    value = str(value).lower()
+    if value == "auto":
+        return (backend or jax.default_backend()) != "cpu"
+    return value == "true"
+
+
 def unet_options(model_cfg) -> dict:
-    """The ScoreUNet's own fields: attention, compute dtype, rematerialisation."""
+    """The ScoreUNet's own fields: attention, compute dtype, rematerialisation, scan."""
     return {
         "with_attention": model_cfg.with_attention,
         "dtype": DTYPES[model_cfg.get("dtype", "float32")],
         "remat": bool(model_cfg.get("remat", False)),
+        "scan_blocks": resolve_scan_blocks(model_cfg.get("scan_blocks", "false")),
     }
 
 

@@ -13,7 +13,7 @@ import jax
 from vdm import data, samplers
 from vdm.core import diffusion, elbo, objectives, schedules
 from vdm.eval import dequantization, likelihood
-from vdm.networks import DTYPES, FOURIER_GATES, NETWORKS
+from vdm.networks import DTYPES, FOURIER_GATES, NETWORKS, SCAN_BLOCKS
 from vdm.run import train_step
 
 DECAYS = ("none", "cosine")
@@ -93,6 +93,9 @@ def _check_names(config) -> None:
     _choice(config.model.network, "model.network", sorted(NETWORKS))
     _choice(config.model.fourier_gate, "model.fourier_gate", FOURIER_GATES)
     _choice(config.model.dtype, "model.dtype", list(DTYPES))
+    scan = config.model.get("scan_blocks", "auto")
+    if not isinstance(scan, bool):
+        _choice(str(scan).lower(), "model.scan_blocks", SCAN_BLOCKS)
     _choice(config.optimizer.decay, "optimizer.decay", DECAYS)
     _choice(config.training.loop, "training.loop", train_step.LOOPS)
     _choice(config.sample.sampler, "sample.sampler", sorted(samplers.SAMPLERS))
@@ -246,6 +249,12 @@ def _check_combinations(config) -> None:
                 f"model.{field}={config.model[field]!r} is implemented for the ScoreUNet "
                 f"(model.network='unet'), got model.network={config.model.network!r}"
             )
+    scan = config.model.get("scan_blocks", "auto")
+    if str(scan).lower() == "true" and config.model.network != "unet":
+        raise ConfigError(
+            f"model.scan_blocks={scan!r} is implemented for the ScoreUNet (model.network='unet'), "
+            f"got model.network={config.model.network!r}"
+        )
     if config.data.random_flip and config.model.network != "unet":
         raise ConfigError("data.random_flip needs image data (model.network='unet')")
 
