@@ -162,8 +162,8 @@ def test_attention_is_softmax_of_scaled_scores_times_values():
 @pytest.mark.parametrize("with_attention,remat", [(False, False), (True, True)])
 def test_scanned_blocks_give_the_unrolled_outputs_and_gradients(with_attention, remat):
     """model.scan_blocks stores the same parameter tree (checkpoints restore under either
-    setting) and, from the same parameters, gives the same ε̂ and the same gradients; the
-    converter round-trips exactly."""
+    setting) and, from the same stored parameters, gives the same ε̂ and the same gradients;
+    the converter round-trips exactly."""
     from vdm.networks.unet import stack_blocks, unstack_blocks
 
     kw = dict(with_attention=with_attention, remat=remat, dropout=0.0)
@@ -172,13 +172,14 @@ def test_scanned_blocks_give_the_unrolled_outputs_and_gradients(with_attention, 
     assert scan.network.scan_blocks and not flat.network.scan_blocks
     shape = (6, 6, 2)
     params = flat.init(jax.random.key(0), shape)
-    assert jax.tree.structure(scan.init(jax.random.key(0), shape)) == jax.tree.structure(params)
+    stored = scan.stored_params(scan.init(jax.random.key(0), shape))
+    assert jax.tree.structure(stored) == jax.tree.structure(params)
     leaves, tree = jax.tree.flatten(params)  # non-zero everywhere (the init zeroes outputs)
     keys = jax.random.split(jax.random.key(1), len(leaves))
     params = jax.tree.unflatten(
         tree, [0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
     )
-    stacked = apply_form(scan.network, params["net"])
+    stacked = scan.applied_params(params)["net"]
     assert stacked["down"]["res"]["cond_proj"]["kernel"].shape[0] == 3
     assert stacked["up"]["res"]["cond_proj"]["kernel"].shape[0] == 4
     back = unstack_blocks(stack_blocks(params["net"], 3, with_attention), 3, with_attention)
@@ -187,11 +188,13 @@ def test_scanned_blocks_give_the_unrolled_outputs_and_gradients(with_attention, 
     z = jax.random.normal(jax.random.key(2), (3, *shape))
     gamma = jnp.array([-6.0, 0.0, 4.0])
 
-    def loss(p, model):
-        return jnp.sum(jnp.square(model.eps_hat_fn(p, train=True)(z, gamma)))
+    def loss(p, model):  # of the stored parameters, as a checkpoint holds them
+        return jnp.sum(jnp.square(model.eps_hat_fn(model.applied_params(p), train=True)(z, gamma)))
 
     np.testing.assert_allclose(
-        scan.eps_hat_fn(params)(z, gamma), flat.eps_hat_fn(params)(z, gamma), atol=1e-5
+        scan.eps_hat_fn(scan.applied_params(params))(z, gamma),
+        flat.eps_hat_fn(params)(z, gamma),
+        atol=1e-5,
     )
     g_scan, g_flat = jax.grad(loss)(params, scan), jax.grad(loss)(params, flat)
     assert jax.tree.structure(g_scan) == jax.tree.structure(g_flat)

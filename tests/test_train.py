@@ -294,3 +294,32 @@ def test_training_loop_default_and_bad_value():
     c.training.loop = "unrolled"
     with pytest.raises(config_lib.ConfigError, match=r"training.loop must be one of \['auto'"):
         config_lib.validate(c)
+
+
+def test_scanned_blocks_checkpoint_unrolled_and_restore_under_either_setting(tmp_path):
+    """A run with model.scan_blocks=true trains on stacked parameters but checkpoints them
+    unrolled; the same checkpoint restores with scan_blocks=false (the same numbers, the
+    optimizer's moments too) and training resumes under the other setting."""
+    from vdm.networks.unet import unstack_blocks
+
+    c = digits.get_config("smoke")
+    c.model.scan_blocks = "true"
+    c.training.eval_every = 100  # eval at the end only
+    train.train_and_evaluate(c, str(tmp_path))
+    raw = load_params(tmp_path, 6)
+    assert "ResnetBlock_0" in raw["params"]["net"] and "down" not in raw["params"]["net"]
+    scanned = session.Run(c, str(tmp_path)).restore()
+    n_layer = c.model.n_layer
+    assert scanned.params["net"]["down"]["res"]["Conv_0"]["kernel"].shape[0] == n_layer
+    flat_cfg = c.copy_and_resolve_references()
+    flat_cfg.model.scan_blocks = "false"
+    flat = session.Run(flat_cfg, str(tmp_path)).restore()
+    for a, b in ((scanned.params, flat.params), (scanned.opt_state, flat.opt_state)):
+        a = train_step.stored_state(session.Run(c, str(tmp_path)).model, a)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    back = unstack_blocks(scanned.params["net"], n_layer, False)
+    assert jax.tree.structure(back) == jax.tree.structure(flat.params["net"])
+    flat_cfg.training.num_steps = 8
+    result = train.train_and_evaluate(flat_cfg, str(tmp_path))
+    assert result["step"] == 8 and np.isfinite(result["bpd"])

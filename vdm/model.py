@@ -75,11 +75,18 @@ class VDM:
         """Parameters for data of per-example shape `x_shape`."""
         k_s, k_n = jax.random.split(key)
         z = jnp.zeros((1, *x_shape))
-        net = self.network.init(k_n, z, jnp.zeros((1,)))["params"]
         return {
             "schedule": self.schedule.init(k_s, jnp.zeros(())).get("params", {}),
-            "net": stored_form(self.network, net),
+            "net": self.network.init(k_n, z, jnp.zeros((1,)))["params"],
         }
+
+    def stored_params(self, params: Params) -> Params:
+        """Parameters as checkpoints hold them: the network's in `stored_form`."""
+        return {**params, "net": stored_form(self.network, params["net"])}
+
+    def applied_params(self, params: Params) -> Params:
+        """Stored parameters (`stored_params`) in the form this model applies."""
+        return {**params, "net": apply_form(self.network, params["net"])}
 
     def gamma_fn(self, params: Params):
         return lambda t: self.schedule.apply({"params": params["schedule"]}, t)
@@ -87,7 +94,7 @@ class VDM:
     def eps_hat_fn(self, params: Params, label=None, flags=None, train=False, rng=None):
         """z, γ_t ↦ ε̂(z_t; t), converting the network's head through vdm/core/diffusion.py."""
         rngs = {"dropout": rng} if (train and rng is not None) else {}
-        net = apply_form(self.network, params["net"])
+        net = params["net"]
 
         def eps_hat(z, gamma_t):
             gamma_t = jnp.broadcast_to(gamma_t, z.shape[:1])
@@ -164,14 +171,15 @@ class VDM:
 
 def stored_form(network: nn.Module, net_params: Params) -> Params:
     """A network's parameters as checkpoints hold them, whatever form it applies (the
-    ScoreUNet's `scan_blocks` stacks its blocks; checkpoints keep them unrolled)."""
+    ScoreUNet's `scan_blocks` stacks its blocks; checkpoints keep them unrolled, so a run
+    restores under either setting, on any backend)."""
     convert = getattr(network, "to_stored_form", None)
     return convert(net_params) if convert else net_params
 
 
 def apply_form(network: nn.Module, net_params: Params) -> Params:
-    """The stored parameters in the form `network.apply` takes (the inverse of
-    `stored_form`)."""
+    """Stored parameters in the form `network.init` makes and `network.apply` takes (the
+    inverse of `stored_form`)."""
     convert = getattr(network, "to_apply_form", None)
     return convert(net_params) if convert else net_params
 

@@ -42,7 +42,7 @@ USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")  # before `import vdm` adds its CPU
 from experiments import common as bench_io  # noqa: E402
 from experiments.common import ROOT  # noqa: E402
 
-CASES = ("digits", "fashion_mnist", "cifar_small", "official_cifar")
+CASES = ("digits", "fashion_mnist", "cifar_small", "official_cifar", "paper")
 
 
 def case_config(name: str):
@@ -62,10 +62,23 @@ def case_config(name: str):
         c.schedule.name = "learned_scalar"
         c.optimizer.warmup_steps = 100
         return c, (32, 32, 3), 10
+    if name == "paper":  # the paper's CIFAR-10 ScoreUNet (n_embd 128, n_layer 32, γ_η), batch 8
+        c = cifar10.get_config()
+        c.training.batch_size = 8
+        c.optimizer.warmup_steps = 100
+        return c, (32, 32, 3), 10
     raise ValueError(f"--cases must be drawn from {CASES}, got {name!r}")
 
 
-VARIANTS = {"base": {}, "remat": {"remat": True}, "bf16": {"dtype": "bfloat16"}}
+VARIANTS = {
+    "base": {},
+    "remat": {"remat": True},
+    "bf16": {"dtype": "bfloat16"},
+    "scan": {"scan_blocks": "true"},
+    "unrolled": {"scan_blocks": "false"},
+    "scan_remat": {"scan_blocks": "true", "remat": True},
+    "unrolled_remat": {"scan_blocks": "false", "remat": True},
+}
 
 
 def runtime_env(project_defaults: bool) -> dict:
@@ -161,9 +174,10 @@ def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> di
     }
 
 
-def build_official(directory: str, batch: int = 0):
+def build_official(directory: str, batch: int = 0, case: str = "official_cifar", parts=False):
     """(train step, state, images, key, batch size, n_params): google-research/vdm's train
-    step on `official_cifar`."""
+    step on `official_cifar` (its learned scalar γ) or `paper` (its γ_η network); with
+    `parts`, also (model, loss_fn) for the eval and sample functions."""
     sys.path.insert(0, os.path.abspath(directory))
     import jax
     import jax.numpy as jnp
@@ -171,7 +185,7 @@ def build_official(directory: str, batch: int = 0):
     import numpy as np
     import optax
 
-    c, shape, _ = case_config("official_cifar")
+    c, shape, _ = case_config(case)
     b = batch or c.training.batch_size
     cfg = model_vdm.VDMConfig(
         vocab_size=256,
@@ -179,7 +193,7 @@ def build_official(directory: str, batch: int = 0):
         antithetic_time_sampling=True,
         with_fourier_features=True,
         with_attention=False,
-        gamma_type="learnable_scalar",
+        gamma_type="learnable_nnet" if case == "paper" else "learnable_scalar",
         gamma_min=-13.3,
         gamma_max=5.0,
         sm_n_timesteps=0,
@@ -197,7 +211,7 @@ def build_official(directory: str, batch: int = 0):
     ema_rate = 1.0 - o.ema_decay
     rescale = 1.0 / (np.prod(shape) * np.log(2.0))
 
-    def loss_fn(params, images, rng):  # experiment_vdm.Experiment_VDM.loss_fn, is_train=True
+    def loss_fn(params, images, rng, is_train=True):  # experiment_vdm.Experiment_VDM.loss_fn
         rng, sample_rng = jax.random.split(rng)
         _, dropout_rng = jax.random.split(rng)
         out = model.apply(
@@ -205,7 +219,7 @@ def build_official(directory: str, batch: int = 0):
             images=images,
             conditioning=jnp.zeros((images.shape[0],)),
             rngs={"sample": sample_rng, "dropout": dropout_rng},
-            deterministic=False,
+            deterministic=not is_train,
         )
         terms = [jnp.mean(v) * rescale for v in (out.loss_klz, out.loss_recon, out.loss_diff)]
         return sum(terms), {"bpd": sum(terms), "var0": out.var_0, "var1": out.var_1}
@@ -223,6 +237,8 @@ def build_official(directory: str, batch: int = 0):
     state = (jnp.zeros((), jnp.int32), params, params, tx.init(params))
     images = np.random.default_rng(0).integers(0, 256, (b, *shape), dtype=np.uint8)
     n_params = sum(x.size for x in jax.tree.leaves(params))
+    if parts:
+        return train_step, state, images, jax.random.key(1), b, n_params, model, loss_fn
     return train_step, state, images, jax.random.key(1), b, n_params
 
 

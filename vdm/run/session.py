@@ -22,7 +22,14 @@ from vdm.model import VDM
 from vdm.run import checkpoint, generate
 from vdm.run import config as config_lib
 from vdm.run import workdir as workdir_lib
-from vdm.run.train_step import TrainState, init_state, make_optimizer, make_train_step
+from vdm.run.train_step import (
+    TrainState,
+    applied_state,
+    init_state,
+    make_optimizer,
+    make_train_step,
+    stored_state,
+)
 
 
 class Run:
@@ -69,11 +76,33 @@ class Run:
         return init(jax.random.fold_in(self.key, 0))
 
     def abstract_state(self):
-        """The train state this config builds, as shapes, dtypes and shardings only."""
+        """The train state this config builds, as its checkpoints hold it (`stored_state`):
+        shapes, dtypes and shardings only."""
         abstract = jax.eval_shape(
-            lambda k: init_state(self.model, self.optimizer, k, self.x_shape), self.key
+            lambda k: stored_state(
+                self.model, init_state(self.model, self.optimizer, k, self.x_shape)
+            ),
+            self.key,
         )
         return checkpoint.abstract_like(abstract, self.rep)
+
+    @functools.cached_property
+    def _to_stored(self):
+        return jax.jit(functools.partial(stored_state, self.model), out_shardings=self.rep)
+
+    @functools.cached_property
+    def _to_applied(self):
+        return jax.jit(functools.partial(applied_state, self.model), out_shardings=self.rep)
+
+    def save(self, step: int, state: TrainState) -> None:
+        """Checkpoint `state` at `step` in the stored form (the ScoreUNet's blocks unrolled,
+        whatever `model.scan_blocks` is), so any setting restores it."""
+        self.ckpt.save(step, self._to_stored(state) if self._converts else state)
+
+    @property
+    def _converts(self) -> bool:
+        """Whether the applied and stored forms differ (blocks scanned)."""
+        return bool(getattr(self.model.network, "scan_blocks", False))
 
     def restore(self, ckpt=None, step=None) -> TrainState:
         """The newest readable checkpoint (or `step`) of this run, or of `ckpt`'s directory.
@@ -81,7 +110,8 @@ class Run:
         the config fields that differ from the run's config.json; nothing is moved."""
         ckpt = ckpt or self.ckpt
         try:
-            return ckpt.restore(self.abstract_state(), step)
+            state = ckpt.restore(self.abstract_state(), step)
+            return self._to_applied(state) if self._converts else state
         except checkpoint.StructureMismatch as e:
             run_dir = os.path.dirname(ckpt.directory)
             raise workdir_lib.mismatch_error(run_dir, self.config, e, ckpt is self.ckpt) from None

@@ -180,7 +180,7 @@ def _loop(run: Run, state, writer: MetricWriter, guard, history: list[float]):
                 if pending:
                     log()  # health-checked like every save
                 if step != start and run.ckpt.latest_step() != step:
-                    run.ckpt.save(step, state)
+                    run.save(step, state)
                 run.ckpt.wait()  # "saved" only once it is on disk (a failed save says so)
                 raise preemption.Preempted(step, signum, step != start)
             n = tc.steps_per_call
@@ -194,7 +194,7 @@ def _loop(run: Run, state, writer: MetricWriter, guard, history: list[float]):
                 log()
             pbar.update(n)
             if _crossed(step, n, tc.save_every) or evaluate:
-                run.ckpt.save(step, state)
+                run.save(step, state)
             if evaluate:
                 params = run.eval_params(state)
                 result = run.evaluate(params)

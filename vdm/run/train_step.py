@@ -103,6 +103,26 @@ def init_state(model: VDM, optimizer, key: jax.Array, x_shape) -> TrainState:
     )
 
 
+def _is_params(node) -> bool:
+    """A model's parameter dict ({'schedule', 'net'}), wherever a state holds one (the
+    parameters, their EMA, the optimizer's moments)."""
+    return isinstance(node, dict) and set(node) == {"schedule", "net"}
+
+
+def stored_state(model: VDM, state):
+    """`state` with every parameter tree in it as checkpoints hold it (`VDM.stored_params`)."""
+    return jax.tree.map(
+        lambda n: model.stored_params(n) if _is_params(n) else n, state, is_leaf=_is_params
+    )
+
+
+def applied_state(model: VDM, state):
+    """A stored state (`stored_state`) with every parameter tree in the form `model` applies."""
+    return jax.tree.map(
+        lambda n: model.applied_params(n) if _is_params(n) else n, state, is_leaf=_is_params
+    )
+
+
 def make_train_step(model: VDM, optimizer, cfg, n_dims: int, mesh):
     """(state, batches, key) → (state, metrics) over the leading steps-per-call axis of
     `batches`, as one jitted `lax.scan` or a host loop over one compiled step
