@@ -27,11 +27,20 @@ from vdm.compress import chain as chain_lib
 from vdm.compress import coder as coder_lib
 from vdm.compress import fingerprint
 from vdm.compress.container import FORMAT_VERSION, GENERATORS, CompressError, images_crc
+from vdm.networks import resolve_scan_blocks
 
 
 def config_hash(config) -> str:
-    """Hash of the sections that define p(x): data, model, schedule."""
+    """Hash of the sections that define p(x): data, model, schedule.
+
+    `model.scan_blocks` enters as it resolves here, and only when the blocks are scanned (ε̂
+    may then differ in its last bits, which the coder cannot absorb); unrolled, the hash is
+    that of a config from before the field existed, so earlier files still decode.
+    """
     spec = {k: config[k].to_dict() for k in ("data", "model", "schedule")}
+    scan = spec["model"].pop("scan_blocks", False)
+    if spec["model"].get("network") == "unet" and resolve_scan_blocks(scan):
+        spec["model"]["scan_blocks"] = True
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
