@@ -22,6 +22,7 @@ def _small(network="unet", **model):
     c = default.get_config()
     c.model.network = network
     c.model.n_embd, c.model.n_layer, c.schedule.n_features = 8, 1, 8
+    c.model.scan_blocks = "false"  # the unrolled parameter names on every backend
     c.model.update(model)
     return c
 

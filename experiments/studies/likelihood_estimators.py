@@ -314,6 +314,10 @@ def main(argv=None):
         stem = f"{name}_{trace}_n{n}_d{draws}"
         step = latest_step(runs[name][1])
         kept = kept_cell(cells_dir, stem, step)
+        if kept is None and a.report_only:  # tabulate what exists, saying it is older
+            kept = kept_cell(cells_dir, stem, None)
+            if kept is not None:
+                print(f"{stem}: no cell at checkpoint {step}; reporting {kept[0]}", flush=True)
         if kept is not None:
             cell_rows = kept[1]
             for r in cell_rows:

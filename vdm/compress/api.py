@@ -27,20 +27,16 @@ from vdm.compress import chain as chain_lib
 from vdm.compress import coder as coder_lib
 from vdm.compress import fingerprint
 from vdm.compress.container import FORMAT_VERSION, GENERATORS, CompressError, images_crc
-from vdm.networks import resolve_scan_blocks
 
 
 def config_hash(config) -> str:
     """Hash of the sections that define p(x): data, model, schedule.
 
-    `model.scan_blocks` enters as it resolves here, and only when the blocks are scanned (ε̂
-    may then differ in its last bits, which the coder cannot absorb); unrolled, the hash is
-    that of a config from before the field existed, so earlier files still decode.
+    Without `model.scan_blocks`: how the network is executed, not which p(x) it is (the hash
+    of a config from before the field existed, so earlier files keep theirs).
     """
     spec = {k: config[k].to_dict() for k in ("data", "model", "schedule")}
-    scan = spec["model"].pop("scan_blocks", False)
-    if spec["model"].get("network") == "unet" and resolve_scan_blocks(scan):
-        spec["model"]["scan_blocks"] = True
+    spec["model"].pop("scan_blocks", None)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -285,7 +281,8 @@ def identity(run, params, step: int) -> dict:
     """The model identity a .vdmz header records and decompression checks."""
     return {
         "config_hash": config_hash(run.config),
-        "params_fingerprint": params_fingerprint(params),
+        # of the parameters as checkpoints hold them, whatever form the model applies
+        "params_fingerprint": params_fingerprint(run.model.stored_params(params)),
         "checkpoint_step": int(step),
         "data": run.config.data.name,
     }

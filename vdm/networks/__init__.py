@@ -42,7 +42,8 @@ def resolve_scan_blocks(value, backend: str | None = None) -> bool:
 
     Scanning compiles in a fraction of the time at the paper's depth on every backend; on
     XLA:CPU its loop body also runs slower than straight-line code, which at CPU sizes costs
-    more than the compile saves (the measurements: docs/benchmarks.md#compile-time-and-memory).
+    more than the compile saves (docs/benchmarks.md#compile-time-at-the-papers-size).
+    A ScoreUNet with n_layer = 0 has no stack to scan: it is never scanned.
     """
     if isinstance(value, bool):
         return value
@@ -60,7 +61,8 @@ def unet_options(model_cfg) -> dict:
         "with_attention": model_cfg.with_attention,
         "dtype": DTYPES[model_cfg.get("dtype", "float32")],
         "remat": bool(model_cfg.get("remat", False)),
-        "scan_blocks": resolve_scan_blocks(model_cfg.get("scan_blocks", "false")),
+        "scan_blocks": resolve_scan_blocks(model_cfg.get("scan_blocks", "false"))
+        and model_cfg.n_layer >= 1,
     }
 
 

@@ -250,6 +250,11 @@ def _check_combinations(config) -> None:
                 f"(model.network='unet'), got model.network={config.model.network!r}"
             )
     scan = config.model.get("scan_blocks", "auto")
+    if str(scan).lower() == "true" and config.model.network == "unet" and config.model.n_layer < 1:
+        raise ConfigError(
+            f"model.scan_blocks={scan!r} needs model.n_layer >= 1 (a stack to scan), got "
+            f"{config.model.n_layer}"
+        )
     if str(scan).lower() == "true" and config.model.network != "unet":
         raise ConfigError(
             f"model.scan_blocks={scan!r} is implemented for the ScoreUNet (model.network='unet'), "

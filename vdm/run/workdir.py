@@ -22,7 +22,8 @@ import time
 # The sections eval, sample and compress take from the command line; everything else comes
 # from the run's config.json (data locations are the machine's, not the run's).
 COMMAND_SECTIONS = ("eval", "sample", "compress")
-COMMAND_FIELDS = ("data.data_dir", "data.download")
+# Fields that say how this machine runs the model, not what the run is: the command's own.
+COMMAND_FIELDS = ("data.data_dir", "data.download", "model.scan_blocks")
 
 
 class WorkdirError(RuntimeError):
