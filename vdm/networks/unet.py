@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from vdm.networks.layers import (
     Conditioning,
@@ -18,6 +19,13 @@ from vdm.networks.layers import (
     FourierFeatures,
     GroupNorm,
     normalized_gamma,
+)
+
+# What a scanned block keeps for its backward pass when not rematerialised: the outputs of
+# its two 3×3 convolutions (named with `checkpoint_name`) and of its matrix products (the
+# conditioning projection, attention), nothing else.
+SAVE_CONVS = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.save_only_these_names("conv"), jax.checkpoint_policies.dots_saveable
 )
 
 
@@ -43,7 +51,7 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x, cond, train: bool):
         h = nn.swish(GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
-        h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(h)
+        h = checkpoint_name(nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(h), "conv")
         # Zero-initialised and without bias, as the official ScoreUNet: every block starts as
         # the identity whatever the conditioning.
         cond_proj = nn.Dense(
@@ -57,6 +65,7 @@ class ResnetBlock(nn.Module):
         h = nn.swish(GroupNorm(_groups(self.out_ch), dtype=self.dtype)(h))
         h = Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
+        h = checkpoint_name(h, "conv")
         if x.shape[-1] != self.out_ch:
             x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype, name="skip")(x)
         return x + h
@@ -129,9 +138,15 @@ class UpStep(nn.Module):
 
 def _scan(step: type[nn.Module], length: int, in_axes, remat: bool):
     """`step` as a `flax.linen.scan` over `length` stacked copies of its parameters, with one
-    dropout key per copy; under `remat`, each copy is recomputed in the backward pass."""
+    dropout key per copy. Under `remat`, each copy is recomputed in the backward pass; without
+    it, each copy keeps its convolutions' and matrix products' outputs (`SAVE_CONVS`) and
+    recomputes the norms, activations and dropout between them: the scan's backward pass would
+    otherwise keep every intermediate of every copy (at the paper's size 4.7 GiB of
+    temporaries against 1.1 GiB; docs/benchmarks.md#compile-time-at-the-papers-size)."""
     if remat:
         step = nn.remat(step, prevent_cse=False)  # inside a loop CSE cannot undo the remat
+    else:
+        step = nn.remat(step, prevent_cse=False, policy=SAVE_CONVS)
     return nn.scan(
         step,
         variable_axes={"params": 0},
