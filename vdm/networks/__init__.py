@@ -42,7 +42,7 @@ def resolve_scan_blocks(value, backend: str | None = None) -> bool:
 
     Scanning compiles in a fraction of the time at the paper's depth on every backend; on
     XLA:CPU its loop body also runs slower than straight-line code, which at CPU sizes costs
-    more than the compile saves (docs/benchmarks.md#compile-time-at-the-papers-size).
+    more than the compile saves (docs/benchmarks.md#compile-time-and-memory-at-the-papers-size).
     A ScoreUNet with n_layer = 0 has no stack to scan: it is never scanned.
     """
     if isinstance(value, bool):

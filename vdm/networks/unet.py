@@ -142,7 +142,7 @@ def _scan(step: type[nn.Module], length: int, in_axes, remat: bool):
     it, each copy keeps its convolutions' and matrix products' outputs (`SAVE_CONVS`) and
     recomputes the norms, activations and dropout between them: the scan's backward pass would
     otherwise keep every intermediate of every copy (at the paper's size 4.7 GiB of
-    temporaries against 1.1 GiB; docs/benchmarks.md#compile-time-at-the-papers-size)."""
+    temporaries against 1.1 GiB; docs/benchmarks.md#compile-time-and-memory-at-the-papers-size)."""
     if remat:
         step = nn.remat(step, prevent_cse=False)  # inside a loop CSE cannot undo the remat
     else:
