@@ -43,13 +43,20 @@ class VDM:
         num_classes: int = 0,
         n_cond_flags: int = 0,
         encoding: elbo.Encoding | None = None,
+        data_shape: tuple[int, ...] | None = None,
     ) -> VDM:
         """The model of `config`; `encoding` defaults to the bin centres of data.vocab_size
         (data.encoding='standardize' needs the training split's statistics: pass
-        `elbo.make_encoding(name, vocab_size, mean, std)`, as `vdm.run.session.Run` does)."""
+        `elbo.make_encoding(name, vocab_size, mean, std)`, as `vdm.run.session.Run` does).
+        `data_shape`, one example's shape, is needed by a schedule with a γ per dimension."""
         s = config.schedule
         schedule = schedules.make_schedule(
-            s.name, gamma_min=s.gamma_min, gamma_max=s.gamma_max, n_features=s.n_features
+            s.name,
+            gamma_min=s.gamma_min,
+            gamma_max=s.gamma_max,
+            n_features=s.n_features,
+            event_shape=data_shape,
+            endpoints=s.get("endpoints", "per_dim"),
         )
         num_classes = num_classes if config.model.class_conditional else 0
         return cls(
@@ -71,13 +78,25 @@ class VDM:
     def vocab_size(self) -> int:
         return self.encoding.vocab_size
 
+    @property
+    def multivariate(self) -> bool:
+        """Whether γ(t) has one value per data dimension (MuLAN): the denoiser then sees the
+        map of γ_t over the data as well as its mean."""
+        return isinstance(self.schedule, schedules.LearnedMultivariate)
+
     def init(self, key: jax.Array, x_shape: tuple[int, ...]) -> Params:
         """Parameters for data of per-example shape `x_shape`."""
         k_s, k_n = jax.random.split(key)
         z = jnp.zeros((1, *x_shape))
+        if self.multivariate and tuple(self.schedule.event_shape) != tuple(x_shape):
+            raise ValueError(
+                f"the schedule has one γ per dimension of shape {self.schedule.event_shape}, "
+                f"the data {tuple(x_shape)}: build the model with data_shape={tuple(x_shape)}"
+            )
+        gamma = jnp.zeros(z.shape if self.multivariate else (1,))
         return {
             "schedule": self.schedule.init(k_s, jnp.zeros(())).get("params", {}),
-            "net": self.network.init(k_n, z, jnp.zeros((1,)))["params"],
+            "net": self.network.init(k_n, z, gamma)["params"],
         }
 
     def stored_params(self, params: Params) -> Params:
@@ -94,18 +113,19 @@ class VDM:
     def eps_hat_fn(self, params: Params, label=None, flags=None, train=False, rng=None):
         """z, γ_t ↦ ε̂(z_t; t), converting the network's head through vdm/core/diffusion.py."""
         rngs = {"dropout": rng} if (train and rng is not None) else {}
-        net = params["net"]
 
         def eps_hat(z, gamma_t):
-            gamma_t = jnp.broadcast_to(gamma_t, z.shape[:1])
+            # one γ per example, or per dimension (multivariate: the data's shape)
+            gamma_t = jnp.broadcast_to(gamma_t, z.shape if self.multivariate else z.shape[:1])
             out = self.network.apply(
-                {"params": net}, z, gamma_t, label, flags, train=train, rngs=rngs
+                {"params": params["net"]}, z, gamma_t, label, flags, train=train, rngs=rngs
             )
             return diffusion.to_eps(self.head, z, out, gamma_t)
 
         return eps_hat
 
     def endpoints(self, params: Params) -> tuple[jax.Array, jax.Array]:
+        """(γ(0), γ(1)): scalars, or arrays of the data's shape for a multivariate γ."""
         gamma_fn = self.gamma_fn(params)
         return gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
 

@@ -64,6 +64,12 @@ class Codec:
         gamma_fn = jax.jit(lambda p, t: self.model.gamma_fn(p)(t))
         t = jnp.arange(self.steps + 1, dtype=jnp.float32) / self.steps
         gamma = np.asarray(gamma_fn(self.params, t), np.float64)
+        if gamma.ndim != 1:
+            raise ValueError(
+                "compress needs a scalar schedule γ(t) (its chain codes every dimension on one "
+                "grid); this model has a γ per data dimension "
+                "(schedule.name='learned_multivariate')"
+            )
         self.chain = chain_lib.make_chain(gamma, self.latent_bits, self.range_stds)
         self._eps = jax.jit(lambda p, z, g: self.model.eps_hat_fn(p)(z, g))
         enc = self.model.encoding

@@ -65,6 +65,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.schedule.gamma_min = -13.3
     c.schedule.gamma_max = 5.0
     c.schedule.n_features = 1024
+    c.schedule.endpoints = "per_dim"  # learned_multivariate: γ₀, γ₁ per_dim | shared
     c.schedule.variance_min = False  # variance-minimising gradient for the shape (learned_net)
 
     c.optimizer = ml_collections.ConfigDict()

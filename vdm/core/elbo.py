@@ -196,10 +196,21 @@ def prior_loss(x: jax.Array, gamma_1: jax.Array) -> jax.Array:
 def diffusion_loss_continuous(
     x: jax.Array, t: jax.Array, eps: jax.Array, gamma_fn: GammaFn, eps_hat_fn: EpsHatFn
 ) -> jax.Array:
-    """L_∞ = ½ γ′(t) ‖ε − ε̂(z_t; t)‖²  (VDM eq. 17), per example, in nats."""
+    """L_∞ = ½ γ′(t) ‖ε − ε̂(z_t; t)‖²  (VDM eq. 17), per example, in nats.
+
+    With one γ per dimension (MuLAN eq. 9): L_∞ = ½ Σ_i γ′_i(t) (ε_i − ε̂_i)².
+    """
     gamma_t, dgamma_dt = jax.jvp(gamma_fn, (t,), (jnp.ones_like(t),))
     z_t = diffusion.q_sample(x, gamma_t, eps)
-    return 0.5 * dgamma_dt * _sum_per_example(jnp.square(eps - eps_hat_fn(z_t, gamma_t)))
+    return 0.5 * weighted_sum(dgamma_dt, jnp.square(eps - eps_hat_fn(z_t, gamma_t)))
+
+
+def weighted_sum(w: jax.Array, sq_err: jax.Array) -> jax.Array:
+    """Σ_i w_i e_i per example: w per example (a scalar γ; the sum taken first, as VDM's
+    code does) or per dimension (a multivariate γ, shape of `sq_err`)."""
+    if jnp.ndim(w) <= 1:
+        return w * _sum_per_example(sq_err)
+    return _sum_per_example(w * sq_err)
 
 
 def diffusion_loss_discrete(
@@ -212,14 +223,15 @@ def diffusion_loss_discrete(
 ) -> jax.Array:
     """L_T = ½ T expm1(γ_t − γ_s) ‖ε − ε̂(z_t; t)‖², t = i/T, s = (i−1)/T  (VDM eqs. 13–14).
 
-    The uniform t ∈ [0, 1) picks the step i = ⌊tT⌋ + 1 ∈ {1, …, T}.
+    The uniform t ∈ [0, 1) picks the step i = ⌊tT⌋ + 1 ∈ {1, …, T}. With one γ per
+    dimension the weight expm1(γ_t,i − γ_s,i) is per dimension (a sum of per-dimension KLs).
     """
     T = n_timesteps
     t_i = (jnp.floor(t * T) + 1.0) / T
     gamma_t, gamma_s = gamma_fn(t_i), gamma_fn(t_i - 1.0 / T)
     z_t = diffusion.q_sample(x, gamma_t, eps)
-    sq_err = _sum_per_example(jnp.square(eps - eps_hat_fn(z_t, gamma_t)))
-    return 0.5 * T * jnp.expm1(gamma_t - gamma_s) * sq_err
+    sq_err = jnp.square(eps - eps_hat_fn(z_t, gamma_t))
+    return 0.5 * T * weighted_sum(jnp.expm1(gamma_t - gamma_s), sq_err)
 
 
 def diffusion_loss(
@@ -341,8 +353,9 @@ def bound_terms(
     t = sample_t(k_t, f.shape[0], antithetic_time, mask)
     eps = jax.random.normal(k_eps, f.shape)
     eps_0 = jax.random.normal(k_eps0, f.shape)
-    if endpoints is None:
-        endpoints = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
+    if endpoints is None:  # per example: a multivariate γ has the data's shape
+        ends = jnp.zeros(f.shape[:1]), jnp.ones(f.shape[:1])
+        endpoints = gamma_fn(ends[0]), gamma_fn(ends[1])
     gamma_0, gamma_1 = endpoints
     diff, aux = diffusion_term(f, t, eps)
     terms = {

@@ -1,7 +1,8 @@
 """Noise schedules γ(t) = −log SNR(t) as small Flax modules with a common call `gamma(t) -> γ`.
 
-`t` may have any shape; γ has the same shape. All schedules are strictly increasing in t on
-[0, 1], so SNR decreases from exp(−γ(0)) to exp(−γ(1)).
+`t` may have any shape. A scalar schedule gives γ of t's shape; a multivariate one
+(`MULTIVARIATE`, one γ per data dimension, MuLAN) gives t.shape + event_shape. All schedules
+are strictly increasing in t on [0, 1], so SNR decreases from exp(−γ(0)) to exp(−γ(1)).
 """
 
 from __future__ import annotations
@@ -128,27 +129,118 @@ class LearnedNet(nn.Module):
         return self.gamma_0 + (self.gamma_1 - self.gamma_0) * self.shape(t)
 
 
+# ---- Multivariate schedules: one γ per data dimension (MuLAN, Sahoo et al. 2024). ----
+
+
+def polynomial_shape(t: jax.Array, a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
+    """γ̂(t) = P(t) / P(1), P(t) = ∫₀ᵗ (a s² + b s + c)² ds, per dimension  (MuLAN §3.2).
+
+    P is a degree-5 polynomial, a² t⁵/5 + a b t⁴/2 + (b² + 2 a c) t³/3 + b c t² + c² t; it is
+    evaluated as the 3-point Gauss–Legendre rule on [0, t], exact for the degree-4 integrand
+    and a sum of squares, so no term cancels another in float32 (the expanded form loses
+    monotonicity to cancellation). P′ is a square, so γ̂ is non-decreasing, with γ̂(0) = 0 and
+    γ̂(1) = 1 exactly. A term δ t (δ = `POLY_DELTA`) is added to P so the map stays strictly
+    increasing and defined when the quadratic vanishes. `t` broadcasts against `a, b, c` (the
+    caller gives t trailing unit axes for the event dimensions).
+    """
+    t = jnp.asarray(t, jnp.result_type(float))
+
+    def p(t):
+        total = POLY_DELTA * t
+        for node, weight in GAUSS_LEGENDRE_3:
+            s = 0.5 * t * (1.0 + node)
+            total = total + 0.5 * weight * t * jnp.square((a * s + b) * s + c)
+        return total
+
+    return p(t) / p(jnp.ones_like(t))
+
+
+GAUSS_LEGENDRE_3 = ((-math.sqrt(0.6), 5 / 9), (0.0, 8 / 9), (math.sqrt(0.6), 5 / 9))
+POLY_DELTA = 1e-6
+ENDPOINTS = ("per_dim", "shared")
+
+
+class LearnedMultivariate(nn.Module):
+    """γ_i(t) = γ₀,ᵢ + (γ₁,ᵢ − γ₀,ᵢ) γ̂_i(t), one monotone polynomial γ̂_i per data dimension
+    (`polynomial_shape`, MuLAN's form), free parameters a, b, c per dimension.
+
+    `endpoints='per_dim'` learns γ₀ and γ₁ per dimension, 'shared' one pair for all (as
+    `LearnedNet`); γ₁ = γ₀ + |w| keeps every dimension's schedule increasing. At
+    initialisation (a, b, c) = (0, 0, 1): γ̂(t) = t, every dimension the linear schedule from
+    γ_min to γ_max. γ(t) has shape t.shape + event_shape.
+    """
+
+    gamma_min: float
+    gamma_max: float
+    event_shape: tuple[int, ...]
+    endpoints_mode: str = "per_dim"
+
+    def setup(self):
+        shape = tuple(self.event_shape)
+        self.a = self.param("a", nn.initializers.zeros, shape)
+        self.b = self.param("b", nn.initializers.zeros, shape)
+        self.c = self.param("c", nn.initializers.ones, shape)
+        ends = shape if self.endpoints_mode == "per_dim" else ()
+        self.gamma_0 = self.param("gamma_0", nn.initializers.constant(self.gamma_min), ends)
+        self.w = self.param("w", nn.initializers.constant(self.gamma_max - self.gamma_min), ends)
+
+    def _event(self, t: jax.Array) -> jax.Array:
+        t = jnp.asarray(t, jnp.result_type(float))
+        return t.reshape(t.shape + (1,) * len(self.event_shape))
+
+    def shape(self, t: jax.Array) -> jax.Array:
+        """γ̂(t) ∈ [0, 1] per dimension, shape t.shape + event_shape."""
+        return polynomial_shape(self._event(t), self.a, self.b, self.c)
+
+    def endpoints(self) -> tuple[jax.Array, jax.Array]:
+        """(γ₀, γ₁) per dimension, each of the event shape."""
+        gamma_0 = jnp.broadcast_to(self.gamma_0, tuple(self.event_shape))
+        return gamma_0, gamma_0 + jnp.broadcast_to(jnp.abs(self.w), gamma_0.shape)
+
+    def __call__(self, t: jax.Array) -> jax.Array:
+        gamma_0, gamma_1 = self.endpoints()
+        return gamma_0 + (gamma_1 - gamma_0) * self.shape(t)
+
+
+def _scalar(cls, *args):
+    return lambda gamma_min, gamma_max, n_features, event_shape, endpoints: cls(
+        gamma_min, gamma_max, *args
+    )
+
+
 SCHEDULES: dict[str, Callable[..., nn.Module]] = {
-    "fixed_linear": lambda gamma_min, gamma_max, n_features: FixedLinear(gamma_min, gamma_max),
-    "cosine": lambda gamma_min, gamma_max, n_features: Cosine(gamma_min, gamma_max),
-    "learned_scalar": lambda gamma_min, gamma_max, n_features: LearnedScalar(gamma_min, gamma_max),
-    "learned_net": lambda gamma_min, gamma_max, n_features: LearnedNet(
+    "fixed_linear": _scalar(FixedLinear),
+    "cosine": _scalar(Cosine),
+    "learned_scalar": _scalar(LearnedScalar),
+    "learned_net": lambda gamma_min, gamma_max, n_features, event_shape, endpoints: LearnedNet(
         gamma_min, gamma_max, n_features, normalize=True
     ),
-    "learned_net_unnormalized": lambda gamma_min, gamma_max, n_features: LearnedNet(
+    "learned_net_unnormalized": lambda gamma_min, gamma_max, n_features, *_: LearnedNet(
         gamma_min, gamma_max, n_features, normalize=False
+    ),
+    "learned_multivariate": lambda gamma_min, gamma_max, n_features, event_shape, endpoints: (
+        LearnedMultivariate(gamma_min, gamma_max, tuple(event_shape), endpoints)
     ),
 }
 
 # Schedules whose γ separates into learned endpoints and a shape, as the variance-minimising
 # gradient (VDM §5, App. I.2) requires.
 SEPARABLE = ("learned_net",)
+# Schedules with one γ per data dimension: γ(t) has shape t.shape + the data's event shape.
+MULTIVARIATE = ("learned_multivariate",)
 
 
 def make_schedule(
-    name: str, *, gamma_min: float, gamma_max: float, n_features: int = 1024
+    name: str,
+    *,
+    gamma_min: float,
+    gamma_max: float,
+    n_features: int = 1024,
+    event_shape: tuple[int, ...] | None = None,
+    endpoints: str = "per_dim",
 ) -> nn.Module:
-    """The schedule module registered under `name` (config field `schedule.name`)."""
+    """The schedule module registered under `name` (config field `schedule.name`); a
+    multivariate one needs the data's per-example `event_shape`."""
     if name not in SCHEDULES:
         raise ValueError(f"schedule.name must be one of {sorted(SCHEDULES)}, got {name!r}")
     if not gamma_min < gamma_max:
@@ -157,4 +249,18 @@ def make_schedule(
         )
     if n_features < 1:
         raise ValueError(f"schedule.n_features must be a positive integer, got {n_features}")
-    return SCHEDULES[name](float(gamma_min), float(gamma_max), int(n_features))
+    if endpoints not in ENDPOINTS:
+        raise ValueError(f"schedule.endpoints must be one of {list(ENDPOINTS)}, got {endpoints!r}")
+    if name in MULTIVARIATE and event_shape is None:
+        raise ValueError(
+            f"schedule.name={name!r} has one γ per data dimension: make_schedule needs the "
+            "data's per-example event_shape (VDM.from_config(..., data_shape=...))"
+        )
+    return SCHEDULES[name](
+        float(gamma_min), float(gamma_max), int(n_features), event_shape, endpoints
+    )
+
+
+def is_multivariate(gamma: jax.Array, t: jax.Array) -> bool:
+    """Whether γ = gamma_fn(t) has axes beyond t's: one value per data dimension."""
+    return jnp.ndim(gamma) > jnp.ndim(t)

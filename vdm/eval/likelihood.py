@@ -25,7 +25,7 @@ from vdm.eval import dequantization as dequantization_lib
 from vdm.eval.dequantization import dequantize, log_bin_volume  # noqa: F401 (public here)
 from vdm.eval.records import describe, pf_ode_record  # noqa: F401 (public here)
 from vdm.model import VDM
-from vdm.samplers.common import example_keys
+from vdm.samplers.common import example_keys, require_scalar_gamma
 from vdm.samplers.ode import EVALS_PER_STEP, SOLVERS, adaptive_step_control
 
 TERMS = ("bpd", "recon", "prior", "diffusion")
@@ -166,6 +166,7 @@ def pf_ode_log_prob(
     largest number of drift evaluations}).
     """
     check_ode_options(trace, probe, solver, step_control, probes)
+    require_scalar_gamma(gamma_fn, "the PF-ODE likelihood (eval.pf_ode, integrated in γ)")
     g0, g1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
     keys = example_keys(key, z_0.shape[0], offset) if keys is None else keys
     v = jax.vmap(lambda k: _probe(k, (int(probes), *z_0.shape[1:]), probe))(keys)
@@ -238,6 +239,7 @@ def pf_ode_log_weights(
     if draws < 1:
         raise ValueError(f"eval.importance_samples must be >= 1, got {draws}")
     n = x_int.shape[0]
+    require_scalar_gamma(gamma_fn, "the dequantized PF-ODE likelihood (eval.pf_ode)")
     gamma_0 = gamma_fn(jnp.zeros(()))
     k_deq, k_probe = draw_keys(key, n, offset, draws)
     deq = jax.vmap(

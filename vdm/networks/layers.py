@@ -92,6 +92,20 @@ def normalized_gamma(gamma_t: jax.Array, gamma_min: float, gamma_max: float) -> 
     return (gamma_t - gamma_min) / (gamma_max - gamma_min)
 
 
+def gamma_inputs(gamma_t: jax.Array, gamma_min: float, gamma_max: float):
+    """(t_norm per example, γ map or None): what a denoiser sees of the noise level.
+
+    A γ per example gives its normalised value (`normalized_gamma`) and no map. A γ per data
+    dimension (shape of z, MuLAN) gives its mean over the dimensions, strictly increasing in
+    t, for the time embedding, and the normalised map itself, to enter as extra input
+    channels: the network sees every dimension's noise level as well as the time.
+    """
+    t_norm = normalized_gamma(gamma_t, gamma_min, gamma_max)
+    if t_norm.ndim <= 1:
+        return t_norm, None
+    return jnp.mean(t_norm, axis=tuple(range(1, t_norm.ndim))), t_norm
+
+
 class Conditioning(nn.Module):
     """The conditioning vector: embedded normalised γ_t, plus optional labels, through an MLP.
 

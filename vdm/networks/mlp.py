@@ -11,7 +11,7 @@ from vdm.networks.layers import (
     FourierFeatures,
     fourier_features,
     fourier_frequencies,
-    normalized_gamma,
+    gamma_inputs,
     zeros_dense,
 )
 
@@ -36,13 +36,15 @@ class MLP(nn.Module):
     def __call__(self, z, gamma_t, label=None, flags=None, train: bool = False):
         if z.ndim != 2:
             raise ValueError(f"MLP expects flat vectors (batch, D), got shape {z.shape}")
-        t_norm = normalized_gamma(gamma_t, self.gamma_min, self.gamma_max)
+        t_norm, gamma_map = gamma_inputs(gamma_t, self.gamma_min, self.gamma_max)
         cond = Conditioning(self.n_embd, self.num_classes, self.n_cond_flags)(t_norm, label, flags)
         h = z
         if self.fourier:
             h = FourierFeatures(self.fourier_top_n, self.fourier_octaves, self.fourier_gate)(
                 z, gamma_t
             )
+        if gamma_map is not None:  # a γ per dimension: its map as extra inputs
+            h = jnp.concatenate([h, gamma_map.astype(h.dtype)], axis=-1)
         h = nn.Dense(self.n_embd, name="dense_in")(h)
         for i in range(self.n_layer):
             r = nn.swish(nn.LayerNorm(name=f"norm_{i}")(h)) + nn.Dense(self.n_embd)(cond)
@@ -84,8 +86,9 @@ class ConcatMLP(nn.Module):
                 f"model.fourier_gate (got classes={self.num_classes}, flags={self.n_cond_flags}, "
                 f"gate={self.fourier_gate!r})"
             )
-        g = 2.0 * normalized_gamma(gamma_t, self.gamma_min, self.gamma_max) - 1.0
-        h = jnp.concatenate([z, g[:, None].astype(z.dtype)], axis=-1)
+        t_norm, gamma_map = gamma_inputs(gamma_t, self.gamma_min, self.gamma_max)
+        g = 2.0 * (t_norm[:, None] if gamma_map is None else gamma_map) - 1.0
+        h = jnp.concatenate([z, g.astype(z.dtype)], axis=-1)
         if self.fourier:
             freqs = fourier_frequencies(self.fourier_top_n, self.fourier_octaves)
             h = jnp.concatenate([h, fourier_features(h, freqs)], axis=-1)

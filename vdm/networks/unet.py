@@ -18,7 +18,7 @@ from vdm.networks.layers import (
     Dropout,
     FourierFeatures,
     GroupNorm,
-    normalized_gamma,
+    gamma_inputs,
 )
 
 # What a scanned block keeps for its backward pass when not rematerialised: the outputs of
@@ -258,7 +258,7 @@ class ScoreUNet(nn.Module):
     def __call__(self, z, gamma_t, label=None, flags=None, train: bool = False):
         if z.ndim != 4:
             raise ValueError(f"ScoreUNet expects images (batch, H, W, C), got shape {z.shape}")
-        t_norm = normalized_gamma(gamma_t, self.gamma_min, self.gamma_max)
+        t_norm, gamma_map = gamma_inputs(gamma_t, self.gamma_min, self.gamma_max)
         cond = Conditioning(self.n_embd, self.num_classes, self.n_cond_flags)(t_norm, label, flags)
 
         h = z
@@ -266,6 +266,8 @@ class ScoreUNet(nn.Module):
             h = FourierFeatures(self.fourier_top_n, self.fourier_octaves, self.fourier_gate)(
                 z, gamma_t
             )
+        if gamma_map is not None:  # a γ per dimension: its map as extra input channels
+            h = jnp.concatenate([h, gamma_map.astype(h.dtype)], axis=-1)
         # `train` (argument 3, counting self) switches dropout: static under remat.
         block = nn.remat(ResnetBlock, static_argnums=(3,)) if self.remat else ResnetBlock
         count = {"res": 0, "attn": 0}

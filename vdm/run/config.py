@@ -80,6 +80,31 @@ def validate(config, n_devices: int | None = None) -> None:
     _check_devices(config, jax.device_count() if n_devices is None else n_devices)
 
 
+def _check_multivariate(config) -> None:
+    """What a schedule with a γ per data dimension cannot do (yet), each in one line."""
+    what = f"schedule.name={config.schedule.name!r} (a γ per data dimension)"
+    o = config.objective
+    if objectives.is_weighted(o.weighting, o.noise_dist):
+        raise ConfigError(
+            f"{what} trains on the ELBO: objective.weighting and noise_dist weight a scalar λ; "
+            f"set them to 'elbo' and 'uniform_t', got {o.weighting!r} and {o.noise_dist!r}"
+        )
+    if config.sample.sampler not in samplers.VECTOR_GAMMA_SAMPLERS:
+        raise ConfigError(
+            f"{what} samples with sample.sampler in {list(samplers.VECTOR_GAMMA_SAMPLERS)}, "
+            f"got {config.sample.sampler!r}"
+        )
+    if config.eval.pf_ode:
+        raise ConfigError(
+            f"{what}: the PF-ODE likelihood integrates in a scalar γ; set eval.pf_ode=False"
+        )
+    if config.sample.grid != "uniform_t":
+        raise ConfigError(
+            f"{what} samples on the path γ(t): sample.grid must be 'uniform_t', got "
+            f"{config.sample.grid!r}"
+        )
+
+
 def _check_names(config) -> None:
     """Every field that names a choice (dataset, schedule, head, network, sampler, …)."""
     _choice(config.data.name, "data.name", data.DATASETS)
@@ -89,6 +114,7 @@ def _check_names(config) -> None:
         raise ConfigError(str(e)) from None
     _choice(config.data.encoding, "data.encoding", elbo.ENCODINGS)
     _choice(config.schedule.name, "schedule.name", sorted(schedules.SCHEDULES))
+    _choice(config.schedule.get("endpoints", "per_dim"), "schedule.endpoints", schedules.ENDPOINTS)
     _choice(config.model.head, "model.head", diffusion.HEADS)
     _choice(config.model.network, "model.network", sorted(NETWORKS))
     _choice(config.model.fourier_gate, "model.fourier_gate", FOURIER_GATES)
@@ -232,6 +258,13 @@ def _check_combinations(config) -> None:
                 f"schedule.variance_min minimises the variance of the ELBO's estimator; with "
                 f"{what} set it False"
             )
+    if config.schedule.name in schedules.MULTIVARIATE:
+        _check_multivariate(config)
+    elif config.schedule.get("endpoints", "per_dim") != "per_dim":
+        raise ConfigError(
+            f"schedule.endpoints applies to schedule.name in {list(schedules.MULTIVARIATE)}, "
+            f"got {config.schedule.endpoints!r} with {config.schedule.name!r}"
+        )
     if config.schedule.variance_min:
         if config.schedule.name not in schedules.SEPARABLE:
             raise ConfigError(

@@ -53,6 +53,7 @@ class Run:
             self.train_split.num_classes,
             n_cond_flags=int(config.data.random_flip),
             encoding=self.encoding,
+            data_shape=self.x_shape,
         )
         self.optimizer = make_optimizer(
             config.optimizer, config.training.num_steps, config.objective

@@ -154,9 +154,9 @@ def make_train_step(model: VDM, optimizer, cfg, n_dims: int, mesh):
         if model.weighted:  # not a bound: its own names (eval still reports the ELBO)
             metrics["objective"] = metrics.pop("bpd")
             metrics["weighted_diffusion"] = metrics.pop("diffusion")
-        metrics.update(
-            gamma_0=gamma_0,
-            gamma_1=gamma_1,
+        metrics.update(  # a multivariate γ reports its mean over the dimensions
+            gamma_0=jnp.mean(gamma_0),
+            gamma_1=jnp.mean(gamma_1),
             grad_norm=optax.tree.norm(grads),
             diffusion_var=jnp.var(terms["diffusion"]),  # nats², the estimator's variance
             params_finite=jnp.all(

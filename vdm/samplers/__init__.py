@@ -14,7 +14,14 @@ import inspect
 import jax.numpy as jnp
 
 from vdm.core import elbo
-from vdm.samplers.common import GRIDS, decode, denoise, example_keys
+from vdm.samplers.common import (
+    GRIDS,
+    VECTOR_GAMMA_SAMPLERS,
+    decode,
+    denoise,
+    example_keys,
+    per_example,
+)
 from vdm.samplers.discrete import ancestral, ddim, dpm_solver_pp_2m
 from vdm.samplers.ode import SOLVERS, probability_flow, to_latent
 from vdm.samplers.sde import euler_maruyama, predictor_corrector
@@ -32,6 +39,7 @@ __all__ = [
     "GRIDS",
     "SAMPLERS",
     "SOLVERS",
+    "VECTOR_GAMMA_SAMPLERS",
     "decode",
     "denoise",
     "example_keys",
@@ -106,7 +114,7 @@ def sample(
             f"sampler {name!r} takes no option {unknown[0]!r} (its options: {', '.join(accepted)})"
         )
     z, info = SAMPLERS[name](key, eps_hat_fn, gamma_fn, shape, **options)
-    gamma_0 = jnp.broadcast_to(gamma_fn(jnp.zeros(())), shape[:1])
+    gamma_0 = per_example(gamma_fn(jnp.zeros(())), shape[0])
     if final_denoise:
         z = denoise(eps_hat_fn, z, gamma_0)
         info = dict(info, nfe=info["nfe"] + 1)

@@ -40,12 +40,30 @@ def gamma_grid(gamma_fn, steps: int, grid: str = "uniform_t") -> jax.Array:
     if grid == "uniform_t":
         return gamma_fn(jnp.linspace(1.0, 0.0, steps + 1))
     g0, g1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
+    if jnp.ndim(g0):
+        raise ValueError(
+            "sample.grid='uniform_logsnr' would step each dimension's γ on its own line, off "
+            "the path γ(t) the model was trained on; with a γ per dimension use 'uniform_t'"
+        )
     return jnp.linspace(g1, g0, steps + 1)
 
 
 def per_example(v: jax.Array, n: int) -> jax.Array:
-    """A scalar γ as one value per example, shape (n,)."""
-    return jnp.broadcast_to(v, (n,))
+    """γ at one time as one value per example: shape (n,) for a scalar schedule, (n, *D) for
+    one with a γ per data dimension (every formula downstream is elementwise in γ)."""
+    return jnp.broadcast_to(v, (n,) + jnp.shape(v))
+
+
+VECTOR_GAMMA_SAMPLERS = ("ancestral", "ddim", "dpm_solver_pp_2m", "euler_maruyama", "pc")
+
+
+def require_scalar_gamma(gamma_fn, what: str) -> None:
+    """One line if `gamma_fn` has a γ per data dimension, for code that needs a scalar γ."""
+    if jax.eval_shape(gamma_fn, jnp.zeros(())).shape:
+        raise ValueError(
+            f"{what} needs a scalar schedule γ(t), and this one has a γ per data dimension "
+            f"(schedule.name='learned_multivariate'); its samplers: {list(VECTOR_GAMMA_SAMPLERS)}"
+        )
 
 
 def denoise(eps_hat_fn, z: jax.Array, gamma: jax.Array) -> jax.Array:

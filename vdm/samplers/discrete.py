@@ -87,5 +87,6 @@ def dpm_solver_pp_2m(
         z_s = sigma_s / sigma_t * z_t - alpha_s * jnp.expm1(-h) * d
         return (z_s, x0, h), None
 
-    (z, _, _), _ = jax.lax.scan(step, (z, jnp.zeros_like(z), jnp.ones(())), jnp.arange(steps))
+    h_init = jnp.ones_like(gammas[0])  # one step size per dimension for a vector γ
+    (z, _, _), _ = jax.lax.scan(step, (z, jnp.zeros_like(z), h_init), jnp.arange(steps))
     return z, {"nfe": steps}

@@ -11,7 +11,13 @@ import jax
 import jax.numpy as jnp
 
 from vdm.core.diffusion import pf_ode_drift
-from vdm.samplers.common import example_keys, gamma_grid, initial_noise, per_example
+from vdm.samplers.common import (
+    example_keys,
+    gamma_grid,
+    initial_noise,
+    per_example,
+    require_scalar_gamma,
+)
 
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "heun": diffrax.Heun}
 
@@ -83,6 +89,7 @@ def solve_pf_ode(
 
 def _solve_between_endpoints(eps_hat_fn, gamma_fn, z, forward: bool, solver, **options):
     """The PF-ODE between the schedule's endpoints, γ₁ → γ₀ (sampling) or γ₀ → γ₁ (encoding)."""
+    require_scalar_gamma(gamma_fn, "the probability-flow ODE (integrated in γ)")
     g0, g1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
     start, end = (g0, g1) if forward else (g1, g0)
     z_end, n_steps = solve_pf_ode(
