@@ -7,7 +7,8 @@ Checks REV out into a temporary git worktree (nothing in this checkout changes) 
 `python -m vdm.main --config=CONFIG --workdir=<fresh temp dir> --config.training.num_steps=STEPS`
 in it and in this checkout, each in its own process, alternated over `--rounds` with the order
 swapped every round, under the same environment (the same XLA_FLAGS, no compilation cache,
-one fresh workdir per run, removed afterwards). Each run imports its own revision's `vdm`:
+one fresh workdir per run, removed afterwards; `--env-this KEY=VALUE` changes this checkout's
+environment only). Each run imports its own revision's `vdm`:
 the command runs from that revision's root, which Python puts ahead of the installed one.
 
 Reported per side: wall seconds and CPU seconds (user + system of the process and its
@@ -80,19 +81,40 @@ def main(argv=None):
     p.add_argument("--config", default="configs/digits.py")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_revisions.json"))
+    p.add_argument(
+        "--env-this",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for this checkout's runs only (repeatable), e.g. "
+        "VDM_XLA_CPU_DEFAULTS=0 with --against HEAD to measure a runtime setting alone",
+    )
     a = p.parse_args(argv)
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env_this = dict(env)
+    for item in a.env_this:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            sys.exit(f"--env-this must be KEY=VALUE, got {item!r}")
+        env_this[key] = value
     head = subprocess.run(
         ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    head += "+uncommitted" if dirty else ""
     other = worktree(a.against)
     rows = []
     try:
         sides = {"this checkout": ROOT, a.against: other}
+        envs = {"this checkout": env_this, a.against: env}
         for r in range(a.rounds):
             order = list(sides) if r % 2 == 0 else list(sides)[::-1]
             for side in order:
-                got = run_job(sides[side], a.config, a.steps, env)
+                got = run_job(sides[side], a.config, a.steps, envs[side])
                 rows.append({"round": r, "side": side, **got})
                 print(
                     f"round {r}, {side}: {got['wall_s']:.1f} s wall, {got['cpu_s']:.1f} s CPU, "
@@ -114,6 +136,7 @@ def main(argv=None):
     summary = {
         "head": head,
         "against": a.against,
+        "env_this": a.env_this,
         "median": med,
         "cpu_ratio": mine["cpu_s"] / ref["cpu_s"],
         "wall_ratio": mine["wall_s"] / ref["wall_s"],
