@@ -151,3 +151,25 @@ def test_likelihood_cells_are_kept_per_checkpoint_step(tmp_path):
     assert study.kept_cell(str(cells), "m_exact_n4_d2", None)[0].endswith("_s200.json")
     assert study.latest_step(str(tmp_path / "elsewhere")) is None
     assert study.kept_cell(str(cells), "m_exact_n4_d16", None) is None
+
+
+def test_runner_takes_the_multivariate_axis_with_curves_and_maps(tmp_path):
+    """The schedules with a γ per dimension (per pixel, and chosen by each image) run through
+    the same grid: their rows carry the mean curve, the γ̂(½) maps (the conditional one with
+    its test images) and, with --evals, test bpd against steps and training seconds."""
+    args = ["--config", os.path.join(ROOT, "configs/digits.py:smoke"), "--steps", "4"]
+    args += ["--schedules", "learned_multivariate,learned_multivariate+cond", "--times", "0"]
+    args += ["--fourier", "off", "--evals", "2", "--out", str(tmp_path)]
+    args += ["--set", "schedule.latent_size=6", "--set", "schedule.encoder_embd=8"]
+    rows = ablate_schedules.main(args)
+    assert [r["schedule"] for r in rows] == ["learned_multivariate", "learned_multivariate+cond"]
+    for r in rows:
+        assert [p["step"] for p in r["curve"]] == [2, 4]
+        assert r["curve"][1]["train_s"] > r["curve"][0]["train_s"] > 0
+        assert len(r["gamma_curve"]) == 101
+        maps = r["gamma_half_maps"]
+        assert len(maps) == (ablate_schedules.MAP_IMAGES if "cond" in r["schedule"] else 1)
+        assert len(maps[0]) == 8 and len(maps[0][0]) == 8
+    assert rows[1]["latent"] >= 0 and "map_images" in rows[1]
+    for f in ("curves.png", "gamma_maps.png", "results.md"):
+        assert (tmp_path / f).exists()

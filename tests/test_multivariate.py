@@ -339,8 +339,14 @@ def test_endpoints_option_belongs_to_the_multivariate_schedule():
         config_lib.validate(c, n_devices=1)
 
 
-@pytest.mark.parametrize("endpoints", ["per_dim", "shared"])
-def test_trains_evaluates_and_samples_from_the_command_line(tmp_path, endpoints):
+@pytest.mark.parametrize(
+    "endpoints,extra",
+    [
+        ("per_dim", []),
+        ("shared", ["--config.schedule.conditional=True", "--config.schedule.latent_size=6"]),
+    ],
+)
+def test_trains_evaluates_and_samples_from_the_command_line(tmp_path, endpoints, extra):
     import json
     import os
     import subprocess
@@ -355,6 +361,7 @@ def test_trains_evaluates_and_samples_from_the_command_line(tmp_path, endpoints)
         f"--workdir={tmp_path}",
         "--config.schedule.name=learned_multivariate",
         f"--config.schedule.endpoints={endpoints}",
+        *extra,
     ]
     for mode in ("train", "eval", "sample"):
         proc = subprocess.run(
@@ -364,3 +371,84 @@ def test_trains_evaluates_and_samples_from_the_command_line(tmp_path, endpoints)
     lines = [json.loads(s) for s in open(tmp_path / "metrics.jsonl")]
     train_rows = [r for r in lines if "gamma_0" in r]
     assert train_rows and all(np.isfinite(r["bpd"]) for r in train_rows if "bpd" in r)
+
+
+# ---- The input-conditional schedule and its latent. ----
+
+
+def test_latent_counts_are_hard_draws_with_relaxed_gradients_and_an_exact_kl():
+    from vdm.core import latent
+
+    logits = jnp.array([[2.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
+    counts = latent.draw_counts(jax.random.key(0), logits, k=5)
+    np.testing.assert_allclose(counts.sum(-1), 5.0, rtol=1e-6)
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-6)  # the value is the hard draw
+    grad = jax.grad(
+        lambda lg: jnp.sum(latent.draw_counts(jax.random.key(0), lg, 5) * jnp.arange(4.0))
+    )(logits)
+    assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).sum()) > 0
+    # the draws follow softmax(logits): mean counts = k q
+    many = latent.draw_counts(jax.random.key(1), jnp.broadcast_to(logits[0], (20000, 4)), k=5)
+    np.testing.assert_allclose(many.mean(0), 5 * jax.nn.softmax(logits[0]), atol=0.03)
+    q = np.asarray(jax.nn.softmax(logits[0]))
+    kl = latent.kl_uniform(logits, k=5)
+    np.testing.assert_allclose(kl[0], 5 * np.sum(q * np.log(q * 4)), rtol=1e-5)
+    np.testing.assert_allclose(kl[1], 0.0, atol=1e-6)
+    prior = latent.prior_counts(jax.random.key(2), (20000,), 4, 5)
+    np.testing.assert_allclose(prior.sum(-1), 5.0)
+    np.testing.assert_allclose(prior.mean(0), 1.25, atol=0.03)
+
+
+def _conditional(shape=(4, 4, 1), **kw):
+    from vdm.networks.conditional_schedule import ConditionalMultivariate
+
+    sched = ConditionalMultivariate(-6.0, 6.0, shape, n_latent=6, n_draws=3, n_embd=8, **kw)
+    f = jnp.zeros((2, *shape))
+    params = sched.init(jax.random.key(0), jnp.zeros(()), f, method="init_all")
+    return sched, params
+
+
+def test_conditional_schedule_is_linear_at_init_and_monotone_with_exact_endpoints_for_any_c():
+    sched, params = _conditional()
+    c = jnp.array([[3.0, 0, 0, 0, 0, 0], [1.0, 1, 0, 0, 1, 0]])
+    t = jnp.array([0.25, 0.75])
+    np.testing.assert_allclose(
+        sched.apply(params, t, c),
+        np.broadcast_to((-6 + 12 * t)[:, None, None, None], (2, 4, 4, 1)),
+        atol=1e-5,
+    )
+    # random coefficient MLP: every image's schedule still spans [γ₀, γ₁] monotonically
+    p = jax.tree.map(lambda v: v + 0.5 * jax.random.normal(jax.random.key(1), v.shape), params)
+    g0, g1 = sched.apply(p, method="endpoints")
+    for ci in c:  # one example at a time: t of any shape
+        grid = jnp.linspace(0, 1, 101)
+        g = sched.apply(p, grid, ci)
+        assert g.shape == (101, 4, 4, 1)
+        np.testing.assert_allclose(g[0], g0, atol=1e-5)
+        np.testing.assert_allclose(g[-1], g1, rtol=1e-5, atol=1e-5)
+        assert float(jnp.diff(g, axis=0).min()) >= 0
+    assert not np.allclose(sched.apply(p, 0.5, c[0]), sched.apply(p, 0.5, c[1]))
+
+
+def test_conditional_bound_has_the_latent_kl_and_trains_the_encoder():
+    from vdm.configs import digits
+    from vdm.model import VDM
+
+    c = digits.get_config("smoke")
+    c.schedule.name = "learned_multivariate"
+    c.schedule.conditional = True
+    c.schedule.latent_size, c.schedule.latent_draws, c.schedule.encoder_embd = 6, 3, 8
+    model = VDM.from_config(c, 10, data_shape=(8, 8, 1))
+    params = model.init(jax.random.key(0), (8, 8, 1))
+    x = jax.random.randint(jax.random.key(1), (4, 8, 8, 1), 0, 17)
+    terms = model.vlb_terms(params, jax.random.key(2), {"image": x})
+    assert set(terms) == {"recon", "prior", "diffusion", "latent"}
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in terms.values())
+    assert float(terms["latent"].min()) >= 0
+    g = jax.grad(
+        lambda p: jnp.mean(sum(model.vlb_terms(p, jax.random.key(2), {"image": x}).values()))
+    )(params)
+    enc = g["schedule"]["encoder"]
+    assert float(sum(jnp.abs(v).sum() for v in jax.tree.leaves(enc))) > 0
+    with pytest.raises(ValueError, match="needs its counts"):
+        model.gamma_fn(params)(0.5)

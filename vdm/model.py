@@ -15,8 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdm.core import diffusion, elbo, objectives, schedules
+from vdm.core import diffusion, elbo, latent, objectives, schedules
 from vdm.networks import make_network
+from vdm.networks.conditional_schedule import ConditionalMultivariate
 
 Params = Any
 
@@ -58,6 +59,8 @@ class VDM:
             event_shape=data_shape,
             endpoints=s.get("endpoints", "per_dim"),
         )
+        if s.get("conditional", False):
+            schedule = conditional_schedule(s, data_shape)
         num_classes = num_classes if config.model.class_conditional else 0
         return cls(
             schedule=schedule,
@@ -82,7 +85,13 @@ class VDM:
     def multivariate(self) -> bool:
         """Whether γ(t) has one value per data dimension (MuLAN): the denoiser then sees the
         map of γ_t over the data as well as its mean."""
-        return isinstance(self.schedule, schedules.LearnedMultivariate)
+        return isinstance(self.schedule, (schedules.LearnedMultivariate, ConditionalMultivariate))
+
+    @property
+    def conditional(self) -> bool:
+        """Whether γ depends on the data through an auxiliary latent c (`vdm.core.latent`):
+        the bound then has a fourth term, 'latent', KL(q(c | x) ‖ p(c))."""
+        return isinstance(self.schedule, ConditionalMultivariate)
 
     def init(self, key: jax.Array, x_shape: tuple[int, ...]) -> Params:
         """Parameters for data of per-example shape `x_shape`."""
@@ -94,8 +103,12 @@ class VDM:
                 f"the data {tuple(x_shape)}: build the model with data_shape={tuple(x_shape)}"
             )
         gamma = jnp.zeros(z.shape if self.multivariate else (1,))
+        if self.conditional:
+            schedule = self.schedule.init(k_s, jnp.zeros(()), z, method="init_all")
+        else:
+            schedule = self.schedule.init(k_s, jnp.zeros(()))
         return {
-            "schedule": self.schedule.init(k_s, jnp.zeros(())).get("params", {}),
+            "schedule": schedule.get("params", {}),
             "net": self.network.init(k_n, z, gamma)["params"],
         }
 
@@ -107,8 +120,31 @@ class VDM:
         """Stored parameters (`stored_params`) in the form this model applies."""
         return {**params, "net": apply_form(self.network, params["net"])}
 
-    def gamma_fn(self, params: Params):
-        return lambda t: self.schedule.apply({"params": params["schedule"]}, t)
+    def gamma_fn(self, params: Params, latent: jax.Array | None = None):
+        """t ↦ γ_t; an input-conditional schedule also needs the latent counts c (…, n)."""
+        p = {"params": params["schedule"]}
+        if not self.conditional:
+            return lambda t: self.schedule.apply(p, t)
+        if latent is None:
+            raise ValueError(
+                "this schedule depends on an auxiliary latent (schedule.conditional=True): "
+                "gamma_fn needs its counts, from VDM.latent_posterior or VDM.latent_prior"
+            )
+        return lambda t: self.schedule.apply(p, t, latent)
+
+    def latent_prior(self, key: jax.Array, n: int, offset=0) -> jax.Array:
+        """Latent counts c ~ p(c) for examples offset … offset + n − 1 (one key each, as
+        the samplers' noise): shape (n, n_latent)."""
+        s = self.schedule
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(n))
+        return jax.vmap(lambda k: latent.prior_counts(k, (), s.n_latent, s.n_draws))(keys)
+
+    def latent_posterior(self, params: Params, key: jax.Array, x_int: jax.Array):
+        """(c ~ q(c | x), KL(q(c | x) ‖ p(c)) in nats), per example of the batch x_int."""
+        s, p = self.schedule, {"params": params["schedule"]}
+        logits = s.apply(p, self.encoding.encode(x_int), method="logits")
+        counts = latent.draw_counts(key, logits, s.n_draws, s.temperature)
+        return counts, latent.kl_uniform(logits, s.n_draws)
 
     def eps_hat_fn(self, params: Params, label=None, flags=None, train=False, rng=None):
         """z, γ_t ↦ ε̂(z_t; t), converting the network's head through vdm/core/diffusion.py."""
@@ -126,6 +162,8 @@ class VDM:
 
     def endpoints(self, params: Params) -> tuple[jax.Array, jax.Array]:
         """(γ(0), γ(1)): scalars, or arrays of the data's shape for a multivariate γ."""
+        if self.conditional:  # the same for every latent
+            return self.schedule.apply({"params": params["schedule"]}, method="endpoints")
         gamma_fn = self.gamma_fn(params)
         return gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
 
@@ -169,6 +207,10 @@ class VDM:
         k_vlb, k_drop, k_label = jax.random.split(key, 3)
         x = batch["image"]
         label, flags = self._conditioning(k_label, batch, train)
+        gamma_fn, kl = self.gamma_fn, None
+        if self.conditional:  # c ~ q(c | x), and its KL to the prior as a fourth term
+            counts, kl = self.latent_posterior(params, jax.random.fold_in(key, LATENT_STREAM), x)
+            gamma_fn = lambda p: self.gamma_fn(p, counts)  # noqa: E731
         vm = None
         if self.variance_min:
             p = {"params": params["schedule"]}
@@ -176,10 +218,10 @@ class VDM:
                 *self.schedule.apply(p, method="endpoints"),
                 lambda t: self.schedule.apply(p, t, method="shape"),
             )
-        return elbo.vlb_terms(
+        terms = elbo.vlb_terms(
             k_vlb,
             x,
-            self.gamma_fn(params),
+            gamma_fn(params),
             self.eps_hat_fn(params, label, flags, train, k_drop),
             encoding=self.encoding,
             n_timesteps=self.n_timesteps,
@@ -187,6 +229,32 @@ class VDM:
             variance_min=vm,
             mask=batch.get("mask"),
         )
+        if kl is not None:
+            terms["latent"] = kl
+        return terms
+
+
+LATENT_STREAM = 7  # fold_in(key, ·): the latent's draw, apart from the bound's own splits
+
+
+def conditional_schedule(s, data_shape) -> ConditionalMultivariate:
+    """The input-conditional schedule of the config's `schedule` section."""
+    if data_shape is None:
+        raise ValueError(
+            "schedule.conditional=True has one γ per data dimension: VDM.from_config needs "
+            "data_shape"
+        )
+    return ConditionalMultivariate(
+        s.gamma_min,
+        s.gamma_max,
+        tuple(data_shape),
+        s.get("endpoints", "per_dim"),
+        n_latent=s.latent_size,
+        n_draws=s.latent_draws,
+        temperature=s.latent_temperature,
+        n_embd=s.encoder_embd,
+        n_layer=s.encoder_layers,
+    )
 
 
 def stored_form(network: nn.Module, net_params: Params) -> Params:

@@ -66,6 +66,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.schedule.gamma_max = 5.0
     c.schedule.n_features = 1024
     c.schedule.endpoints = "per_dim"  # learned_multivariate: γ₀, γ₁ per_dim | shared
+    # learned_multivariate, input-conditional (MuLAN): γ(t; c), c counts latent_draws draws of
+    # latent_size categories from an encoder of x (vdm/core/latent.py); KL(q(c|x)‖p(c)) joins
+    # the bound as the term 'latent'
+    c.schedule.conditional = False
+    c.schedule.latent_size = 50
+    c.schedule.latent_draws = 15
+    c.schedule.latent_temperature = 1.0  # the Gumbel-softmax relaxation's, for gradients
+    c.schedule.encoder_embd = 32
+    c.schedule.encoder_layers = 2
     c.schedule.variance_min = False  # variance-minimising gradient for the shape (learned_net)
 
     c.optimizer = ml_collections.ConfigDict()

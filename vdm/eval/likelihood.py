@@ -28,7 +28,7 @@ from vdm.model import VDM
 from vdm.samplers.common import example_keys, require_scalar_gamma
 from vdm.samplers.ode import EVALS_PER_STEP, SOLVERS, adaptive_step_control
 
-TERMS = ("bpd", "recon", "prior", "diffusion")
+TERMS = ("bpd", "recon", "prior", "diffusion")  # every model's; a conditional γ adds "latent"
 
 
 def make_eval_step(model: VDM, n_dims: int, mesh, matmul_precision: str = "highest"):
@@ -39,7 +39,7 @@ def make_eval_step(model: VDM, n_dims: int, mesh, matmul_precision: str = "highe
             terms = model.vlb_terms(params, key, batch, train=False)
         bpd = elbo.bpd_terms(terms, n_dims)
         m = batch["mask"]
-        return {k: jnp.stack([jnp.sum(m * bpd[k]), jnp.sum(m * bpd[k] ** 2)]) for k in TERMS}
+        return {k: jnp.stack([jnp.sum(m * v), jnp.sum(m * v**2)]) for k, v in bpd.items()}
 
     rep = sharding.replicated(mesh)
     return jax.jit(step, in_shardings=(rep, sharding.data_sharded(mesh), rep), out_shardings=rep)
@@ -48,18 +48,20 @@ def make_eval_step(model: VDM, n_dims: int, mesh, matmul_precision: str = "highe
 def elbo_bpd(
     eval_step, params, split: data.Split, batch_size: int, key: jax.Array, mesh, repeats: int = 1
 ) -> dict[str, float]:
-    """ELBO in bpd over `split`: {'bpd', 'bpd_se', 'recon', …, 'n'}; SE over examples×repeats."""
-    sums = {k: np.zeros(2) for k in TERMS}
+    """ELBO in bpd over `split`: {'bpd', 'bpd_se', 'recon', …, 'n'}; SE over examples×repeats.
+    Every term of the model's bound is reported (`TERMS`, and 'latent' for an
+    input-conditional schedule)."""
+    sums: dict[str, np.ndarray] = {}
     pid, pcount = jax.process_index(), jax.process_count()
     for r in range(repeats):
         for i, batch in enumerate(data.eval_batches(split, batch_size, pid, pcount)):
             k = jax.random.fold_in(jax.random.fold_in(key, r), i)
             out = eval_step(params, sharding.shard_batch(batch, mesh), k)
-            for name in TERMS:
-                sums[name] += np.asarray(out[name], np.float64)
+            for name, v in out.items():
+                sums[name] = sums.get(name, 0.0) + np.asarray(v, np.float64)
     n = len(split) * repeats
     result = {"n": n}
-    for name in TERMS:
+    for name in sums:
         mean = sums[name][0] / n
         var = max(sums[name][1] / n - mean**2, 0.0)
         result[name] = float(mean)

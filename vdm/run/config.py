@@ -83,6 +83,21 @@ def validate(config, n_devices: int | None = None) -> None:
 def _check_multivariate(config) -> None:
     """What a schedule with a γ per data dimension cannot do (yet), each in one line."""
     what = f"schedule.name={config.schedule.name!r} (a γ per data dimension)"
+    s = config.schedule
+    if s.get("conditional", False):
+        for field in ("latent_size", "latent_draws", "encoder_embd"):
+            if not (isinstance(s[field], int) and s[field] >= 1):
+                raise ConfigError(f"schedule.{field} must be a positive integer, got {s[field]!r}")
+        if s.latent_size < 2:
+            raise ConfigError(f"schedule.latent_size must be >= 2, got {s.latent_size}")
+        if not s.latent_temperature > 0:
+            raise ConfigError(
+                f"schedule.latent_temperature must be > 0, got {s.latent_temperature}"
+            )
+        if not (isinstance(s.encoder_layers, int) and s.encoder_layers >= 0):
+            raise ConfigError(
+                f"schedule.encoder_layers must be an integer >= 0, got {s.encoder_layers!r}"
+            )
     o = config.objective
     if objectives.is_weighted(o.weighting, o.noise_dist):
         raise ConfigError(
@@ -260,6 +275,11 @@ def _check_combinations(config) -> None:
             )
     if config.schedule.name in schedules.MULTIVARIATE:
         _check_multivariate(config)
+    elif config.schedule.get("conditional", False):
+        raise ConfigError(
+            f"schedule.conditional=True needs schedule.name in {list(schedules.MULTIVARIATE)}, "
+            f"got {config.schedule.name!r}"
+        )
     elif config.schedule.get("endpoints", "per_dim") != "per_dim":
         raise ConfigError(
             f"schedule.endpoints applies to schedule.name in {list(schedules.MULTIVARIATE)}, "

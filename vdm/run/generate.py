@@ -16,6 +16,7 @@ import numpy as np
 
 from vdm import sharding
 from vdm.data import images
+from vdm.model import LATENT_STREAM
 from vdm.samplers import guided, options_of, sample
 from vdm.samplers.common import example_keys, initial_noise
 
@@ -39,6 +40,8 @@ def make_sampler(model: VDM, sample_cfg, x_shape, batch: int, mesh=None):
         if mesh is not None:  # the chains split over devices; XLA follows from z₁
             z_1 = jax.lax.with_sharding_constraint(z_1, sharding.data_sharded(mesh))
             labels = jax.lax.with_sharding_constraint(labels, sharding.data_sharded(mesh))
+        if model.conditional:
+            return conditional(params, key, offset, labels, z_1)
         eps_uncond = model.eps_hat_fn(params)  # the null label for a class-conditional model
         eps = eps_uncond
         if model.num_classes and s.guidance:
@@ -56,6 +59,35 @@ def make_sampler(model: VDM, sample_cfg, x_shape, batch: int, mesh=None):
             **options,
         )
         return x, info["nfe"]
+
+    def conditional(params, key, offset, labels, z_1):
+        """An input-conditional schedule: each example draws its latent c ~ p(c) and runs
+        the sampler under its own γ(t; c), vmapped over the batch (the same per-example noise
+        as the batched samplers: example i keys its steps by its global index)."""
+        counts = model.latent_prior(jax.random.fold_in(key, LATENT_STREAM), batch, offset)
+
+        def one(z_i, c_i, index, label):
+            label = label[None] if model.num_classes else None
+            eps_uncond = model.eps_hat_fn(params)
+            eps = eps_uncond
+            if model.num_classes and s.guidance:
+                eps = guided(model.eps_hat_fn(params, label=label), eps_uncond, s.guidance)
+            x, info = sample(
+                s.sampler,
+                key,
+                eps,
+                model.gamma_fn(params, c_i),
+                (1, *x_shape),
+                encoding=model.encoding,
+                final_denoise=s.final_denoise,
+                offset=index,
+                z_init=z_i[None],
+                **options,
+            )
+            return x[0], info["nfe"]
+
+        x, nfe = jax.vmap(one)(z_1, counts, offset + jnp.arange(batch), labels)
+        return x, nfe[0]
 
     return jax.jit(run, out_shardings=(rep, rep) if rep is not None else None)
 

@@ -2,7 +2,8 @@
 
 Reads each run's `metrics.jsonl` (the source of truth) and draws, against training steps, one
 figure of four panels: the bound in bpd (train, and eval ± its standard error), its terms
-(recon, prior, diffusion), the schedule's endpoints γ₀ and γ₁, and the variance of the
+(recon, prior, diffusion, and the latent's KL for an input-conditional schedule), the
+schedule's endpoints γ₀ and γ₁ (their means for a γ per dimension), and the variance of the
 diffusion-loss estimator. Several workdirs share the axes, one colour each, so comparing
 runs takes one command. Each `--mode=eval` result in a workdir (`eval_step_<N>*.json`, and
 the end of training's `eval_final.json`) is marked on the bound panel at its checkpoint step,
@@ -27,11 +28,17 @@ from vdm.run.metrics import read_rows
 
 PANELS = (
     ("bound (bpd)", ("bpd",)),
-    ("terms (bpd): recon ─, prior ┄, diffusion ─ ·", ("recon", "prior", "diffusion")),
-    ("schedule endpoints: γ₀ ─, γ₁ ┄", ("gamma_0", "gamma_1")),
+    (
+        "terms (bpd): recon ─, prior ┄, diffusion ─ ·, latent KL ··· (conditional γ)",
+        ("recon", "prior", "diffusion", "latent"),
+    ),
+    (
+        "schedule endpoints: γ₀ ─, γ₁ ┄ (mean over dimensions if γ is a vector)",
+        ("gamma_0", "gamma_1"),
+    ),
     ("diffusion-loss variance (nats²)", ("diffusion_var",)),
 )
-STYLES = ("-", "--", "-.")
+STYLES = ("-", "--", "-.", ":")
 
 
 def series(rows: list[dict], split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
