@@ -152,6 +152,12 @@ class VDM:
 
         def eps_hat(z, gamma_t):
             # one γ per example, or per dimension (multivariate: the data's shape)
+            gamma_t = jnp.asarray(gamma_t)
+            if self.multivariate and gamma_t.shape not in (z.shape, z.shape[1:]):
+                raise ValueError(
+                    f"a γ per dimension must have the shape of z {z.shape} or of one example "
+                    f"{z.shape[1:]}, got {gamma_t.shape}"
+                )
             gamma_t = jnp.broadcast_to(gamma_t, z.shape if self.multivariate else z.shape[:1])
             out = self.network.apply(
                 {"params": params["net"]}, z, gamma_t, label, flags, train=train, rngs=rngs
@@ -234,7 +240,10 @@ class VDM:
         return terms
 
 
-LATENT_STREAM = 7  # fold_in(key, ·): the latent's draw, apart from the bound's own splits
+# fold_in(key, ·) for the latent's draw: apart from the bound's own splits and from every
+# example's sampler key (fold_in(key, example index), `samplers.example_keys`), so no sample
+# index below 2³¹ − 1 shares a stream with the latents
+LATENT_STREAM = 2**31 - 1
 
 
 def conditional_schedule(s, data_shape) -> ConditionalMultivariate:

@@ -101,11 +101,17 @@ def main(argv=None):
         ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+        ["git", "-C", ROOT, "status", "--porcelain"],
         capture_output=True,
         text=True,
     ).stdout.strip()
     head += "+uncommitted" if dirty else ""
+    if dirty and a.env_this and a.against in ("HEAD", head.split("+")[0]):
+        print(
+            "warning: the tree has uncommitted changes, so this checkout differs from "
+            f"{a.against} in code as well as in --env-this",
+            file=sys.stderr,
+        )
     other = worktree(a.against)
     rows = []
     try:

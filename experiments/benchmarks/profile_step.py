@@ -155,11 +155,16 @@ def main(argv=None):
             "official_over_project": ref / mine,
             "project_gflop": gflop["project", part],
             "official_gflop": gflop["official", part],
+            "project_turns_s": seconds["project", part],
+            "official_turns_s": seconds["official", part],
         }
         rows.append(row)
+        spread = {s: (min(seconds[s, part]) * 1e3, max(seconds[s, part]) * 1e3) for s in sides}
         print(
-            f"{part:10s} project {mine * 1e3:8.1f} ms ({row['project_gflop']:6.1f} GFLOP)  "
-            f"official {ref * 1e3:8.1f} ms ({row['official_gflop']:6.1f} GFLOP)  "
+            f"{part:10s} project {mine * 1e3:8.1f} ms [{spread['project'][0]:.0f}–"
+            f"{spread['project'][1]:.0f}] ({row['project_gflop']:6.1f} GFLOP)  "
+            f"official {ref * 1e3:8.1f} ms [{spread['official'][0]:.0f}–"
+            f"{spread['official'][1]:.0f}] ({row['official_gflop']:6.1f} GFLOP)  "
             f"speed ratio {ref / mine:.2f}×",
             flush=True,
         )

@@ -54,11 +54,14 @@ def load_config(spec: str):
     return load_file(spec)
 
 
-def cells(schedules, times, fourier, seeds):
+def cells(schedules, times, fourier, seeds, evals: int = 1):
+    """(name, setting) of every cell; a cell evaluated `evals` > 1 times has its own name (and
+    workdir), so it never resumes, and overwrites, a cell trained with one eval."""
     for sched, t, ff, seed in itertools.product(schedules, times, fourier, seeds):
         if sched.endswith("+vm") and t != 0:
             continue  # the variance-minimising gradient needs continuous time
         name = f"{sched}_T{t}_ff-{'on' if ff else 'off'}_seed{seed}".replace("+", "-")
+        name += f"_evals{evals}" if evals > 1 else ""
         yield name, {"schedule": sched, "n_timesteps": t, "fourier": ff, "seed": seed}
 
 
@@ -164,15 +167,16 @@ def write_report(rows: list[dict], out: str) -> None:
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(rows, f, indent=2)
     lines = [
-        "| schedule | time | Fourier | seed | test bpd | ± SE | Var L_diff (train, nats²) | "
-        "Var L_diff (eval, bpd²) | γ₀ | γ₁ | wall s |",
-        "|" + "---|" * 11,
+        "| schedule | time | Fourier | seed | test bpd | ± SE | latent KL (bpd) | "
+        "Var L_diff (train, nats²) | Var L_diff (eval, bpd²) | γ₀ | γ₁ | wall s |",
+        "|" + "---|" * 12,
     ]
     for r in rows:
         t = "continuous" if r["n_timesteps"] == 0 else f"T = {r['n_timesteps']}"
         lines.append(
             f"| {r['schedule']} | {t} | {'on' if r['fourier'] else 'off'} | {r['seed']} | "
-            f"{r['bpd']:.4f} | {r['bpd_se']:.4f} | {r['diffusion_var_train']:.4g} | "
+            f"{r['bpd']:.4f} | {r['bpd_se']:.4f} | {r.get('latent', 0.0):.4f} | "
+            f"{r['diffusion_var_train']:.4g} | "
             f"{r['diffusion_var_eval']:.4g} | {r['gamma_0']:.2f} | {r['gamma_1']:.2f} | "
             f"{r['wall_s']:.0f} |"
         )
@@ -303,11 +307,17 @@ def main(argv=None) -> list[dict]:
         base = grid_lib.override(load_config(args.config), args.set)
     except ValueError as e:
         p.error(str(e))
-    todo = cells(schedules, times, [f == "on" for f in fourier], csv_list(args.seeds, int))
-    key = {"steps": args.steps} | ({"evals": args.evals} if args.evals > 1 else {})
-    grid = grid_lib.Grid(args.out, ROW, key, args.keep)  # rows of before --evals still count
+    if base.schedule.get("conditional", False):
+        p.error(
+            "--set schedule.conditional=True: choose the input-conditional schedule as "
+            "--schedules=learned_multivariate+cond (the cell sets the field)"
+        )
     if args.evals < 1:
         p.error(f"--evals must be >= 1, got {args.evals}")
+    seeds = csv_list(args.seeds, int)
+    todo = cells(schedules, times, [f == "on" for f in fourier], seeds, args.evals)
+    key = {"steps": args.steps} | ({"evals": args.evals} if args.evals > 1 else {})
+    grid = grid_lib.Grid(args.out, ROW, key, args.keep)  # rows of before --evals still count
     make_config = lambda setting: cell_config(base, setting, args.steps, args.evals)  # noqa: E731
     rows = grid.run(todo, make_config, measure, args.report_only)
     os.makedirs(args.out, exist_ok=True)

@@ -27,16 +27,34 @@ from vdm.compress import chain as chain_lib
 from vdm.compress import coder as coder_lib
 from vdm.compress import fingerprint
 from vdm.compress.container import FORMAT_VERSION, GENERATORS, CompressError, images_crc
+from vdm.core import schedules
+
+# Schedule fields that only a γ per dimension reads (compress refuses those schedules): left
+# out of the hash, so files coded before the fields existed keep their hash.
+MULTIVARIATE_FIELDS = (
+    "endpoints",
+    "conditional",
+    "latent_size",
+    "latent_draws",
+    "latent_temperature",
+    "encoder_embd",
+    "encoder_layers",
+)
 
 
 def config_hash(config) -> str:
     """Hash of the sections that define p(x): data, model, schedule.
 
-    Without `model.scan_blocks`: how the network is executed, not which p(x) it is (the hash
-    of a config from before the field existed, so earlier files keep theirs).
+    Without `model.scan_blocks` (how the network is executed, not which p(x) it is) and,
+    for a scalar schedule, without the fields only a γ per dimension reads
+    (`MULTIVARIATE_FIELDS`): the hash of a config from before these fields existed, so
+    earlier files keep theirs.
     """
     spec = {k: config[k].to_dict() for k in ("data", "model", "schedule")}
     spec["model"].pop("scan_blocks", None)
+    if spec["schedule"].get("name") not in schedules.MULTIVARIATE:
+        for field in MULTIVARIATE_FIELDS:
+            spec["schedule"].pop(field, None)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -14,8 +14,18 @@ HEADS = ("eps", "x0", "v", "score")
 
 
 def bcast(gamma: jax.Array, x: jax.Array) -> jax.Array:
-    """Reshape a per-example γ of shape (batch,) so it broadcasts against x (batch, ...)."""
+    """Reshape a per-example γ of shape (batch,) so it broadcasts against x (batch, ...).
+
+    γ's axes are x's leading axes: a scalar, one per example, or one per example and
+    dimension (a multivariate schedule, x's shape). A γ of one example's shape (no batch
+    axis) is ambiguous here and refused where its axes cannot be x's leading ones.
+    """
     gamma = jnp.asarray(gamma)
+    if any(g not in (1, s) for g, s in zip(gamma.shape, x.shape, strict=False)):
+        raise ValueError(
+            f"γ of shape {gamma.shape} does not match the leading axes of x {x.shape}: give "
+            "one per example (batch,) or one per example and dimension (x's shape)"
+        )
     return gamma.reshape(gamma.shape + (1,) * (x.ndim - gamma.ndim))
 
 

@@ -202,15 +202,21 @@ def diffusion_loss_continuous(
     """
     gamma_t, dgamma_dt = jax.jvp(gamma_fn, (t,), (jnp.ones_like(t),))
     z_t = diffusion.q_sample(x, gamma_t, eps)
-    return 0.5 * weighted_sum(dgamma_dt, jnp.square(eps - eps_hat_fn(z_t, gamma_t)))
+    return weighted_sum(0.5 * dgamma_dt, jnp.square(eps - eps_hat_fn(z_t, gamma_t)))
 
 
 def weighted_sum(w: jax.Array, sq_err: jax.Array) -> jax.Array:
     """Σ_i w_i e_i per example: w per example (a scalar γ; the sum taken first, as VDM's
     code does) or per dimension (a multivariate γ, shape of `sq_err`)."""
-    if jnp.ndim(w) <= 1:
+    shape = jnp.shape(w)
+    if shape == sq_err.shape:
+        return _sum_per_example(w * sq_err)
+    if shape in ((), sq_err.shape[:1]):
         return w * _sum_per_example(sq_err)
-    return _sum_per_example(w * sq_err)
+    raise ValueError(
+        f"the loss weight must be a scalar, one per example {sq_err.shape[:1]} or one per "
+        f"dimension {sq_err.shape}, got shape {shape}"
+    )
 
 
 def diffusion_loss_discrete(
@@ -231,7 +237,7 @@ def diffusion_loss_discrete(
     gamma_t, gamma_s = gamma_fn(t_i), gamma_fn(t_i - 1.0 / T)
     z_t = diffusion.q_sample(x, gamma_t, eps)
     sq_err = jnp.square(eps - eps_hat_fn(z_t, gamma_t))
-    return 0.5 * T * weighted_sum(jnp.expm1(gamma_t - gamma_s), sq_err)
+    return weighted_sum(0.5 * T * jnp.expm1(gamma_t - gamma_s), sq_err)
 
 
 def diffusion_loss(
@@ -353,9 +359,11 @@ def bound_terms(
     t = sample_t(k_t, f.shape[0], antithetic_time, mask)
     eps = jax.random.normal(k_eps, f.shape)
     eps_0 = jax.random.normal(k_eps0, f.shape)
-    if endpoints is None:  # per example: a multivariate γ has the data's shape
-        ends = jnp.zeros(f.shape[:1]), jnp.ones(f.shape[:1])
-        endpoints = gamma_fn(ends[0]), gamma_fn(ends[1])
+    if endpoints is None:
+        t0, t1 = jnp.zeros(()), jnp.ones(())
+        if jax.eval_shape(gamma_fn, t0).shape:  # a γ per dimension: one per example
+            t0, t1 = jnp.zeros(f.shape[:1]), jnp.ones(f.shape[:1])
+        endpoints = gamma_fn(t0), gamma_fn(t1)
     gamma_0, gamma_1 = endpoints
     diff, aux = diffusion_term(f, t, eps)
     terms = {

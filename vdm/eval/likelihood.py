@@ -25,8 +25,14 @@ from vdm.eval import dequantization as dequantization_lib
 from vdm.eval.dequantization import dequantize, log_bin_volume  # noqa: F401 (public here)
 from vdm.eval.records import describe, pf_ode_record  # noqa: F401 (public here)
 from vdm.model import VDM
-from vdm.samplers.common import example_keys, require_scalar_gamma
-from vdm.samplers.ode import EVALS_PER_STEP, SOLVERS, adaptive_step_control
+from vdm.samplers.common import example_keys
+from vdm.samplers.ode import (
+    EVALS_PER_STEP,
+    SOLVERS,
+    adaptive_step_control,
+    is_vector,
+    pf_ode_drift_t,
+)
 
 TERMS = ("bpd", "recon", "prior", "diffusion")  # every model's; a conditional γ adds "latent"
 
@@ -155,7 +161,8 @@ def pf_ode_log_prob(
     """log p₀(z₀) under the probability-flow ODE (Song et al. 2021, eq. 39; Chen et al. 2018).
 
     The augmented state [z, Δ] follows dz/dγ = f(z, γ), dΔ/dγ = tr ∂f/∂z from γ₀ to γ₁, and
-    log p₀(z₀) = log N(z₁; 0, I) + Δ(γ₁). The trace is exact (D Jacobian-vector products, for
+    log p₀(z₀) = log N(z₁; 0, I) + Δ(γ₁); with a γ per dimension the same in t from 0 to 1
+    (`vdm.samplers.ode.pf_ode_drift_t`). The trace is exact (D Jacobian-vector products, for
     small D) or Hutchinson's vᵀ(∂f/∂z)v averaged over `probes` probes per example, fixed along
     the path (unbiased for log p₀, since the path does not depend on them).
     `step_control`: "per_example" solves each example with its own steps (a vmapped solve:
@@ -168,13 +175,19 @@ def pf_ode_log_prob(
     largest number of drift evaluations}).
     """
     check_ode_options(trace, probe, solver, step_control, probes)
-    require_scalar_gamma(gamma_fn, "the PF-ODE likelihood (eval.pf_ode, integrated in γ)")
-    g0, g1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
     keys = example_keys(key, z_0.shape[0], offset) if keys is None else keys
     v = jax.vmap(lambda k: _probe(k, (int(probes), *z_0.shape[1:]), probe))(keys)
+    if is_vector(gamma_fn):  # a γ per dimension: the ODE runs in t from 0 to 1
+        g0, g1 = 0.0, 1.0
 
-    def drift(y, g):
-        return diffusion.pf_ode_drift(eps_hat_fn, y, jnp.broadcast_to(g, y.shape[:1]))
+        def drift(y, t):
+            return pf_ode_drift_t(eps_hat_fn, gamma_fn, y, t)
+
+    else:
+        g0, g1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
+
+        def drift(y, g):
+            return diffusion.pf_ode_drift(eps_hat_fn, y, jnp.broadcast_to(g, y.shape[:1]))
 
     def log_prior(z_1):
         flat = z_1.reshape(z_1.shape[0], -1)
@@ -241,8 +254,7 @@ def pf_ode_log_weights(
     if draws < 1:
         raise ValueError(f"eval.importance_samples must be >= 1, got {draws}")
     n = x_int.shape[0]
-    require_scalar_gamma(gamma_fn, "the dequantized PF-ODE likelihood (eval.pf_ode)")
-    gamma_0 = gamma_fn(jnp.zeros(()))
+    gamma_0 = gamma_fn(jnp.zeros(()))  # one per dimension for a vector γ: q(z₀ | x) elementwise
     k_deq, k_probe = draw_keys(key, n, offset, draws)
     deq = jax.vmap(
         lambda ks: jax.vmap(

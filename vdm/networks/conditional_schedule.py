@@ -93,6 +93,11 @@ class ConditionalMultivariate(nn.Module):
     def __call__(self, t: jax.Array, c: jax.Array) -> jax.Array:
         a, b, c0 = self.coefficients(c)
         t = jnp.asarray(t, jnp.result_type(float))
+        if c.ndim > 1 and t.shape not in ((), c.shape[:-1]):
+            raise ValueError(
+                f"t must be a scalar or one per example {c.shape[:-1]} for a batch of latents, "
+                f"got shape {t.shape} (vmap over examples for a grid of times)"
+            )
         t = t.reshape(t.shape + (1,) * len(self.event_shape))
         gamma_0, gamma_1 = self.endpoints()
         return gamma_0 + (gamma_1 - gamma_0) * schedules.polynomial_shape(t, a, b, c0)

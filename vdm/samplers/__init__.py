@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from vdm.core import elbo
 from vdm.samplers.common import (
     GRIDS,
-    VECTOR_GAMMA_SAMPLERS,
     decode,
     denoise,
     example_keys,
@@ -39,7 +38,6 @@ __all__ = [
     "GRIDS",
     "SAMPLERS",
     "SOLVERS",
-    "VECTOR_GAMMA_SAMPLERS",
     "decode",
     "denoise",
     "example_keys",

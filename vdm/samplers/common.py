@@ -54,18 +54,6 @@ def per_example(v: jax.Array, n: int) -> jax.Array:
     return jnp.broadcast_to(v, (n,) + jnp.shape(v))
 
 
-VECTOR_GAMMA_SAMPLERS = ("ancestral", "ddim", "dpm_solver_pp_2m", "euler_maruyama", "pc")
-
-
-def require_scalar_gamma(gamma_fn, what: str) -> None:
-    """One line if `gamma_fn` has a γ per data dimension, for code that needs a scalar γ."""
-    if jax.eval_shape(gamma_fn, jnp.zeros(())).shape:
-        raise ValueError(
-            f"{what} needs a scalar schedule γ(t), and this one has a γ per data dimension "
-            f"(schedule.name='learned_multivariate'); its samplers: {list(VECTOR_GAMMA_SAMPLERS)}"
-        )
-
-
 def denoise(eps_hat_fn, z: jax.Array, gamma: jax.Array) -> jax.Array:
     """Tweedie's final step: x̂ = E[x | z] = (z − σ ε̂) / α."""
     return diffusion.eps_to_x0(z, eps_hat_fn(z, gamma), gamma)

@@ -80,8 +80,11 @@ def dpm_solver_pp_2m(
         g_t, g_s = per_example(gammas[i], n), per_example(gammas[i + 1], n)
         x0 = diffusion.eps_to_x0(z_t, eps_hat_fn(z_t, g_t), g_t)
         h = 0.5 * (gammas[i] - gammas[i + 1])
-        r = h_prev / h
-        d = jnp.where(i == 0, x0, (1 + 0.5 / r) * x0 - (0.5 / r) * x_prev)
+        # a dimension whose γ did not move (now or on the last step) takes the first-order
+        # step: r would be 0/0 or x/0 there (a vector γ can stall in one dimension)
+        moved = (h > 0) & (h_prev > 0)
+        r = jnp.where(moved, h_prev / jnp.where(moved, h, 1.0), 1.0)
+        d = jnp.where((i == 0) | ~moved, x0, (1 + 0.5 / r) * x0 - (0.5 / r) * x_prev)
         alpha_s, sigma_s = diffusion.alpha_sigma(diffusion.bcast(g_s, z_t))
         _, sigma_t = diffusion.alpha_sigma(diffusion.bcast(g_t, z_t))
         z_s = sigma_s / sigma_t * z_t - alpha_s * jnp.expm1(-h) * d

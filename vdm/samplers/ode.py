@@ -2,6 +2,8 @@
 
 dz/dγ = ½ σ (ε̂ − σ z) (see `diffusion.pf_ode_drift`). Integrating from γ₁ down to γ₀ samples;
 from γ₀ up to γ₁ encodes data into the latent. Adaptive steps (rtol, atol) or a fixed grid.
+With a γ per dimension there is no common γ to integrate in: the ODE runs in t,
+dz/dt = γ′(t) ⊙ ½ σ (ε̂ − σ z) (`pf_ode_drift_t`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm.core.diffusion import pf_ode_drift
-from vdm.samplers.common import (
-    example_keys,
-    gamma_grid,
-    initial_noise,
-    per_example,
-    require_scalar_gamma,
-)
+from vdm.samplers.common import example_keys, gamma_grid, initial_noise, per_example
 
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "heun": diffrax.Heun}
 
@@ -87,9 +83,71 @@ def solve_pf_ode(
     return jax.vmap(solve_one)(z)
 
 
+def pf_ode_drift_t(eps_hat_fn, gamma_fn, z: jax.Array, t: jax.Array) -> jax.Array:
+    """dz/dt = γ′(t) ⊙ ½ σ (ε̂ − σ z) for a γ per dimension (one example or a batch z with a
+    shared t): each dimension moves in its own γ_i(t), so the ODE runs in t, not in γ."""
+    gamma, dgamma = jax.jvp(gamma_fn, (t,), (jnp.ones_like(t),))
+    return dgamma * pf_ode_drift(eps_hat_fn, z, per_example(gamma, z.shape[0]))
+
+
+def is_vector(gamma_fn) -> bool:
+    """Whether `gamma_fn` has a γ per data dimension (its value at one t has axes)."""
+    return bool(jax.eval_shape(gamma_fn, jnp.zeros(())).shape)
+
+
+def solve_pf_ode_t(eps_hat_fn, gamma_fn, z, *, forward: bool, solver, steps, rtol, atol, max_steps):
+    """The PF-ODE in t between 0 and 1 (`pf_ode_drift_t`), each example its own ODE, on a
+    uniform t grid (steps > 0) or adaptive (`adaptive_step_control`)."""
+    t0, t1 = (0.0, 1.0) if forward else (1.0, 0.0)
+
+    def drift(t, y, args):
+        return pf_ode_drift_t(eps_hat_fn, gamma_fn, y[None], t)[0]
+
+    if steps:
+        controller, dt0 = diffrax.StepTo(ts=jnp.linspace(t0, t1, steps + 1)), None
+    else:
+        controller, dt0 = adaptive_step_control(rtol, atol, t0, t1)
+
+    def solve_one(y0):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(drift),
+            SOLVERS[solver](),
+            t0=t0,
+            t1=t1,
+            dt0=dt0,
+            y0=y0,
+            stepsize_controller=controller,
+            max_steps=max(max_steps, steps + 1),
+            saveat=diffrax.SaveAt(t1=True),
+        )
+        return sol.ys[-1], sol.stats["num_steps"]
+
+    return jax.vmap(solve_one)(z)
+
+
 def _solve_between_endpoints(eps_hat_fn, gamma_fn, z, forward: bool, solver, **options):
-    """The PF-ODE between the schedule's endpoints, γ₁ → γ₀ (sampling) or γ₀ → γ₁ (encoding)."""
-    require_scalar_gamma(gamma_fn, "the probability-flow ODE (integrated in γ)")
+    """The PF-ODE between the schedule's endpoints, γ₁ → γ₀ (sampling) or γ₀ → γ₁ (encoding);
+    with a γ per dimension, in t from 1 to 0 or 0 to 1 (`solve_pf_ode_t`)."""
+    if is_vector(gamma_fn):
+        if options.get("grid", "uniform_t") != "uniform_t":
+            raise ValueError(
+                "sample.grid='uniform_logsnr' has no meaning for a γ per dimension: the "
+                "PF-ODE runs in t; use 'uniform_t'"
+            )
+        if solver not in SOLVERS:
+            raise ValueError(f"sample.solver must be one of {sorted(SOLVERS)}, got {solver!r}")
+        z_end, n_steps = solve_pf_ode_t(
+            eps_hat_fn,
+            gamma_fn,
+            z,
+            forward=forward,
+            solver=solver,
+            steps=options.get("steps", 0),
+            rtol=options.get("rtol", 1e-5),
+            atol=options.get("atol", 1e-5),
+            max_steps=options.get("max_steps", 4096),
+        )
+        return z_end, {"nfe": jnp.max(n_steps) * EVALS_PER_STEP[solver], "steps": n_steps}
     g0, g1 = gamma_fn(jnp.zeros(())), gamma_fn(jnp.ones(()))
     start, end = (g0, g1) if forward else (g1, g0)
     z_end, n_steps = solve_pf_ode(
