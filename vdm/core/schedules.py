@@ -160,6 +160,23 @@ POLY_DELTA = 1e-6
 ENDPOINTS = ("per_dim", "shared")
 
 
+def endpoint_params(module: nn.Module, event_shape, mode: str):
+    """Declares a multivariate schedule's endpoint parameters on `module` (in its `setup`):
+    `gamma_0` and `w`, per dimension (`mode='per_dim'`) or one pair for all ('shared'),
+    initialised at γ_min and γ_max − γ_min from the module's fields."""
+    ends = tuple(event_shape) if mode == "per_dim" else ()
+    gamma_0 = module.param("gamma_0", nn.initializers.constant(module.gamma_min), ends)
+    w = module.param("w", nn.initializers.constant(module.gamma_max - module.gamma_min), ends)
+    return gamma_0, w
+
+
+def spread_endpoints(gamma_0: jax.Array, w: jax.Array, event_shape) -> tuple[jax.Array, jax.Array]:
+    """(γ₀, γ₁ = γ₀ + |w|) per dimension, each of the event shape: |w| keeps every
+    dimension's schedule increasing."""
+    gamma_0 = jnp.broadcast_to(gamma_0, tuple(event_shape))
+    return gamma_0, gamma_0 + jnp.broadcast_to(jnp.abs(w), gamma_0.shape)
+
+
 class LearnedMultivariate(nn.Module):
     """γ_i(t) = γ₀,ᵢ + (γ₁,ᵢ − γ₀,ᵢ) γ̂_i(t), one monotone polynomial γ̂_i per data dimension
     (`polynomial_shape`, MuLAN's form), free parameters a, b, c per dimension.
@@ -180,9 +197,7 @@ class LearnedMultivariate(nn.Module):
         self.a = self.param("a", nn.initializers.zeros, shape)
         self.b = self.param("b", nn.initializers.zeros, shape)
         self.c = self.param("c", nn.initializers.ones, shape)
-        ends = shape if self.endpoints_mode == "per_dim" else ()
-        self.gamma_0 = self.param("gamma_0", nn.initializers.constant(self.gamma_min), ends)
-        self.w = self.param("w", nn.initializers.constant(self.gamma_max - self.gamma_min), ends)
+        self.gamma_0, self.w = endpoint_params(self, shape, self.endpoints_mode)
 
     def _event(self, t: jax.Array) -> jax.Array:
         t = jnp.asarray(t, jnp.result_type(float))
@@ -194,8 +209,7 @@ class LearnedMultivariate(nn.Module):
 
     def endpoints(self) -> tuple[jax.Array, jax.Array]:
         """(γ₀, γ₁) per dimension, each of the event shape."""
-        gamma_0 = jnp.broadcast_to(self.gamma_0, tuple(self.event_shape))
-        return gamma_0, gamma_0 + jnp.broadcast_to(jnp.abs(self.w), gamma_0.shape)
+        return spread_endpoints(self.gamma_0, self.w, self.event_shape)
 
     def __call__(self, t: jax.Array) -> jax.Array:
         gamma_0, gamma_1 = self.endpoints()

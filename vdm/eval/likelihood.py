@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import time
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +31,7 @@ from vdm.samplers.ode import (
     adaptive_step_control,
     is_vector,
     pf_ode_drift_t,
+    solve,
 )
 
 TERMS = ("bpd", "recon", "prior", "diffusion")  # every model's; a conditional γ adds "latent"
@@ -108,23 +108,6 @@ def _drift_and_trace(f, y, v, trace: str):
     return dy, jnp.mean(jnp.sum((v * jv).reshape(n, v.shape[1], -1), axis=2), axis=1)
 
 
-def _solve(field, y0, g0, g1, solver, rtol, atol, max_steps):
-    """One diffrax solve of the augmented PF-ODE from γ₀ to γ₁, under the sampler's step
-    control (`vdm.samplers.ode.adaptive_step_control`)."""
-    controller, dt0 = adaptive_step_control(rtol, atol, g0, g1)
-    return diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        SOLVERS[solver](),
-        t0=g0,
-        t1=g1,
-        dt0=dt0,
-        y0=y0,
-        stepsize_controller=controller,
-        max_steps=max_steps,
-        saveat=diffrax.SaveAt(t1=True),
-    )
-
-
 def check_ode_options(trace, probe, solver, step_control, probes=1):
     """One-line errors for the PF-ODE's named choices (the `eval.pf_ode_*` fields)."""
     if trace not in TRACES:
@@ -193,18 +176,29 @@ def pf_ode_log_prob(
         flat = z_1.reshape(z_1.shape[0], -1)
         return -0.5 * jnp.sum(flat**2, axis=1) - 0.5 * flat.shape[1] * math.log(2 * math.pi)
 
-    def solve(z, v):  # z (B, …), v (B, M, …); returns (log p₀ (B,), steps)
-        def field(g, state, args):
+    controller, dt0 = adaptive_step_control(rtol, atol, g0, g1)
+
+    def solve_augmented(z, v):  # z (B, …), v (B, M, …); returns (log p₀ (B,), steps)
+        def field(g, state):
             return _drift_and_trace(lambda y: drift(y, g), state[0], v, trace)
 
-        sol = _solve(field, (z, jnp.zeros(z.shape[:1])), g0, g1, solver, rtol, atol, max_steps)
-        return log_prior(sol.ys[0][-1]) + sol.ys[1][-1], sol.stats["num_steps"]
+        (z_1, delta), n_steps = solve(
+            field,
+            (z, jnp.zeros(z.shape[:1])),
+            g0,
+            g1,
+            solver=solver,
+            controller=controller,
+            dt0=dt0,
+            max_steps=max_steps,
+        )
+        return log_prior(z_1) + delta, n_steps
 
     if step_control == "batch":
-        logp, n_steps = solve(z_0, v)
+        logp, n_steps = solve_augmented(z_0, v)
         steps = jnp.broadcast_to(n_steps, z_0.shape[:1])
     else:
-        logp, steps = jax.vmap(lambda z, vv: solve(z[None], vv[None]))(z_0, v)
+        logp, steps = jax.vmap(lambda z, vv: solve_augmented(z[None], vv[None]))(z_0, v)
         logp = logp[:, 0]
     return logp, {"steps": steps, "nfe": jnp.max(steps) * EVALS_PER_STEP[solver]}
 

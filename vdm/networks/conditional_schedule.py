@@ -65,9 +65,7 @@ class ConditionalMultivariate(nn.Module):
 
     def setup(self):
         shape = tuple(self.event_shape)
-        ends = shape if self.endpoints_mode == "per_dim" else ()
-        self.gamma_0 = self.param("gamma_0", nn.initializers.constant(self.gamma_min), ends)
-        self.w = self.param("w", nn.initializers.constant(self.gamma_max - self.gamma_min), ends)
+        self.gamma_0, self.w = schedules.endpoint_params(self, shape, self.endpoints_mode)
         self.encoder = LatentEncoder(self.n_latent, self.n_embd, self.n_layer)
         self.hidden = nn.Dense(self.n_hidden)
         d = math.prod(shape)
@@ -87,8 +85,7 @@ class ConditionalMultivariate(nn.Module):
 
     def endpoints(self) -> tuple[jax.Array, jax.Array]:
         """(γ₀, γ₁) per dimension, each of the event shape (the same for every c)."""
-        gamma_0 = jnp.broadcast_to(self.gamma_0, tuple(self.event_shape))
-        return gamma_0, gamma_0 + jnp.broadcast_to(jnp.abs(self.w), gamma_0.shape)
+        return schedules.spread_endpoints(self.gamma_0, self.w, self.event_shape)
 
     def __call__(self, t: jax.Array, c: jax.Array) -> jax.Array:
         a, b, c0 = self.coefficients(c)

@@ -35,23 +35,17 @@ def make_sampler(model: VDM, sample_cfg, x_shape, batch: int, mesh=None):
     options = {k: s[k] for k in options_of(s.sampler)}
     rep = sharding.replicated(mesh) if mesh is not None else None
 
-    def run(params, key, offset, labels):
-        z_1 = initial_noise(example_keys(key, batch, offset), tuple(x_shape))
-        if mesh is not None:  # the chains split over devices; XLA follows from z₁
-            z_1 = jax.lax.with_sharding_constraint(z_1, sharding.data_sharded(mesh))
-            labels = jax.lax.with_sharding_constraint(labels, sharding.data_sharded(mesh))
-        if model.conditional:
-            return conditional(params, key, offset, labels, z_1)
-        eps_uncond = model.eps_hat_fn(params)  # the null label for a class-conditional model
-        eps = eps_uncond
+    def draw(params, key, gamma_fn, z_1, offset, labels):
+        """The configured sampler from z₁ under `gamma_fn`, guided where configured."""
+        eps = model.eps_hat_fn(params)  # the null label for a class-conditional model
         if model.num_classes and s.guidance:
-            eps = guided(model.eps_hat_fn(params, label=labels), eps_uncond, s.guidance)
+            eps = guided(model.eps_hat_fn(params, label=labels), eps, s.guidance)
         x, info = sample(
             s.sampler,
             key,
             eps,
-            model.gamma_fn(params),
-            (batch, *x_shape),
+            gamma_fn,
+            z_1.shape,
             encoding=model.encoding,
             final_denoise=s.final_denoise,
             offset=offset,
@@ -59,6 +53,15 @@ def make_sampler(model: VDM, sample_cfg, x_shape, batch: int, mesh=None):
             **options,
         )
         return x, info["nfe"]
+
+    def run(params, key, offset, labels):
+        z_1 = initial_noise(example_keys(key, batch, offset), tuple(x_shape))
+        if mesh is not None:  # the chains split over devices; XLA follows from z₁
+            z_1 = jax.lax.with_sharding_constraint(z_1, sharding.data_sharded(mesh))
+            labels = jax.lax.with_sharding_constraint(labels, sharding.data_sharded(mesh))
+        if model.conditional:
+            return conditional(params, key, offset, labels, z_1)
+        return draw(params, key, model.gamma_fn(params), z_1, offset, labels)
 
     def conditional(params, key, offset, labels, z_1):
         """An input-conditional schedule: each example draws its latent c ~ p(c) and runs
@@ -68,23 +71,8 @@ def make_sampler(model: VDM, sample_cfg, x_shape, batch: int, mesh=None):
 
         def one(z_i, c_i, index, label):
             label = label[None] if model.num_classes else None
-            eps_uncond = model.eps_hat_fn(params)
-            eps = eps_uncond
-            if model.num_classes and s.guidance:
-                eps = guided(model.eps_hat_fn(params, label=label), eps_uncond, s.guidance)
-            x, info = sample(
-                s.sampler,
-                key,
-                eps,
-                model.gamma_fn(params, c_i),
-                (1, *x_shape),
-                encoding=model.encoding,
-                final_denoise=s.final_denoise,
-                offset=index,
-                z_init=z_i[None],
-                **options,
-            )
-            return x[0], info["nfe"]
+            x, nfe = draw(params, key, model.gamma_fn(params, c_i), z_i[None], index, label)
+            return x[0], nfe
 
         x, nfe = jax.vmap(one)(z_1, counts, offset + jnp.arange(batch), labels)
         return x, nfe[0]

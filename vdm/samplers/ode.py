@@ -32,6 +32,38 @@ def adaptive_step_control(rtol: float, atol: float, gamma_start, gamma_end):
 EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "heun": 2}
 
 
+def solve(field, y0, t0, t1, *, solver: str, controller, dt0, max_steps: int):
+    """One diffrax solve of dy/dt = field(t, y) from t0 to t1 (y a pytree): (y(t1), steps).
+    The one place the PF-ODE's samplers and its likelihood call diffrax."""
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, args: field(t, y)),
+        SOLVERS[solver](),
+        t0=t0,
+        t1=t1,
+        dt0=dt0,
+        y0=y0,
+        stepsize_controller=controller,
+        max_steps=max_steps,
+        saveat=diffrax.SaveAt(t1=True),
+    )
+    return jax.tree.map(lambda y: y[-1], sol.ys), sol.stats["num_steps"]
+
+
+def _solve_each(drift, z, t0, t1, ts, *, solver, steps, rtol, atol, max_steps):
+    """Each example of z (B, …) as its own ODE dy/dt = drift(t, y) from t0 to t1 (vmap), so
+    adaptive step sizes, and hence results, do not depend on what else is in the batch: on
+    the grid `ts` (steps > 0) or adaptive (`adaptive_step_control`). Returns (z(t1), steps
+    per example)."""
+    if steps:
+        controller, dt0 = diffrax.StepTo(ts=ts), None
+    else:
+        controller, dt0 = adaptive_step_control(rtol, atol, t0, t1)
+    options = dict(
+        solver=solver, controller=controller, dt0=dt0, max_steps=max(max_steps, steps + 1)
+    )
+    return jax.vmap(lambda y0: solve(drift, y0, t0, t1, **options))(z)
+
+
 def solve_pf_ode(
     eps_hat_fn,
     z,
@@ -51,36 +83,30 @@ def solve_pf_ode(
 
     steps > 0: a fixed grid (with `gamma_fn`, `grid`); steps = 0: adaptive
     (`adaptive_step_control`, shared with the likelihood). Each example is solved as its own
-    ODE (vmap), so adaptive step sizes, and hence results, do not depend on what else is in
-    the batch. Returns (z_end, steps per example).
+    ODE (`_solve_each`). Returns (z_end, steps per example).
     """
     if solver not in SOLVERS:
         raise ValueError(f"sample.solver must be one of {sorted(SOLVERS)}, got {solver!r}")
 
-    def drift(g, y, args):
+    def drift(g, y):
         return pf_ode_drift(eps_hat_fn, y[None], per_example(g, 1))[0]
 
+    ts = None
     if steps:
         ts = gamma_grid(gamma_fn, steps, grid)  # decreasing: γ₁ → γ₀
-        controller, dt0 = diffrax.StepTo(ts=ts[::-1] if forward else ts), None
-    else:
-        controller, dt0 = adaptive_step_control(rtol, atol, gamma_start, gamma_end)
-
-    def solve_one(y0):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(drift),
-            SOLVERS[solver](),
-            t0=gamma_start,
-            t1=gamma_end,
-            dt0=dt0,
-            y0=y0,
-            stepsize_controller=controller,
-            max_steps=max(max_steps, steps + 1),
-            saveat=diffrax.SaveAt(t1=True),
-        )
-        return sol.ys[-1], sol.stats["num_steps"]
-
-    return jax.vmap(solve_one)(z)
+        ts = ts[::-1] if forward else ts
+    return _solve_each(
+        drift,
+        z,
+        gamma_start,
+        gamma_end,
+        ts,
+        solver=solver,
+        steps=steps,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+    )
 
 
 def pf_ode_drift_t(eps_hat_fn, gamma_fn, z: jax.Array, t: jax.Array) -> jax.Array:
@@ -100,29 +126,13 @@ def solve_pf_ode_t(eps_hat_fn, gamma_fn, z, *, forward: bool, solver, steps, rto
     uniform t grid (steps > 0) or adaptive (`adaptive_step_control`)."""
     t0, t1 = (0.0, 1.0) if forward else (1.0, 0.0)
 
-    def drift(t, y, args):
+    def drift(t, y):
         return pf_ode_drift_t(eps_hat_fn, gamma_fn, y[None], t)[0]
 
-    if steps:
-        controller, dt0 = diffrax.StepTo(ts=jnp.linspace(t0, t1, steps + 1)), None
-    else:
-        controller, dt0 = adaptive_step_control(rtol, atol, t0, t1)
-
-    def solve_one(y0):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(drift),
-            SOLVERS[solver](),
-            t0=t0,
-            t1=t1,
-            dt0=dt0,
-            y0=y0,
-            stepsize_controller=controller,
-            max_steps=max(max_steps, steps + 1),
-            saveat=diffrax.SaveAt(t1=True),
-        )
-        return sol.ys[-1], sol.stats["num_steps"]
-
-    return jax.vmap(solve_one)(z)
+    ts = jnp.linspace(t0, t1, steps + 1) if steps else None
+    return _solve_each(
+        drift, z, t0, t1, ts, solver=solver, steps=steps, rtol=rtol, atol=atol, max_steps=max_steps
+    )
 
 
 def _solve_between_endpoints(eps_hat_fn, gamma_fn, z, forward: bool, solver, **options):
