@@ -1,4 +1,4 @@
-"""Data encodings (vdm/core/elbo.py `Encoding`) and the official 2-D swirl (vdm/data/toy.py)."""
+"""Data encodings (vdm/core/encoding.py `Encoding`) and the official 2-D swirl (vdm/data/toy.py)."""
 
 import hashlib
 

@@ -2,7 +2,7 @@
 decoder p(x | z₀) over its encoded values (VDM eq. 8, App. A).
 
 The bound (`vdm.core.elbo`), the samplers' final decode, dequantization and the entropy coder
-all follow from these few numbers; `elbo` re-exports every name here.
+all follow from these few numbers; `elbo` re-exports every public name here.
 """
 
 from __future__ import annotations
