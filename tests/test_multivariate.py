@@ -388,6 +388,39 @@ def test_endpoints_option_belongs_to_the_multivariate_schedule():
         config_lib.validate(c, n_devices=1)
 
 
+def test_gamma_map_input_gives_a_scalar_schedule_the_per_dimension_denoiser():
+    """model.gamma_map_input: the control for the per-dimension schedules. A scalar
+    schedule's denoiser then takes the same inputs (γ's map as an extra channel) and the same
+    parameters as a per-dimension one's, and with every dimension's γ equal gives the same ε̂."""
+    from vdm.configs import digits
+    from vdm.model import VDM
+    from vdm.run import config as config_lib
+
+    shape = (8, 8, 1)
+    c = digits.get_config("smoke")
+    c.schedule.name = "learned_multivariate"
+    per_dim = VDM.from_config(c, data_shape=shape)
+    c.schedule.name, c.model.gamma_map_input = "learned_scalar", True
+    config_lib.validate(c, n_devices=1)
+    control = VDM.from_config(c, data_shape=shape)
+    c.model.gamma_map_input = False
+    plain = VDM.from_config(c, data_shape=shape)
+    params = per_dim.init(jax.random.key(0), shape)
+    shapes = lambda m: jax.tree.map(jnp.shape, m.init(jax.random.key(0), shape)["net"])  # noqa: E731
+    assert shapes(control) == jax.tree.map(jnp.shape, params["net"])
+    assert shapes(plain) != shapes(control)  # one input channel fewer
+    z = jax.random.normal(jax.random.key(1), (3, *shape))
+    gamma = jnp.array([-5.0, 0.5, 4.0])
+    eps_control = control.eps_hat_fn(params)(z, gamma)
+    eps_per_dim = per_dim.eps_hat_fn(params)(
+        z, jnp.broadcast_to(gamma[:, None, None, None], z.shape)
+    )
+    np.testing.assert_allclose(eps_control, eps_per_dim, rtol=1e-5, atol=1e-5)
+    c.model.network, c.model.gamma_map_input = "concat_mlp", True
+    with pytest.raises(config_lib.ConfigError, match="model.gamma_map_input=True needs"):
+        config_lib.validate(c, n_devices=1)
+
+
 @pytest.mark.parametrize(
     "endpoints,extra",
     [

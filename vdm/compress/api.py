@@ -45,13 +45,16 @@ MULTIVARIATE_FIELDS = (
 def config_hash(config) -> str:
     """Hash of the sections that define p(x): data, model, schedule.
 
-    Without `model.scan_blocks` (how the network is executed, not which p(x) it is) and,
+    Without `model.scan_blocks` (how the network is executed, not which p(x) it is), without
+    `model.gamma_map_input` when it is off, and,
     for a scalar schedule, without the fields only a γ per dimension reads
     (`MULTIVARIATE_FIELDS`): the hash of a config from before these fields existed, so
     earlier files keep theirs.
     """
     spec = {k: config[k].to_dict() for k in ("data", "model", "schedule")}
     spec["model"].pop("scan_blocks", None)
+    if not spec["model"].get("gamma_map_input", False):  # a field newer than earlier files
+        spec["model"].pop("gamma_map_input", None)
     if spec["schedule"].get("name") not in schedules.MULTIVARIATE:
         for field in MULTIVARIATE_FIELDS:
             spec["schedule"].pop(field, None)

@@ -45,6 +45,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.fourier_octaves = 2
     c.model.fourier_gate = "none"  # none | coherence: scale by exp(−½ ω² σ_t²)
     c.model.base_measure_skip = True  # ε̂ = z + net (ε head only)
+    # The normalised γ_t as an extra input channel of a scalar schedule's denoiser, as a γ per
+    # dimension always has it: the control that separates that input from the schedule.
+    c.model.gamma_map_input = False
     c.model.n_timesteps = 0  # 0 = continuous time (eq. 17), T > 0 = T discrete steps (eq. 14)
     c.model.antithetic_time = True
     c.model.class_conditional = False

@@ -11,9 +11,12 @@ from vdm.networks.mlp import MLP, ConcatMLP
 from vdm.networks.unet import ScoreUNet
 
 NETWORKS = {"unet": ScoreUNet, "mlp": MLP, "concat_mlp": ConcatMLP}
+# Those that take `model.gamma_map_input` (the colab's concat MLP always sees γ as an input).
+GAMMA_MAP_NETWORKS = ("unet", "mlp")
 __all__ = [
     "DTYPES",
     "FOURIER_GATES",
+    "GAMMA_MAP_NETWORKS",
     "NETWORKS",
     "SCAN_BLOCKS",
     "fourier_top_n",
@@ -88,4 +91,9 @@ def make_network(
         num_classes=num_classes,
         n_cond_flags=n_cond_flags,
         **(unet_options(model_cfg) if model_cfg.network == "unet" else {}),
+        **(
+            {"gamma_map_input": bool(model_cfg.get("gamma_map_input", False))}
+            if model_cfg.network in GAMMA_MAP_NETWORKS
+            else {}
+        ),
     )

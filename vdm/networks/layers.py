@@ -92,17 +92,22 @@ def normalized_gamma(gamma_t: jax.Array, gamma_min: float, gamma_max: float) -> 
     return (gamma_t - gamma_min) / (gamma_max - gamma_min)
 
 
-def gamma_inputs(gamma_t: jax.Array, gamma_min: float, gamma_max: float):
+def gamma_inputs(gamma_t: jax.Array, gamma_min: float, gamma_max: float, map_like=None):
     """(t_norm per example, γ map or None): what a denoiser sees of the noise level.
 
-    A γ per example gives its normalised value (`normalized_gamma`) and no map. A γ per data
+    A γ per example gives its normalised value (`normalized_gamma`) and no map, or, given
+    `map_like` (z), that value spread over z's shape as the map (`model.gamma_map_input`: a
+    scalar schedule's denoiser with the same inputs as a per-dimension one's). A γ per data
     dimension (shape of z, MuLAN) gives its mean over the dimensions, strictly increasing in
     t, for the time embedding, and the normalised map itself, to enter as extra input
     channels: the network sees every dimension's noise level as well as the time.
     """
     t_norm = normalized_gamma(gamma_t, gamma_min, gamma_max)
     if t_norm.ndim <= 1:
-        return t_norm, None
+        if map_like is None:
+            return t_norm, None
+        lead = t_norm.reshape(t_norm.shape + (1,) * (map_like.ndim - t_norm.ndim))
+        return t_norm, jnp.broadcast_to(lead, map_like.shape)
     return jnp.mean(t_norm, axis=tuple(range(1, t_norm.ndim))), t_norm
 
 

@@ -31,12 +31,15 @@ class MLP(nn.Module):
     base_measure_skip: bool = False
     num_classes: int = 0
     n_cond_flags: int = 0
+    gamma_map_input: bool = False
 
     @nn.compact
     def __call__(self, z, gamma_t, label=None, flags=None, train: bool = False):
         if z.ndim != 2:
             raise ValueError(f"MLP expects flat vectors (batch, D), got shape {z.shape}")
-        t_norm, gamma_map = gamma_inputs(gamma_t, self.gamma_min, self.gamma_max)
+        t_norm, gamma_map = gamma_inputs(
+            gamma_t, self.gamma_min, self.gamma_max, z if self.gamma_map_input else None
+        )
         cond = Conditioning(self.n_embd, self.num_classes, self.n_cond_flags)(t_norm, label, flags)
         h = z
         if self.fourier:

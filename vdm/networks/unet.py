@@ -241,6 +241,7 @@ class ScoreUNet(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     scan_blocks: bool = False
+    gamma_map_input: bool = False
 
     def to_apply_form(self, params: dict) -> dict:
         """Parameters in the stored (unrolled) form → the form this network applies."""
@@ -258,7 +259,9 @@ class ScoreUNet(nn.Module):
     def __call__(self, z, gamma_t, label=None, flags=None, train: bool = False):
         if z.ndim != 4:
             raise ValueError(f"ScoreUNet expects images (batch, H, W, C), got shape {z.shape}")
-        t_norm, gamma_map = gamma_inputs(gamma_t, self.gamma_min, self.gamma_max)
+        t_norm, gamma_map = gamma_inputs(
+            gamma_t, self.gamma_min, self.gamma_max, z if self.gamma_map_input else None
+        )
         cond = Conditioning(self.n_embd, self.num_classes, self.n_cond_flags)(t_norm, label, flags)
 
         h = z
@@ -266,7 +269,7 @@ class ScoreUNet(nn.Module):
             h = FourierFeatures(self.fourier_top_n, self.fourier_octaves, self.fourier_gate)(
                 z, gamma_t
             )
-        if gamma_map is not None:  # a γ per dimension: its map as extra input channels
+        if gamma_map is not None:  # γ's map (per dimension, or spread) as extra input channels
             h = jnp.concatenate([h, gamma_map.astype(h.dtype)], axis=-1)
         # `train` (argument 3, counting self) switches dropout: static under remat.
         block = nn.remat(ResnetBlock, static_argnums=(3,)) if self.remat else ResnetBlock

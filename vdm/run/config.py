@@ -13,7 +13,7 @@ import jax
 from vdm import data, samplers
 from vdm.core import diffusion, elbo, objectives, schedules
 from vdm.eval import dequantization, likelihood
-from vdm.networks import DTYPES, FOURIER_GATES, NETWORKS, SCAN_BLOCKS
+from vdm.networks import DTYPES, FOURIER_GATES, GAMMA_MAP_NETWORKS, NETWORKS, SCAN_BLOCKS
 from vdm.run import train_step
 
 DECAYS = ("none", "cosine")
@@ -130,6 +130,14 @@ def _check_names(config) -> None:
     _choice(config.model.network, "model.network", sorted(NETWORKS))
     _choice(config.model.fourier_gate, "model.fourier_gate", FOURIER_GATES)
     _choice(config.model.dtype, "model.dtype", list(DTYPES))
+    if (
+        config.model.get("gamma_map_input", False)
+        and config.model.network not in GAMMA_MAP_NETWORKS
+    ):
+        raise ConfigError(
+            f"model.gamma_map_input=True needs model.network in {list(GAMMA_MAP_NETWORKS)}, got "
+            f"{config.model.network!r} (whose input has γ already)"
+        )
     scan = config.model.get("scan_blocks", "auto")
     if not isinstance(scan, bool):
         _choice(str(scan).lower(), "model.scan_blocks", SCAN_BLOCKS)
