@@ -243,8 +243,7 @@ def mix(
 def decoder_probs(z0: np.ndarray, gamma0: float, shift, scale, vocab_size: int) -> np.ndarray:
     """p(x | z₀) over the vocab for every dimension, shape (z₀.size, V), float64  (VDM eq. 8).
 
-    The numpy twin of `vdm.core.encoding.decoder_logprobs`:
-    p(x_i | z₀,i) ∝ N(z₀,i / α₀; f(x), e^γ₀).
+    The numpy twin of `core.encoding.decoder_logprobs`: p(x_i | z₀,i) ∝ N(z₀,i / α₀; f(x), e^γ₀).
     """
     alpha0 = math.sqrt(0.5 * (1.0 + math.tanh(-0.5 * gamma0)))
     values = np.arange(vocab_size, dtype=np.float64)[:, None]
