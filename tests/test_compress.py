@@ -398,6 +398,42 @@ def test_format_1_files_still_decode_with_their_numpy_words(init_run, init_file,
         container.read(str(tmp_path / "v3.vdmz"))
 
 
+def test_files_coded_with_the_earlier_group_norm_still_decode(init_run, tmp_path):
+    """ε̂ depends on the GroupNorm's float32 roundings, and the network's GroupNorm was the
+    affine form from 2026-12-03 to 12-06: a file of then (no `group_norm` in its header)
+    decodes bit-exactly, by trying that form first; a new file records its form; a wrong
+    recorded form fails at the first chunk and writes nothing."""
+    import jax
+
+    run, params = init_run
+    # parameters away from the init, whose zero output convolution hides the GroupNorm
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    params = jax.tree.unflatten(
+        tree, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    )
+    old = api.with_group_norm(run.model, "affine")
+    assert api.group_norm_form(run.model) == "flax" and api.group_norm_form(old) == "affine"
+    z, g = jax.random.normal(jax.random.key(1), (4, *run.x_shape)), np.full((4,), 1.0, np.float32)
+    eps_new = run.model.eps_hat_fn(params)(z, g)
+    eps_old = old.eps_hat_fn(params)(z, g)
+    assert not np.array_equal(eps_new, eps_old)  # the forms differ in their last bits
+    np.testing.assert_allclose(eps_new, eps_old, atol=1e-5)
+
+    images = run.test_split.get(np.arange(6))["image"]
+    codec = api.codec_from_config(old, params, run.x_shape, run.config.compress)
+    header, words, _ = api.compress(codec, images, api.identity(run, params, 0))
+    assert header.pop("group_norm") == "affine"  # as files of 2026-12-03 to 12-06: no record
+    container.write(str(tmp_path / "old.vdmz"), header, words)
+    api.decompress_file(run, params, 0, str(tmp_path / "old.vdmz"), str(tmp_path / "old.npz"))
+    np.testing.assert_array_equal(np.load(tmp_path / "old.npz")["images"], images)
+
+    container.write(str(tmp_path / "wrong.vdmz"), {**header, "group_norm": "flax"}, words)
+    with pytest.raises(container.CompressError, match="decoding failed after 0 of 2 chunks"):
+        api.decompress_file(run, params, 0, str(tmp_path / "wrong.vdmz"), str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")
+
+
 def test_the_committed_vdmz_keeps_decoding_bit_exactly(init_run, tmp_path):
     """tests/fixtures/digits_smoke.vdmz, made once by digits:smoke's untrained model (the
     init of key 0), decodes to the committed images bit for bit, and coding those images

@@ -89,9 +89,33 @@ def test_fourier_bad_octaves_is_a_clear_error():
         fourier_frequencies(7.0, 0)
 
 
+@pytest.mark.parametrize("channels, groups", [(8, 8), (6, 6), (64, 32), (96, 32)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_group_norm_normalises_each_group_with_float32_statistics(channels, groups, dtype):
+    from vdm.networks.unet import _groups, group_norm
+
+    assert _groups(channels) == groups
+    x = (jax.random.normal(jax.random.key(0), (3, 4, 4, channels)) * 3 + 1).astype(dtype)
+    gn = group_norm(channels, dtype)
+    params = gn.init(jax.random.key(1), x)
+    # the parameter tree checkpoints hold: one scale and one bias per channel
+    assert jax.tree.map(jnp.shape, params) == {
+        "params": {"scale": (channels,), "bias": (channels,)}
+    }
+    y = gn.apply(params, x)
+    assert y.dtype == dtype
+    # unit scale, zero bias: every (example, group) has mean 0 and variance v / (v + 1e-6)
+    yg = np.float32(y).reshape(3, -1, groups, channels // groups)
+    xg = np.float64(np.float32(x)).reshape(yg.shape)
+    var = xg.var(axis=(1, 3))
+    tol = 1e-4 if dtype == jnp.float32 else 3e-2
+    np.testing.assert_allclose(yg.mean(axis=(1, 3)), 0.0, atol=tol)
+    np.testing.assert_allclose(yg.var(axis=(1, 3)), var / (var + 1e-6), rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("shape, groups", [((2, 6, 5, 8), 4), ((3, 4, 4, 64), 32)])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_group_norm_is_flaxs_with_the_same_parameters(shape, groups, dtype):
+def test_affine_group_norm_is_flaxs_with_the_same_parameters(shape, groups, dtype):
     from vdm.networks.layers import GroupNorm
 
     x = (jax.random.normal(jax.random.key(0), shape) * 3 + 1).astype(dtype)

@@ -139,6 +139,32 @@ class Codec:
             )
 
 
+def group_norm_form(model) -> str | None:
+    """The form of the network's GroupNorm (`vdm.networks.unet.group_norm`), which a .vdmz
+    header records: ε̂, and so decoding, depends on its float32 roundings. None for networks
+    without one."""
+    return getattr(model.network, "group_norm", None)
+
+
+def with_group_norm(model, form: str | None):
+    """`model` with its network's GroupNorm in `form` (the same parameters)."""
+    if form is None or form == group_norm_form(model):
+        return model
+    return dataclasses.replace(model, network=model.network.clone(group_norm=form))
+
+
+def header_group_norms(header: dict, model) -> list[str | None]:
+    """The GroupNorm forms to decode a file with, in order: the one its header records; for a
+    file coded before headers recorded it (before 2026-12-07), 'affine' (the network's form
+    from 2026-12-03) and then 'flax' (before that), since a wrong one fails at the first
+    chunk's checksum and writes nothing."""
+    if "group_norm" in header:
+        return [header["group_norm"]]
+    if group_norm_form(model) is None:
+        return [None]
+    return ["affine", "flax"]
+
+
 def codec_from_config(model, params, x_shape, compress_cfg) -> Codec:
     c = compress_cfg
     return Codec(model, params, tuple(x_shape), c.steps, c.latent_bits, c.range_stds, c.batch_size)
@@ -195,6 +221,7 @@ def file_header(codec: Codec, images: np.ndarray, msg, meta: dict) -> dict:
         "format_version": FORMAT_VERSION,
         **meta,
         "platform": fingerprint.current(),
+        **({"group_norm": form} if (form := group_norm_form(codec.model)) else {}),
         "steps": codec.steps,
         "latent_bits": codec.latent_bits,
         "range_stds": codec.range_stds,
@@ -348,6 +375,15 @@ def decompress_file(run, params, step: int, input_path: str, output_path: str, p
     with c.unlocked():
         for k in ("steps", "latent_bits", "range_stds", "batch_size"):
             c[k] = header[k]  # the file says how it was coded
-    codec = codec_from_config(run.model, params, run.x_shape, c)
-    images = decompress(codec, header, words, input_path, progress, allow)
+    forms = header_group_norms(header, run.model)
+    for i, form in enumerate(forms):
+        codec = codec_from_config(with_group_norm(run.model, form), params, run.x_shape, c)
+        try:
+            images = decompress(codec, header, words, input_path, progress, allow)
+            break
+        except CompressError as e:
+            # a decode that failed (not a refusal before decoding) may have the wrong form
+            if e.__cause__ is None or i == len(forms) - 1:
+                tried = f" (tried GroupNorm forms {', '.join(forms)})" if len(forms) > 1 else ""
+                raise CompressError(f"{e}{tried}") from e.__cause__
     return files.write_images(output_path, images, header.get("names"))

@@ -37,6 +37,26 @@ def _groups(channels: int) -> int:
     return g
 
 
+GROUP_NORMS = ("flax", "affine")
+
+
+def group_norm(channels: int, dtype: Any, form: str = "flax") -> nn.Module:
+    """Group normalisation (Wu & He, 2018) of `channels` in `_groups(channels)` groups, as the
+    official ScoreUNet: ε = 1e-6, statistics in float32, output in `dtype`.
+
+    `form` 'flax' is `flax.linen.GroupNorm` (the default); 'affine' the same values written as
+    one affine map (`layers.GroupNorm`), which the network used from 2026-12-03 to 12-06: it
+    made whole train steps slower (docs/benchmarks.md#the-default-job-against-the-code-of-
+    2026-11-23) and is kept only to decode .vdmz files coded with it. Both are named
+    GroupNorm_k with the same parameters, so either restores the other's checkpoints."""
+    g = _groups(channels)
+    if form == "flax":
+        return nn.GroupNorm(num_groups=g, epsilon=1e-6, dtype=dtype)
+    if form == "affine":
+        return GroupNorm(g, dtype=dtype)
+    raise ValueError(f"group_norm form must be one of {GROUP_NORMS}, got {form!r}")
+
+
 class ResnetBlock(nn.Module):
     """GN → swish → conv → + cond → GN → swish → dropout → conv(zero-init), with a skip.
 
@@ -47,10 +67,11 @@ class ResnetBlock(nn.Module):
     out_ch: int
     dropout: float
     dtype: Any = jnp.float32
+    group_norm: str = "flax"  # `group_norm`'s form
 
     @nn.compact
     def __call__(self, x, cond, train: bool):
-        h = nn.swish(GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
+        h = nn.swish(group_norm(x.shape[-1], self.dtype, self.group_norm)(x))
         h = checkpoint_name(nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(h), "conv")
         # Zero-initialised and without bias, as the official ScoreUNet: every block starts as
         # the identity whatever the conditioning.
@@ -62,7 +83,7 @@ class ResnetBlock(nn.Module):
             name="cond_proj",
         )
         h = h + cond_proj(cond)[:, None, None, :]
-        h = nn.swish(GroupNorm(_groups(self.out_ch), dtype=self.dtype)(h))
+        h = nn.swish(group_norm(self.out_ch, self.dtype, self.group_norm)(h))
         h = Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
         h = checkpoint_name(h, "conv")
@@ -87,11 +108,12 @@ class AttnBlock(nn.Module):
     """Single-head self-attention over all pixels, residual, zero-initialised output."""
 
     dtype: Any = jnp.float32
+    group_norm: str = "flax"
 
     @nn.compact
     def __call__(self, x):
         b, hh, ww, c = x.shape
-        h = GroupNorm(_groups(c), dtype=self.dtype)(x).reshape(b, hh * ww, c)
+        h = group_norm(c, self.dtype, self.group_norm)(x).reshape(b, hh * ww, c)
         q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h) for n in ("q", "k", "v"))
         h = attention(q, k, v)
         h = nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="proj_out")(h)
@@ -107,12 +129,15 @@ class DownStep(nn.Module):
     with_attention: bool
     train: bool
     dtype: Any = jnp.float32
+    group_norm: str = "flax"
 
     @nn.compact
     def __call__(self, h, cond):
-        h = ResnetBlock(self.n_embd, self.dropout, self.dtype, name="res")(h, cond, self.train)
+        h = ResnetBlock(self.n_embd, self.dropout, self.dtype, self.group_norm, name="res")(
+            h, cond, self.train
+        )
         if self.with_attention:
-            h = AttnBlock(self.dtype, name="attn")(h)
+            h = AttnBlock(self.dtype, self.group_norm, name="attn")(h)
         return h, h  # the carry, and the skip the up stack takes
 
 
@@ -125,14 +150,15 @@ class UpStep(nn.Module):
     with_attention: bool
     train: bool
     dtype: Any = jnp.float32
+    group_norm: str = "flax"
 
     @nn.compact
     def __call__(self, h, skip, cond):
-        h = ResnetBlock(self.n_embd, self.dropout, self.dtype, name="res")(
+        h = ResnetBlock(self.n_embd, self.dropout, self.dtype, self.group_norm, name="res")(
             jnp.concatenate([h, skip], -1), cond, self.train
         )
         if self.with_attention:
-            h = AttnBlock(self.dtype, name="attn")(h)
+            h = AttnBlock(self.dtype, self.group_norm, name="attn")(h)
         return h, None
 
 
@@ -223,6 +249,9 @@ class ScoreUNet(nn.Module):
         of each block instead of 2 n_layer + 1, so it compiles in a fraction of the time at
         the paper's depth. Its parameters are `stack_blocks` of the unrolled ones; `vdm.model`
         stores the unrolled form whatever this is, so checkpoints restore under either.
+      group_norm: the GroupNorm's form, 'flax' or 'affine' (`group_norm`): the same values
+        and parameters up to float32 rounding; not a config field, only .vdmz decoding picks
+        'affine', for files coded with it.
     """
 
     n_embd: int
@@ -242,6 +271,7 @@ class ScoreUNet(nn.Module):
     remat: bool = False
     scan_blocks: bool = False
     gamma_map_input: bool = False
+    group_norm: str = "flax"
 
     def to_apply_form(self, params: dict) -> dict:
         """Parameters in the stored (unrolled) form → the form this network applies."""
@@ -279,8 +309,12 @@ class ScoreUNet(nn.Module):
             count[kind] += 1
             return f"{'ResnetBlock' if kind == 'res' else 'AttnBlock'}_{count[kind] - 1}"
 
-        res = lambda: block(self.n_embd, self.dropout, self.dtype, name=named("res"))  # noqa: E731
-        attn = lambda: AttnBlock(self.dtype, name=named("attn"))  # noqa: E731
+        def res():
+            return block(self.n_embd, self.dropout, self.dtype, self.group_norm, name=named("res"))
+
+        def attn():
+            return AttnBlock(self.dtype, self.group_norm, name=named("attn"))
+
         cond = cond.astype(self.dtype)
         h0 = nn.Conv(self.n_embd, (3, 3), dtype=self.dtype, name="conv_in")(h)
         if self.scan_blocks:
@@ -306,24 +340,28 @@ class ScoreUNet(nn.Module):
         """The blocks with each stack as one scan; the middle blocks take their unrolled
         names (`block_names`), the stacks 'down' and 'up'."""
         names = block_names(self.n_layer, self.with_attention)
-        step = dict(n_embd=self.n_embd, dropout=self.dropout, dtype=self.dtype)
-        step.update(with_attention=self.with_attention, train=train)
+        step = dict(n_embd=self.n_embd, dropout=self.dropout, dtype=self.dtype, train=train)
+        step.update(group_norm=self.group_norm, with_attention=self.with_attention)
         down = _scan(DownStep, self.n_layer, nn.broadcast, self.remat)(**step, name="down")
         h, skips = down(h0, cond)
         # The up stack takes the skips last-in first-out: the last down block's output first,
         # conv_in's last.
         skips = jnp.concatenate([h0[None], skips])[::-1]
         block = nn.remat(ResnetBlock, static_argnums=(3,)) if self.remat else ResnetBlock
-        h = block(self.n_embd, self.dropout, self.dtype, name=names["mid"][0])(h, cond, train)
-        h = AttnBlock(self.dtype, name=names["mid"][1])(h)
-        h = block(self.n_embd, self.dropout, self.dtype, name=names["mid"][2])(h, cond, train)
+        h = block(self.n_embd, self.dropout, self.dtype, self.group_norm, name=names["mid"][0])(
+            h, cond, train
+        )
+        h = AttnBlock(self.dtype, self.group_norm, name=names["mid"][1])(h)
+        h = block(self.n_embd, self.dropout, self.dtype, self.group_norm, name=names["mid"][2])(
+            h, cond, train
+        )
         up = _scan(UpStep, self.n_layer + 1, (0, nn.broadcast), self.remat)(**step, name="up")
         h, _ = up(h, skips, cond)
         return h
 
     def _head(self, z, h):
         """GN → swish → conv(zero-init) to z's channels, in float32, plus z if skipping."""
-        h = nn.swish(GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))
+        h = nn.swish(group_norm(h.shape[-1], self.dtype, self.group_norm)(h))
         h = nn.Conv(
             z.shape[-1],
             (3, 3),
