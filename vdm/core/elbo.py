@@ -20,7 +20,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from vdm.core import diffusion
+from vdm.core import diffusion, draws
 from vdm.core.encoding import (  # noqa: F401 (public here: the bound's encoding and decoder)
     ENCODINGS,
     Encoding,
@@ -233,8 +233,8 @@ def bound_terms(
     f = encode(x_int, encoding)
     k_t, k_eps, k_eps0 = jax.random.split(key, 3)
     t = sample_t(k_t, f.shape[0], antithetic_time, mask)
-    eps = jax.random.normal(k_eps, f.shape)
-    eps_0 = jax.random.normal(k_eps0, f.shape)
+    eps = draws.normal(k_eps, f.shape)
+    eps_0 = draws.normal(k_eps0, f.shape)
     if endpoints is None:
         t0, t1 = jnp.zeros(()), jnp.ones(())
         if jax.eval_shape(gamma_fn, t0).shape:  # a γ per dimension: one per example

@@ -22,12 +22,14 @@ import math
 import jax
 import jax.numpy as jnp
 
+from vdm.core import draws
+
 
 def draw_counts(key: jax.Array, logits: jax.Array, k: int, temperature: float = 1.0) -> jax.Array:
     """c = Σ_j onehot(y_j), k draws y_j ~ Cat(softmax(logits)) per row, straight-through:
     the value is the hard counts, the gradient that of the Gumbel-softmax relaxation at
     `temperature` (Jang et al. 2017). logits (…, n) → counts (…, n) summing to k."""
-    g = jax.random.gumbel(key, logits.shape[:-1] + (k, logits.shape[-1]), logits.dtype)
+    g = draws.gumbel(key, logits.shape[:-1] + (k, logits.shape[-1]), logits.dtype)
     perturbed = (logits[..., None, :] + g) / temperature
     soft = jax.nn.softmax(perturbed, axis=-1)
     hard = jax.nn.one_hot(jnp.argmax(perturbed, axis=-1), logits.shape[-1], dtype=soft.dtype)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax.lax import erf_inv as erfinv
 from jax.scipy.special import erf
 
-from vdm.core import diffusion, elbo
+from vdm.core import diffusion, draws, elbo
 
 DEQUANTIZATIONS = ("uniform", "truncated_normal")
 
@@ -60,7 +60,7 @@ def _bin_width(x_int: jax.Array, enc: elbo.Encoding) -> jax.Array:
 
 def dequantize(key: jax.Array, x_int: jax.Array, enc: elbo.Encoding) -> jax.Array:
     """Uniform dequantization in model space: y = f + (u − ½) Δ, u ~ U[0, 1)."""
-    u = jax.random.uniform(key, x_int.shape)
+    u = draws.uniform(key, x_int.shape)
     return enc.encode(x_int) + (u - 0.5) * enc.bin_width
 
 
@@ -118,7 +118,7 @@ def truncated_standard_normal(key: jax.Array, t: jax.Array) -> jax.Array:
     """ε ~ N(0, 1) truncated to [−τ, τ] elementwise (τ of t's shape), by inverse CDF:
     ε = √2 erf⁻¹(u erf(τ/√2)) with u uniform on the *open* interval (−1, 1), so that no draw
     lands on ±∞ or carries an atom at the edge, even where erf(τ/√2) rounds to 1 (τ ≳ 5.5)."""
-    u = jax.random.uniform(key, t.shape, minval=-1.0, maxval=1.0)
+    u = draws.uniform(key, t.shape, minval=-1.0, maxval=1.0)
     tiny = jnp.finfo(u.dtype).eps
     u = jnp.clip(u, -1.0 + tiny, 1.0 - tiny)
     eps = math.sqrt(2.0) * erfinv(u * erf(t / math.sqrt(2.0)))

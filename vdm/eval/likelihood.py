@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm import data, sharding
-from vdm.core import diffusion, elbo
+from vdm.core import diffusion, draws, elbo
 from vdm.eval import dequantization as dequantization_lib
 from vdm.eval.dequantization import dequantize, log_bin_volume  # noqa: F401 (public here)
 from vdm.eval.records import describe, pf_ode_record  # noqa: F401 (public here)
@@ -87,9 +87,9 @@ MIN_PROBES_IW = 4
 
 def _probe(key: jax.Array, shape, kind: str) -> jax.Array:
     if kind == "rademacher":
-        return jax.random.rademacher(key, shape).astype(jnp.result_type(float))
+        return draws.rademacher(key, shape).astype(jnp.result_type(float))
     if kind == "gaussian":
-        return jax.random.normal(key, shape)
+        return draws.normal(key, shape)
     raise ValueError(f"eval.pf_ode_probe must be one of {list(PROBES)}, got {kind!r}")
 
 

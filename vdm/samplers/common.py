@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vdm.core import diffusion, elbo
+from vdm.core import diffusion, draws, elbo
 
 GRIDS = ("uniform_t", "uniform_logsnr")
 
@@ -22,7 +22,7 @@ def example_keys(key: jax.Array, n: int, offset: int = 0) -> jax.Array:
 
 def step_normal(keys: jax.Array, step, shape: tuple[int, ...]) -> jax.Array:
     """Standard normal noise for every example at sampler step `step`."""
-    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape))(keys)
+    return jax.vmap(lambda k: draws.normal(jax.random.fold_in(k, step), shape))(keys)
 
 
 def initial_noise(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
