@@ -412,8 +412,8 @@ def test_files_coded_with_the_earlier_group_norm_still_decode(init_run, tmp_path
     params = jax.tree.unflatten(
         tree, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
     )
-    old = api.with_group_norm(run.model, "affine")
-    assert api.group_norm_form(run.model) == "flax" and api.group_norm_form(old) == "affine"
+    old = run.model.with_group_norm("affine")
+    assert run.model.group_norm == "flax" and old.group_norm == "affine"
     z, g = jax.random.normal(jax.random.key(1), (4, *run.x_shape)), np.full((4,), 1.0, np.float32)
     eps_new = run.model.eps_hat_fn(params)(z, g)
     eps_old = old.eps_hat_fn(params)(z, g)
@@ -432,6 +432,9 @@ def test_files_coded_with_the_earlier_group_norm_still_decode(init_run, tmp_path
     with pytest.raises(container.CompressError, match="decoding failed after 0 of 2 chunks"):
         api.decompress_file(run, params, 0, str(tmp_path / "wrong.vdmz"), str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")
+    container.write(str(tmp_path / "odd.vdmz"), {**header, "group_norm": "batch"}, words)
+    with pytest.raises(container.CompressError, match=r"GroupNorm form 'batch'.*'flax', 'affine'"):
+        api.decompress_file(run, params, 0, str(tmp_path / "odd.vdmz"), str(tmp_path / "w"))
 
 
 def test_the_committed_vdmz_keeps_decoding_bit_exactly(init_run, tmp_path):

@@ -112,6 +112,18 @@ class VDM:
             "net": self.network.init(k_n, z, gamma)["params"],
         }
 
+    @property
+    def group_norm(self) -> str | None:
+        """The form of the network's GroupNorm (`vdm.networks.unet.group_norm`), None for a
+        network without one: ε̂ depends on its float32 roundings, so a .vdmz header records it."""
+        return getattr(self.network, "group_norm", None)
+
+    def with_group_norm(self, form: str | None) -> VDM:
+        """This model with its network's GroupNorm in `form`: the same parameters."""
+        if form is None or form == self.group_norm:
+            return self
+        return dataclasses.replace(self, network=self.network.clone(group_norm=form))
+
     def stored_params(self, params: Params) -> Params:
         """Parameters as checkpoints hold them: the network's in `stored_form`."""
         return {**params, "net": stored_form(self.network, params["net"])}

@@ -116,8 +116,9 @@ def _gflop(compiled) -> float:
     return float(cost.get("flops", 0.0)) / 1e9 if cost else 0.0
 
 
-def build_case(name: str, variant: str = "base", batch: int = 0):
-    """(train step, state, batch, key, config, image shape, n_params) of the project's case."""
+def build_case(name: str, variant: str = "base", batch: int = 0, group_norm: str = "flax"):
+    """(train step, state, batch, key, config, image shape, n_params) of the project's case;
+    `group_norm` picks the ScoreUNet's GroupNorm form (bench_group_norm.py)."""
     import jax
     import numpy as np
 
@@ -130,7 +131,7 @@ def build_case(name: str, variant: str = "base", batch: int = 0):
     c.model.update(VARIANTS[variant])
     if batch:
         c.training.batch_size = batch
-    model = VDM.from_config(c, num_classes)
+    model = VDM.from_config(c, num_classes).with_group_norm(group_norm)
     optimizer = train_step.make_optimizer(c.optimizer, c.training.num_steps)
     mesh = sharding.make_mesh()
     n_dims = int(np.prod(shape))

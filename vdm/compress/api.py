@@ -28,6 +28,7 @@ from vdm.compress import coder as coder_lib
 from vdm.compress import fingerprint
 from vdm.compress.container import FORMAT_VERSION, GENERATORS, CompressError, images_crc
 from vdm.core import schedules
+from vdm.networks.unet import GROUP_NORMS
 
 # Schedule fields that only a γ per dimension reads (compress refuses those schedules): left
 # out of the hash, so files coded before the fields existed keep their hash.
@@ -139,28 +140,19 @@ class Codec:
             )
 
 
-def group_norm_form(model) -> str | None:
-    """The form of the network's GroupNorm (`vdm.networks.unet.group_norm`), which a .vdmz
-    header records: ε̂, and so decoding, depends on its float32 roundings. None for networks
-    without one."""
-    return getattr(model.network, "group_norm", None)
-
-
-def with_group_norm(model, form: str | None):
-    """`model` with its network's GroupNorm in `form` (the same parameters)."""
-    if form is None or form == group_norm_form(model):
-        return model
-    return dataclasses.replace(model, network=model.network.clone(group_norm=form))
-
-
-def header_group_norms(header: dict, model) -> list[str | None]:
+def header_group_norms(header: dict, model, path: str) -> list[str | None]:
     """The GroupNorm forms to decode a file with, in order: the one its header records; for a
     file coded before headers recorded it (before 2026-12-07), 'affine' (the network's form
     from 2026-12-03) and then 'flax' (before that), since a wrong one fails at the first
     chunk's checksum and writes nothing."""
     if "group_norm" in header:
+        if header["group_norm"] not in GROUP_NORMS:
+            raise CompressError(
+                f"{path} records the GroupNorm form {header['group_norm']!r}; this vdm "
+                f"decodes {list(GROUP_NORMS)}"
+            )
         return [header["group_norm"]]
-    if group_norm_form(model) is None:
+    if model.group_norm is None:
         return [None]
     return ["affine", "flax"]
 
@@ -221,7 +213,7 @@ def file_header(codec: Codec, images: np.ndarray, msg, meta: dict) -> dict:
         "format_version": FORMAT_VERSION,
         **meta,
         "platform": fingerprint.current(),
-        **({"group_norm": form} if (form := group_norm_form(codec.model)) else {}),
+        **({"group_norm": form} if (form := codec.model.group_norm) else {}),
         "steps": codec.steps,
         "latent_bits": codec.latent_bits,
         "range_stds": codec.range_stds,
@@ -375,9 +367,9 @@ def decompress_file(run, params, step: int, input_path: str, output_path: str, p
     with c.unlocked():
         for k in ("steps", "latent_bits", "range_stds", "batch_size"):
             c[k] = header[k]  # the file says how it was coded
-    forms = header_group_norms(header, run.model)
+    forms = header_group_norms(header, run.model, input_path)
     for i, form in enumerate(forms):
-        codec = codec_from_config(with_group_norm(run.model, form), params, run.x_shape, c)
+        codec = codec_from_config(run.model.with_group_norm(form), params, run.x_shape, c)
         try:
             images = decompress(codec, header, words, input_path, progress, allow)
             break
