@@ -432,6 +432,13 @@ def test_files_coded_with_the_earlier_group_norm_still_decode(init_run, tmp_path
     with pytest.raises(container.CompressError, match="decoding failed after 0 of 2 chunks"):
         api.decompress_file(run, params, 0, str(tmp_path / "wrong.vdmz"), str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")
+    # a file of then that is damaged: the affine form's error is the one reported
+    damaged = words.copy()
+    damaged[len(damaged) // 2] ^= 1
+    container.write(str(tmp_path / "damaged.vdmz"), header, damaged)
+    with pytest.raises(container.CompressError, match="GroupNorm form affine; flax failed too"):
+        api.decompress_file(run, params, 0, str(tmp_path / "damaged.vdmz"), str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")
     container.write(str(tmp_path / "odd.vdmz"), {**header, "group_norm": "batch"}, words)
     with pytest.raises(container.CompressError, match=r"GroupNorm form 'batch'.*'flax', 'affine'"):
         api.decompress_file(run, params, 0, str(tmp_path / "odd.vdmz"), str(tmp_path / "w"))

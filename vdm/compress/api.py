@@ -143,8 +143,10 @@ class Codec:
 def header_group_norms(header: dict, model, path: str) -> list[str | None]:
     """The GroupNorm forms to decode a file with, in order: the one its header records; for a
     file coded before headers recorded it (before 2026-12-07), 'affine' (the network's form
-    from 2026-12-03) and then 'flax' (before that), since a wrong one fails at the first
-    chunk's checksum and writes nothing."""
+    from 2026-12-03) and then 'flax' (before that). A wrong form fails at the first chunk's
+    checksum (at the whole file's, for files older than the chunk checksums of 2026-12-03)
+    and writes nothing. Files coded before 2026-12-03 may fail with either form: that day's
+    attention and convolution changes also moved ε̂."""
     if "group_norm" in header:
         if header["group_norm"] not in GROUP_NORMS:
             raise CompressError(
@@ -367,15 +369,19 @@ def decompress_file(run, params, step: int, input_path: str, output_path: str, p
     with c.unlocked():
         for k in ("steps", "latent_bits", "range_stds", "batch_size"):
             c[k] = header[k]  # the file says how it was coded
-    forms = header_group_norms(header, run.model, input_path)
-    for i, form in enumerate(forms):
+    failed = []  # (form, error) of each decode that failed
+    for form in header_group_norms(header, run.model, input_path):
         codec = codec_from_config(run.model.with_group_norm(form), params, run.x_shape, c)
         try:
             images = decompress(codec, header, words, input_path, progress, allow)
             break
         except CompressError as e:
-            # a decode that failed (not a refusal before decoding) may have the wrong form
-            if e.__cause__ is None or i == len(forms) - 1:
-                tried = f" (tried GroupNorm forms {', '.join(forms)})" if len(forms) > 1 else ""
-                raise CompressError(f"{e}{tried}") from e.__cause__
+            if e.__cause__ is None:  # refused before decoding: no other form can help
+                raise
+            failed.append((form, e))
+    else:  # every form failed: the first (the likeliest) form's error, naming the others
+        form, first = failed[0]
+        others = ", ".join(str(f) for f, _ in failed[1:])
+        also = f" (with the GroupNorm form {form}; {others} failed too)" if others else ""
+        raise CompressError(f"{first}{also}") from first.__cause__
     return files.write_images(output_path, images, header.get("names"))

@@ -6,6 +6,10 @@ the bits of an (8, 32, 32, 3) batch of images against 0.2 s for as many drawn fl
 (docs/benchmarks.md#compile-time-and-memory-at-the-papers-size). A flat draw reshaped counts
 the elements in the same row-major order, so the values are the same (tests/test_draws.py):
 these functions draw flat and reshape.
+
+Under a mesh, XLA may not split a flat draw over the devices the way it splits a per-axis
+one: each device may draw the whole batch's values and keep its shard (the same values; a
+cost in random bits, small beside the network's, not yet measured on accelerators).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ def normal(key: jax.Array, shape, dtype=float) -> jax.Array:
 
 
 def uniform(key: jax.Array, shape, dtype=float, minval=0.0, maxval=1.0) -> jax.Array:
-    """`jax.random.uniform(key, shape, dtype, minval, maxval)`: u ~ U[minval, maxval)."""
+    """`jax.random.uniform(key, shape, dtype, minval, maxval)`: u ~ U[minval, maxval), for
+    scalar bounds."""
     return jax.random.uniform(key, _flat(shape), dtype, minval, maxval).reshape(shape)
 
 

@@ -143,8 +143,9 @@ class GroupNorm(nn.Module):
 
     The ScoreUNet's `group_norm="affine"`: its GroupNorm from 2026-12-03 to 12-06, kept so that
     .vdmz files coded then decode bit-exactly (their ε̂ depends on these float32 roundings).
-    Faster than flax's in isolation, slower in whole train steps (0.78× the steps/s on
-    digits): `flax.linen.GroupNorm` is the default again."""
+    Measured faster than flax's in isolation when written, it gives whole train steps fewer
+    steps/s (0.72× on digits with the XLA:CPU flag, 0.89× without; bench_group_norm.py):
+    `flax.linen.GroupNorm` is the default again."""
 
     num_groups: int
     dtype: Any = jnp.float32

@@ -46,8 +46,8 @@ def group_norm(channels: int, dtype: Any, form: str = "flax") -> nn.Module:
 
     `form` 'flax' is `flax.linen.GroupNorm` (the default); 'affine' the same values written as
     one affine map (`layers.GroupNorm`), which the network used from 2026-12-03 to 12-06: it
-    made whole train steps slower (docs/benchmarks.md#the-default-job-against-the-code-of-
-    2026-11-23) and is kept only to decode .vdmz files coded with it. Both are named
+    made whole train steps slower (docs/benchmarks.md, "The default job against the code of
+    2026-11-23") and is kept to decode .vdmz files coded with it. Both are named
     GroupNorm_k with the same parameters, so either restores the other's checkpoints."""
     g = _groups(channels)
     if form == "flax":
@@ -250,8 +250,8 @@ class ScoreUNet(nn.Module):
         the paper's depth. Its parameters are `stack_blocks` of the unrolled ones; `vdm.model`
         stores the unrolled form whatever this is, so checkpoints restore under either.
       group_norm: the GroupNorm's form, 'flax' or 'affine' (`group_norm`): the same values
-        and parameters up to float32 rounding; not a config field, only .vdmz decoding picks
-        'affine', for files coded with it.
+        and parameters up to float32 rounding; not a config field: .vdmz decoding picks
+        'affine' for files coded with it, and bench_group_norm.py to compare the two.
     """
 
     n_embd: int
