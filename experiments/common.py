@@ -5,6 +5,7 @@ is `experiments/grid.py`."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -23,11 +24,29 @@ def run_json(cmd: list[str], what: str, env: dict | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def checkout() -> str:
+    """The repository's commit, short, with '+uncommitted' when tracked or new files differ
+    from it ('unknown' outside a git checkout)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain"], capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+uncommitted" if head and dirty else "")
+
+
 def write_results(out: str, script: str, results: list[dict]) -> None:
-    """`out` as JSON: the command that made it, the machine, and the result rows."""
+    """`out` as JSON: the command that made it, the commit and date it ran at, the machine,
+    and the result rows."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     record = {
         "command": " ".join([os.path.relpath(script, ROOT), *sys.argv[1:]]),
+        "commit": checkout(),
+        "date": datetime.date.today().isoformat(),
         "machine": platform.platform(),
         "cpus": os.cpu_count(),
         "results": results,

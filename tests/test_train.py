@@ -189,6 +189,8 @@ def test_two_devices_give_the_same_loss_update_samples_and_likelihood_as_one():
     assert out["pf_ode_diff"] < 1e-3 and out["pf_ode_repeat_diff"] == 0.0, out
     for n in ("1", "2"):
         assert out["compiles"][n] == {"samplers": 1, "sampler": 1, "pf_ode": 1, "eval": 1}, out
+    # Each device draws its half of the batch's noise: no draw of the whole batch's size.
+    assert out["flat_draw_shapes"]["global"] == 0 and out["flat_draw_shapes"]["per_device"], out
 
 
 def test_cli_bad_value_is_one_clear_line(tmp_path):

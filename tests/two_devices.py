@@ -1,8 +1,10 @@
 """Run by test_train.py in a subprocess with two CPU devices: one train step, sampling and the
 PF-ODE likelihood on a 2-device mesh and on a 1-device mesh, same global batch; prints the
-differences, and how often each jitted function compiled, as JSON."""
+differences, how often each jitted function compiled and the sizes of the 2-device step's
+flat random draws, as JSON."""
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -24,8 +26,19 @@ for n in (1, 2):
         lambda k: train_step.init_state(run.model, run.optimizer, k, run.x_shape),
         out_shardings=sharding.replicated(mesh),
     )
-    state, metrics = step(init(jax.random.key(0)), sharding.shard_batch(batch, mesh, 1), run.key)
+    state0, batches = init(jax.random.key(0)), sharding.shard_batch(batch, mesh, 1)
+    state, metrics = step(state0, batches, run.key)
     out[n] = (float(metrics["bpd"][0]), jax.device_get(state.params))
+    if n == 2:
+        # The noise (vdm/core/draws.py) is drawn flat, (b·H·W·C,), and reshaped: each device
+        # should draw its own half, not the whole batch's draw (counted in the compiled,
+        # partitioned program's shapes).
+        hlo = step.lower(state0, batches, run.key).compile().as_text()
+        flat = 8 * int(np.prod(run.x_shape))
+        draw_shapes = {
+            "global": len(re.findall(rf"\[{flat}\]", hlo)),
+            "per_device": len(re.findall(rf"\[{flat // 2}\]", hlo)),
+        }
 diffs = [
     np.max(np.abs(a - b))
     for a, b in zip(jax.tree.leaves(out[1][1]), jax.tree.leaves(out[2][1]), strict=True)
@@ -63,6 +76,7 @@ print(
             "pf_ode_diff": abs(pf[1][0] - pf[2][0]),
             "pf_ode_repeat_diff": abs(pf[2][0] - pf[2][1]),
             "compiles": compiles,
+            "flat_draw_shapes": draw_shapes,
         }
     )
 )

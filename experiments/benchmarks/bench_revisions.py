@@ -97,15 +97,8 @@ def main(argv=None):
         if not sep or not key:
             sys.exit(f"--env-this must be KEY=VALUE, got {item!r}")
         env_this[key] = value
-    head = subprocess.run(
-        ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", ROOT, "status", "--porcelain"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    head += "+uncommitted" if dirty else ""
+    head = bench_io.checkout()
+    dirty = head.endswith("+uncommitted")
     if dirty and a.env_this and a.against in ("HEAD", head.split("+")[0]):
         print(
             "warning: the tree has uncommitted changes, so this checkout differs from "

@@ -10,7 +10,8 @@ lowers and compiles the train step and reads the compiled, SPMD-partitioned prog
 
 - the batch is split: the images enter with the data axis sharded, and no activation of the
   per-device program has the global batch as its leading dimension (a replicated activation
-  would);
+  would), and no random draw has the global batch's flat size (`vdm/core/draws.py` draws
+  flat, then reshapes: each device should draw only its share);
 - one copy of the parameters per device: each device's arguments are the whole train state
   (replicated: parameters, EMA, optimizer moments) plus its share of the batch, nothing more
   (XLA's memory analysis, per device);
@@ -113,6 +114,17 @@ def main(argv=None):
             row.update(global_batch_image_shapes=full, per_device_image_shapes=split)
             if full or not split:
                 failures.append(f"activations: {full} of global batch shape, {split} per-device")
+            # The noise of vdm/core/draws.py is drawn flat, (b·H·W·C,), then reshaped: a flat
+            # draw XLA left whole on every device would pass the image-shape check above.
+            flat = b * math.prod(shape)
+            flat_full = len(re.findall(rf"\[{flat}\]", hlo))
+            flat_split = len(re.findall(rf"\[{flat // n_dev}\]", hlo))
+            row.update(global_flat_draw_shapes=flat_full, per_device_flat_draw_shapes=flat_split)
+            if flat_full:
+                failures.append(
+                    f"random draws: {flat_full} arrays of the global flat size {flat}, "
+                    f"{flat_split} of the per-device {flat // n_dev}"
+                )
             if abs(per_device_args - expected) > 0.01 * expected:
                 failures.append(
                     f"arguments per device {per_device_args / 2**20:.1f} MiB, expected "

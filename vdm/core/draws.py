@@ -7,9 +7,9 @@ the bits of an (8, 32, 32, 3) batch of images against 0.2 s for as many drawn fl
 the elements in the same row-major order, so the values are the same (tests/test_draws.py):
 these functions draw flat and reshape.
 
-Under a mesh, XLA may not split a flat draw over the devices the way it splits a per-axis
-one: each device may draw the whole batch's values and keep its shard (the same values; a
-cost in random bits, small beside the network's, not yet measured on accelerators).
+Under a mesh the flat draw is split like a per-axis one: with the batch sharded, each device
+draws only its share (the compiled train step on 2 CPU devices holds no array of the whole
+batch's flat size; tests/two_devices.py, experiments/benchmarks/check_sharding.py).
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ import numpy as np
 import optax
 from flax import serialization
 
+from vdm.core import draws
+
 FORMAT = 1
 RECIPES = {  # per data set: what the classifier is trained with (see `train_classifier`)
     "digits": {"epochs": 40, "batch": 64, "lr": 2e-3, "shift": 1, "seed": 0},
@@ -116,9 +118,7 @@ def random_affine(key, x, rotate: float, scale: float, shift: float, elastic=0.0
     zoom = jax.random.uniform(k_scale, (n,), minval=1 - scale, maxval=1 + scale)
     offset = jax.random.uniform(k_shift, (n, 2), minval=-shift, maxval=shift)
     if elastic:
-        noise = jax.random.uniform(
-            jax.random.fold_in(key, 3), (2, n, h, w), minval=-1.0, maxval=1.0
-        )
+        noise = draws.uniform(jax.random.fold_in(key, 3), (2, n, h, w), minval=-1.0, maxval=1.0)
         disp = elastic * jax.vmap(_smooth, in_axes=(0, None))(noise, sigma)
     else:
         disp = jnp.zeros((2, n, h, w))

@@ -88,6 +88,9 @@ class ResnetBlock(nn.Module):
         h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
         h = checkpoint_name(h, "conv")
         if x.shape[-1] != self.out_ch:
+            # A 1×1 convolution: the faster form under the XLA:CPU flag `import vdm` sets, but
+            # its gradient is 24× a matrix product's under YNNPACK (jaxlib's CPU defaults;
+            # docs/benchmarks.md#train-step-against-google-researchvdm).
             x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype, name="skip")(x)
         return x + h
 

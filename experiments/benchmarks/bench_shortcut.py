@@ -1,0 +1,95 @@
+"""The residual block's 1×1 shortcut (2·n_embd → n_embd on the way up) two ways: as the
+ScoreUNet computes it, a 1×1 convolution (`ResnetBlock`'s `skip`), against a matrix product
+over the channels (google-research/vdm's `nin_shortcut`, a Dense layer), at the official
+configuration's shape.
+
+    python experiments/benchmarks/bench_shortcut.py [--batch 16] [--size 32] [--channels 128,64] \
+        [--rounds 7] [--out results/bench_shortcut.json]
+
+Both forms are compiled in one process, forward and forward + gradient (w.r.t. the kernel
+and the input), and timed in alternation, `--rounds` turns each. Runs under the environment it
+is given: `VDM_XLA_CPU_DEFAULTS=0` for jaxlib's defaults, where XLA:CPU hands convolutions to
+YNNPACK. Prints and saves the median milliseconds per form and part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import vdm  # noqa: F401  (its XLA:CPU defaults, before JAX starts a backend)
+from experiments import common as bench_io
+from experiments.common import ROOT
+
+FORMS = ("conv_1x1", "matmul")
+
+
+def shortcut(form: str, kernel, x):
+    """x (b, h, w, c_in) through the (1, 1, c_in, c_out) kernel, as `form` computes it."""
+    import jax
+    import jax.numpy as jnp
+
+    if form == "conv_1x1":
+        return jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    return jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
+
+
+def timed(fn, *args) -> float:
+    import jax
+
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t
+
+
+def main(argv=None):
+    import jax
+    import jax.numpy as jnp
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--channels", default="128,64", help="c_in,c_out")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_shortcut.json"))
+    a = p.parse_args(argv)
+    c_in, c_out = bench_io.csv_list(a.channels, int)
+    x = jax.random.normal(jax.random.key(0), (a.batch, a.size, a.size, c_in))
+    kernel = jax.random.normal(jax.random.key(1), (1, 1, c_in, c_out)) / c_in**0.5
+    fns = {}
+    for form in FORMS:
+
+        def loss(k, x, form=form):
+            return jnp.sum(shortcut(form, k, x) ** 2)
+
+        fns[form] = {
+            "forward": jax.jit(lambda k, x, form=form: shortcut(form, k, x)),
+            "forward_and_gradient": jax.jit(jax.grad(loss, argnums=(0, 1))),
+        }
+        for fn in fns[form].values():
+            timed(fn, kernel, x)  # compile and warm up
+    ms = {form: {part: [] for part in fns[form]} for form in FORMS}
+    for r in range(a.rounds):
+        for form in FORMS if r % 2 == 0 else FORMS[::-1]:
+            for part, fn in fns[form].items():
+                ms[form][part].append(1e3 * timed(fn, kernel, x))
+    rows = []
+    for part in ("forward", "forward_and_gradient"):
+        med = {form: statistics.median(ms[form][part]) for form in FORMS}
+        row = {"part": part, **{f"{f}_ms": round(med[f], 2) for f in FORMS}}
+        row["conv_over_matmul"] = round(med["conv_1x1"] / med["matmul"], 2)
+        row["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+        rows.append(row)
+        print(
+            f"{part:22s} conv 1×1 {med['conv_1x1']:8.1f} ms   matmul {med['matmul']:8.1f} ms   "
+            f"conv / matmul {row['conv_over_matmul']:.2f}×"
+        )
+    bench_io.write_results(a.out, __file__, rows)
+
+
+if __name__ == "__main__":
+    main()
