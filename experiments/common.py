@@ -32,7 +32,9 @@ def checkout() -> str:
             ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", ROOT, "status", "--porcelain"], capture_output=True, text=True
+            ["git", "--no-optional-locks", "-C", ROOT, "status", "--porcelain"],
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except OSError:
         return "unknown"
@@ -51,8 +53,9 @@ def write_results(out: str, script: str, results: list[dict]) -> None:
         "cpus": os.cpu_count(),
         "results": results,
     }
-    with open(out, "w") as f:
+    with open(out + ".tmp", "w") as f:  # a failed dump leaves an earlier file as it was
         json.dump(record, f, indent=2)
+    os.replace(out + ".tmp", out)
     print(f"→ {out}")
 
 

@@ -33,11 +33,13 @@ for n in (1, 2):
         # The noise (vdm/core/draws.py) is drawn flat, (b·H·W·C,), and reshaped: each device
         # should draw its own half, not the whole batch's draw (counted in the compiled,
         # partitioned program's shapes).
-        hlo = step.lower(state0, batches, run.key).compile().as_text()
+        # (`state`, not the donated `state0`: the same shapes and shardings.) Threefry's bits
+        # are u32, which no parameter or activation is.
+        hlo = step.lower(state, batches, run.key).compile().as_text()
         flat = 8 * int(np.prod(run.x_shape))
         draw_shapes = {
-            "global": len(re.findall(rf"\[{flat}\]", hlo)),
-            "per_device": len(re.findall(rf"\[{flat // 2}\]", hlo)),
+            "global": len(re.findall(rf"u32\[{flat}\]", hlo)),
+            "per_device": len(re.findall(rf"u32\[{flat // 2}\]", hlo)),
         }
 diffs = [
     np.max(np.abs(a - b))

@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 from experiments import common as bench_io
-from experiments.benchmarks.bench_train import build_case
+from experiments.benchmarks.bench_train import alternate, build_case
 from experiments.common import ROOT
 
 FORMS = ("flax", "affine")
@@ -36,16 +35,7 @@ def ab(case: str, steps: int, rounds: int, batch: int) -> dict:
         state, m = compiled(state, data, key)  # warm-up
         jax.block_until_ready(m)
         sides[form] = [compiled, state, data, key]
-    rates = {form: [] for form in FORMS}
-    for r in range(rounds):
-        for form in FORMS if r % 2 == 0 else FORMS[::-1]:
-            compiled, state, data, key = sides[form]
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                state, m = compiled(state, data, key)
-            jax.block_until_ready(m)
-            rates[form].append(steps / (time.perf_counter() - t0))
-            sides[form][1] = state
+    rates = alternate(sides, steps, rounds)
     med = {form: statistics.median(v) for form, v in rates.items()}
     return {
         "case": case,

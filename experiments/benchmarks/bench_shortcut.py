@@ -5,11 +5,17 @@ configuration's shape.
 
     python experiments/benchmarks/bench_shortcut.py [--batch 16] [--size 32] [--channels 128,64] \
         [--rounds 7] [--out results/bench_shortcut.json]
+    python experiments/benchmarks/bench_shortcut.py --whole-step official_cifar [--steps 2] \
+        [--rounds 3] [--batch 16]
 
 Both forms are compiled in one process, forward and forward + gradient (w.r.t. the kernel
-and the input), and timed in alternation, `--rounds` turns each. Runs under the environment it
-is given: `VDM_XLA_CPU_DEFAULTS=0` for jaxlib's defaults, where XLA:CPU hands convolutions to
-YNNPACK. Prints and saves the median milliseconds per form and part.
+and the input), and timed in alternation, `--rounds` turns each. With `--whole-step CASES`
+(bench_train.py's cases) it times whole train steps instead, `--steps` per turn: the
+ScoreUNet as it is against the same network with every `skip` convolution computed as the
+matrix product from the same kernel (a flax method interceptor, in this script only; the
+library's network is unchanged). Runs under the environment it is given:
+`VDM_XLA_CPU_DEFAULTS=0` for jaxlib's defaults, where XLA:CPU hands convolutions to YNNPACK.
+Prints and saves the median milliseconds (steps/s) per form.
 """
 
 from __future__ import annotations
@@ -38,6 +44,58 @@ def shortcut(form: str, kernel, x):
     return jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
 
 
+def as_matmul(next_fun, args, kwargs, context):
+    """A flax interceptor: a ResnetBlock's `skip` (1×1 convolution) as a matrix product with
+    its own kernel and bias; every other call as it is."""
+    import flax.linen as nn
+
+    module = context.module
+    if not (
+        isinstance(module, nn.Conv) and module.name == "skip" and context.method_name == "__call__"
+    ):
+        return next_fun(*args, **kwargs)
+    kernel = module.get_variable("params", "kernel")
+    bias = module.get_variable("params", "bias")
+    x, kernel, bias = nn.dtypes.promote_dtype(args[0], kernel, bias, dtype=module.dtype)
+    return shortcut("matmul", kernel, x) + bias
+
+
+def whole_steps(case: str, steps: int, rounds: int, batch: int) -> dict:
+    """Steps/s of the case's train step as it is and with the skip as a matrix product,
+    alternated in this process."""
+    import contextlib
+
+    import flax.linen as nn
+    import jax
+
+    from experiments.benchmarks.bench_train import alternate, build_case
+
+    contexts = {
+        "conv_1x1": contextlib.nullcontext,
+        "matmul": lambda: nn.intercept_methods(as_matmul),
+    }
+    sides = {}
+    for form in FORMS:
+        step, state, data, key, *_ = build_case(case, "base", batch)
+        with contexts[form]():  # the step is traced here, so the interceptor is in its program
+            compiled = step.lower(state, data, key).compile()
+        n_conv = compiled.as_text().count(" convolution(")
+        state, m = compiled(state, data, key)  # warm-up
+        jax.block_until_ready(m)
+        sides[form] = [compiled, state, data, key]
+        print(f"{case} {form}: {n_conv} convolutions in the compiled step", flush=True)
+    rates = alternate(sides, steps, rounds)
+    med = {form: statistics.median(v) for form, v in rates.items()}
+    return {
+        "case": case,
+        "steps_per_turn": steps,
+        "turns": rounds,
+        **{f"{form}_steps_per_s": rates[form] for form in FORMS},
+        "matmul_over_conv_1x1": med["matmul"] / med["conv_1x1"],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
 def timed(fn, *args) -> float:
     import jax
 
@@ -55,8 +113,23 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--channels", default="128,64", help="c_in,c_out")
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--whole-step", default="", help="bench_train.py cases: whole train steps")
+    p.add_argument("--steps", type=int, default=2, help="--whole-step: steps per turn")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_shortcut.json"))
     a = p.parse_args(argv)
+    if a.whole_step:
+        rows = []
+        for case in bench_io.csv_list(a.whole_step):
+            row = whole_steps(case, a.steps, a.rounds, a.batch)
+            rows.append(row)
+            print(
+                f"{case}: conv 1×1 {statistics.median(row['conv_1x1_steps_per_s']):.3f} steps/s, "
+                f"matmul {statistics.median(row['matmul_steps_per_s']):.3f}: matmul / conv "
+                f"{row['matmul_over_conv_1x1']:.3f}×",
+                flush=True,
+            )
+        bench_io.write_results(a.out, __file__, rows)
+        return
     c_in, c_out = bench_io.csv_list(a.channels, int)
     x = jax.random.normal(jax.random.key(0), (a.batch, a.size, a.size, c_in))
     kernel = jax.random.normal(jax.random.key(1), (1, 1, c_in, c_out)) / c_in**0.5

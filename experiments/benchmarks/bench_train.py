@@ -151,6 +151,26 @@ def build_case(name: str, variant: str = "base", batch: int = 0, group_norm: str
     return step, state, batch, jax.random.key(1), c, shape, count_params(state.params)
 
 
+def alternate(sides: dict, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Steps/s per turn of each side's compiled train step, timed in alternation in this
+    process: `sides` {name: [compiled, state, batch, key]}, each already warmed up; `steps`
+    steps per turn, `rounds` turns each, the order reversed every turn."""
+    import jax
+
+    names = list(sides)
+    rates = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            compiled, state, data, key = sides[name]
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                state, m = compiled(state, data, key)
+            jax.block_until_ready(m)
+            rates[name].append(steps / (time.perf_counter() - t0))
+            sides[name][1] = state
+    return rates
+
+
 def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> dict:
     import jax
 

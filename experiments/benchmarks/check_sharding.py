@@ -10,8 +10,9 @@ lowers and compiles the train step and reads the compiled, SPMD-partitioned prog
 
 - the batch is split: the images enter with the data axis sharded, and no activation of the
   per-device program has the global batch as its leading dimension (a replicated activation
-  would), and no random draw has the global batch's flat size (`vdm/core/draws.py` draws
-  flat, then reshapes: each device should draw only its share);
+  would), and no random bits have the global batch's flat size (`vdm/core/draws.py` draws
+  flat, then reshapes: each device should draw only its share; counted as u32 shapes in the
+  HLO text);
 - one copy of the parameters per device: each device's arguments are the whole train state
   (replicated: parameters, EMA, optimizer moments) plus its share of the batch, nothing more
   (XLA's memory analysis, per device);
@@ -116,14 +117,15 @@ def main(argv=None):
                 failures.append(f"activations: {full} of global batch shape, {split} per-device")
             # The noise of vdm/core/draws.py is drawn flat, (b·H·W·C,), then reshaped: a flat
             # draw XLA left whole on every device would pass the image-shape check above.
+            # Threefry's counters and bits are u32; parameters and activations are not.
             flat = b * math.prod(shape)
-            flat_full = len(re.findall(rf"\[{flat}\]", hlo))
-            flat_split = len(re.findall(rf"\[{flat // n_dev}\]", hlo))
+            flat_full = len(re.findall(rf"u32\[{flat}\]", hlo))
+            flat_split = len(re.findall(rf"u32\[{flat // n_dev}\]", hlo))
             row.update(global_flat_draw_shapes=flat_full, per_device_flat_draw_shapes=flat_split)
-            if flat_full:
+            if flat_full or not flat_split:
                 failures.append(
-                    f"random draws: {flat_full} arrays of the global flat size {flat}, "
-                    f"{flat_split} of the per-device {flat // n_dev}"
+                    f"random draws: {flat_full} mentions of u32[{flat}] (the whole batch's "
+                    f"bits), {flat_split} of u32[{flat // n_dev}] (a device's share)"
                 )
             if abs(per_device_args - expected) > 0.01 * expected:
                 failures.append(

@@ -7,9 +7,11 @@ the bits of an (8, 32, 32, 3) batch of images against 0.2 s for as many drawn fl
 the elements in the same row-major order, so the values are the same (tests/test_draws.py):
 these functions draw flat and reshape.
 
-Under a mesh the flat draw is split like a per-axis one: with the batch sharded, each device
-draws only its share (the compiled train step on 2 CPU devices holds no array of the whole
-batch's flat size; tests/two_devices.py, experiments/benchmarks/check_sharding.py).
+In the train step on a mesh the flat draw is split like a per-axis one: with the batch
+sharded, each device draws only its share (the compiled step on 2 CPU devices holds no
+random bits of the whole batch's flat size; tests/two_devices.py,
+experiments/benchmarks/check_sharding.py). The samplers' and the PF-ODE's draws are not
+checked this way.
 """
 
 from __future__ import annotations

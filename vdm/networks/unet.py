@@ -89,8 +89,8 @@ class ResnetBlock(nn.Module):
         h = checkpoint_name(h, "conv")
         if x.shape[-1] != self.out_ch:
             # A 1×1 convolution: the faster form under the XLA:CPU flag `import vdm` sets, but
-            # its gradient is 24× a matrix product's under YNNPACK (jaxlib's CPU defaults;
-            # docs/benchmarks.md#train-step-against-google-researchvdm).
+            # with its gradient 24× a matrix product's time under YNNPACK (jaxlib's CPU
+            # defaults; docs/benchmarks.md#train-step-against-google-researchvdm).
             x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype, name="skip")(x)
         return x + h
 

@@ -19,7 +19,7 @@ from vdm import data, sharding
 from vdm.core import elbo
 from vdm.eval import likelihood
 from vdm.model import VDM
-from vdm.run import checkpoint, generate
+from vdm.run import checkpoint, generate, tree_signature
 from vdm.run import config as config_lib
 from vdm.run import workdir as workdir_lib
 from vdm.run.train_step import (
@@ -85,7 +85,7 @@ class Run:
             ),
             self.key,
         )
-        return checkpoint.abstract_like(abstract, self.rep)
+        return tree_signature.abstract_like(abstract, self.rep)
 
     @functools.cached_property
     def _to_stored(self):
