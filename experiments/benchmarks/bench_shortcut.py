@@ -15,7 +15,8 @@ ScoreUNet as it is against the same network with every `skip` convolution comput
 matrix product from the same kernel (a flax method interceptor, in this script only; the
 library's network is unchanged). Runs under the environment it is given:
 `VDM_XLA_CPU_DEFAULTS=0` for jaxlib's defaults, where XLA:CPU hands convolutions to YNNPACK.
-Prints and saves the median milliseconds (steps/s) per form.
+Prints and saves the median milliseconds per form and part; with `--whole-step`, the steps/s
+of every turn, the ratio of the medians and the compiled steps' convolution counts.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ def as_matmul(next_fun, args, kwargs, context):
     ):
         return next_fun(*args, **kwargs)
     kernel = module.get_variable("params", "kernel")
-    bias = module.get_variable("params", "bias")
-    x, kernel, bias = nn.dtypes.promote_dtype(args[0], kernel, bias, dtype=module.dtype)
-    return shortcut("matmul", kernel, x) + bias
+    bias = module.get_variable("params", "bias")  # None without one (use_bias=False)
+    promote = getattr(module, "promote_dtype", nn.dtypes.promote_dtype)  # as nn.Conv does
+    x, kernel, bias = promote(args[0], kernel, bias, dtype=module.dtype)
+    y = shortcut("matmul", kernel, x)
+    return y if bias is None else y + bias
 
 
 def whole_steps(case: str, steps: int, rounds: int, batch: int) -> dict:
@@ -74,16 +77,18 @@ def whole_steps(case: str, steps: int, rounds: int, batch: int) -> dict:
         "conv_1x1": contextlib.nullcontext,
         "matmul": lambda: nn.intercept_methods(as_matmul),
     }
-    sides = {}
+    sides, n_conv = {}, {}
     for form in FORMS:
         step, state, data, key, *_ = build_case(case, "base", batch)
         with contexts[form]():  # the step is traced here, so the interceptor is in its program
             compiled = step.lower(state, data, key).compile()
-        n_conv = compiled.as_text().count(" convolution(")
+        n_conv[form] = compiled.as_text().count(" convolution(")
         state, m = compiled(state, data, key)  # warm-up
         jax.block_until_ready(m)
         sides[form] = [compiled, state, data, key]
-        print(f"{case} {form}: {n_conv} convolutions in the compiled step", flush=True)
+        print(f"{case} {form}: {n_conv[form]} convolutions in the compiled step", flush=True)
+    if n_conv["matmul"] >= n_conv["conv_1x1"]:
+        raise SystemExit(f"{case}: the interceptor replaced no convolution ({n_conv})")
     rates = alternate(sides, steps, rounds)
     med = {form: statistics.median(v) for form, v in rates.items()}
     return {
@@ -92,6 +97,7 @@ def whole_steps(case: str, steps: int, rounds: int, batch: int) -> dict:
         "turns": rounds,
         **{f"{form}_steps_per_s": rates[form] for form in FORMS},
         "matmul_over_conv_1x1": med["matmul"] / med["conv_1x1"],
+        **{f"convolutions_{form}": n_conv[form] for form in FORMS},
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
@@ -115,8 +121,10 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--whole-step", default="", help="bench_train.py cases: whole train steps")
     p.add_argument("--steps", type=int, default=2, help="--whole-step: steps per turn")
-    p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_shortcut.json"))
+    p.add_argument("--out", default="", help="results/bench_shortcut[_whole_step].json")
     a = p.parse_args(argv)
+    name = "bench_shortcut_whole_step.json" if a.whole_step else "bench_shortcut.json"
+    a.out = a.out or os.path.join(ROOT, "results", name)
     if a.whole_step:
         rows = []
         for case in bench_io.csv_list(a.whole_step):
