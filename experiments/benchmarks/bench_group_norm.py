@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 
 from experiments import common as bench_io
-from experiments.benchmarks.bench_train import alternate, build_case
+from experiments.benchmarks.bench_train import ab_row, build_case
 from experiments.common import ROOT
 
 FORMS = ("flax", "affine")
@@ -35,16 +34,9 @@ def ab(case: str, steps: int, rounds: int, batch: int) -> dict:
         state, m = compiled(state, data, key)  # warm-up
         jax.block_until_ready(m)
         sides[form] = [compiled, state, data, key]
-    rates = alternate(sides, steps, rounds)
-    med = {form: statistics.median(v) for form, v in rates.items()}
-    return {
-        "case": case,
-        "steps_per_turn": steps,
-        "turns": rounds,
-        **{f"{form}_steps_per_s": rates[form] for form in FORMS},
-        "flax_over_affine": med["flax"] / med["affine"],
-        "vdm_xla_cpu_defaults": os.environ.get("VDM_XLA_CPU_DEFAULTS", "1"),
-    }
+    row = ab_row(case, sides, steps, rounds, ratio=("flax", "affine"))
+    row["vdm_xla_cpu_defaults"] = os.environ.get("VDM_XLA_CPU_DEFAULTS", "1")
+    return row
 
 
 def main(argv=None):
@@ -57,14 +49,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     rows = []
     for case in bench_io.csv_list(args.cases):
-        row = ab(case, args.steps, args.rounds, args.batch)
-        rows.append(row)
-        print(
-            f"{case}: flax {statistics.median(row['flax_steps_per_s']):.3f} steps/s, affine "
-            f"{statistics.median(row['affine_steps_per_s']):.3f}: flax/affine "
-            f"{row['flax_over_affine']:.3f}×",
-            flush=True,
-        )
+        rows.append(ab(case, args.steps, args.rounds, args.batch))
     bench_io.write_results(args.out, __file__, rows)
 
 

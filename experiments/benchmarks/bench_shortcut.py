@@ -71,7 +71,7 @@ def whole_steps(case: str, steps: int, rounds: int, batch: int) -> dict:
     import flax.linen as nn
     import jax
 
-    from experiments.benchmarks.bench_train import alternate, build_case
+    from experiments.benchmarks.bench_train import ab_row, build_case
 
     contexts = {
         "conv_1x1": contextlib.nullcontext,
@@ -89,17 +89,10 @@ def whole_steps(case: str, steps: int, rounds: int, batch: int) -> dict:
         print(f"{case} {form}: {n_conv[form]} convolutions in the compiled step", flush=True)
     if n_conv["matmul"] >= n_conv["conv_1x1"]:
         raise SystemExit(f"{case}: the interceptor replaced no convolution ({n_conv})")
-    rates = alternate(sides, steps, rounds)
-    med = {form: statistics.median(v) for form, v in rates.items()}
-    return {
-        "case": case,
-        "steps_per_turn": steps,
-        "turns": rounds,
-        **{f"{form}_steps_per_s": rates[form] for form in FORMS},
-        "matmul_over_conv_1x1": med["matmul"] / med["conv_1x1"],
-        **{f"convolutions_{form}": n_conv[form] for form in FORMS},
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    }
+    row = ab_row(case, sides, steps, rounds, ratio=("matmul", "conv_1x1"))
+    row.update({f"convolutions_{form}": n_conv[form] for form in FORMS})
+    row["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    return row
 
 
 def timed(fn, *args) -> float:
@@ -128,14 +121,7 @@ def main(argv=None):
     if a.whole_step:
         rows = []
         for case in bench_io.csv_list(a.whole_step):
-            row = whole_steps(case, a.steps, a.rounds, a.batch)
-            rows.append(row)
-            print(
-                f"{case}: conv 1×1 {statistics.median(row['conv_1x1_steps_per_s']):.3f} steps/s, "
-                f"matmul {statistics.median(row['matmul_steps_per_s']):.3f}: matmul / conv "
-                f"{row['matmul_over_conv_1x1']:.3f}×",
-                flush=True,
-            )
+            rows.append(whole_steps(case, a.steps, a.rounds, a.batch))
         bench_io.write_results(a.out, __file__, rows)
         return
     c_in, c_out = bench_io.csv_list(a.channels, int)

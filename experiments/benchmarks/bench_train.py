@@ -171,6 +171,28 @@ def alternate(sides: dict, steps: int, rounds: int) -> dict[str, list[float]]:
     return rates
 
 
+def ab_row(case: str, sides: dict, steps: int, rounds: int, ratio: tuple[str, str]) -> dict:
+    """`alternate` two forms' warmed-up steps and print and return the row: steps/s per turn
+    of each, and the ratio of the medians, ratio[0] over ratio[1]."""
+    import statistics
+
+    rates = alternate(sides, steps, rounds)
+    med = {form: statistics.median(v) for form, v in rates.items()}
+    a, b = ratio
+    row = {
+        "case": case,
+        "steps_per_turn": steps,
+        "turns": rounds,
+        **{f"{form}_steps_per_s": rates[form] for form in sides},
+        f"{a}_over_{b}": med[a] / med[b],
+    }
+    print(
+        f"{case}: {a} {med[a]:.3f} steps/s, {b} {med[b]:.3f}: {a} / {b} {med[a] / med[b]:.3f}×",
+        flush=True,
+    )
+    return row
+
+
 def run_case(name: str, steps: int, variant: str = "base", batch: int = 0) -> dict:
     import jax
 
