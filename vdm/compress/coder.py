@@ -16,9 +16,9 @@ and amortised over the chunks of one message (each later chunk pops what earlier
 
 Before each pop from q the top of the stack is mixed by a keyed bijection (no bits spent),
 so the popped latents are draws from q even where the last push fitted its model badly.
-The clean words and the mix's keyed hash come from a counter-mode SplitMix64 (`splitmix64`),
-a fixed function of (seed, counter), so no library's random stream can change a file's
-meaning; format 1 files used numpy Generators (`generator="numpy"`, kept to decode them).
+The clean words and the mix are vdm/compress/words.py's: a counter-mode SplitMix64, a fixed
+function of (seed, counter), so no library's random stream can change a file's meaning;
+format 1 files used numpy Generators (`generator="numpy"`, kept to decode them).
 
 A decode that goes wrong (another model's or platform's ε̂, damaged words) raises
 `CoderError` as early as the coder can see it.
@@ -32,7 +32,6 @@ can be coded; q's pops never leave the range, so its pushes never need the escap
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from collections.abc import Callable
 
@@ -41,14 +40,13 @@ import numpy as np
 from scipy.special import ndtr
 
 from vdm.compress.chain import Chain
+from vdm.compress.words import MIX_BITS_PER_SYMBOL, clean_words, mix, n_clean_words
 
 _MODEL = constriction.stream.model
 _UNIFORM16 = _MODEL.Uniform(2**16)
 _CATEGORICAL = _MODEL.Categorical(perfect=False)
 PRECISION = 24  # constriction's default: probabilities are integers out of 2^24
 MEAN_GRID = 2.0**-10  # p's mean (in grid units) is rounded to this before building the model
-CLEAN_SEED = 0x5644_4D5A  # the clean words: SplitMix64 outputs 0, 1, … of this seed, top 32 bits
-GENERATORS = ("splitmix64", "numpy")  # the format's own; format 1's (decode only)
 
 # eps_hat(z, i) → ε̂ of the network at latent i for z of shape (n, *image_shape), float64.
 EpsHat = Callable[[np.ndarray, int], np.ndarray]
@@ -57,29 +55,6 @@ EpsHat = Callable[[np.ndarray, int], np.ndarray]
 class CoderError(ValueError):
     """A chunk the models cannot code (a non-finite ε̂), or a stack that does not decode as
     it was coded: another ε̂ (model or platform) or damaged words."""
-
-
-# ---- Pseudo-random words ----
-
-_GOLDEN_GAMMA = np.uint64(0x9E37_79B9_7F4A_7C15)  # 2^64 / φ, odd
-_MIX13_M1, _MIX13_M2 = np.uint64(0xBF58_476D_1CE4_E5B9), np.uint64(0x94D0_49BB_1331_11EB)
-
-
-def splitmix64(seed: int, counter: np.ndarray) -> np.ndarray:
-    """Outputs number `counter` (0, 1, …) of SplitMix64 seeded with `seed`, as uint64.
-
-    SplitMix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators",
-    OOPSLA 2014; Vigna's reference splitmix64.c) in counter mode: z = seed + (counter + 1) γ
-    mod 2^64 with γ = 0x9E3779B97F4A7C15, then Stafford's Mix13 finaliser
-    z ← (z ⊕ z≫30)·0xBF58476D1CE4E5B9, z ← (z ⊕ z≫27)·0x94D049BB133111EB, z ⊕ z≫31.
-    A pure function of (seed, counter) in wrapping uint64 arithmetic: every numpy computes
-    the same words, in any order or batch.
-    """
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed) + (np.asarray(counter, np.uint64) + np.uint64(1)) * _GOLDEN_GAMMA
-        z = (z ^ (z >> np.uint64(30))) * _MIX13_M1
-        z = (z ^ (z >> np.uint64(27))) * _MIX13_M2
-        return z ^ (z >> np.uint64(31))
 
 
 @dataclasses.dataclass
@@ -192,51 +167,6 @@ def _escape_bits(n: int, where: np.ndarray) -> np.ndarray:
     return out
 
 
-# ---- Mixing the stack's top before a pop ----
-#
-# An ANS pop reads its quantile from the state that the last push left: the bin of the last
-# pushed symbol under *its* model, plus older bits. Where the data fit their model poorly
-# (a coarse T: each step's p misses q by much), those bins are far from uniform, the popped
-# latents are over-dispersed, and the net codelength exceeds the bound (digits, T = 10: +6%).
-# Before each pop from q the coder therefore applies an invertible mix to the bits the pop will
-# read: two Feistel rounds over 16-bit words, B ⊕= F(A), A ⊕= F(B), with F a keyed hash. It
-# costs no bits (a bijection of the stack) and is undone after the matching push in decoding.
-
-MIX_BITS_PER_SYMBOL = 8  # beyond latent_bits: the mixed window covers a pop's usual reach
-
-
-def _prf(words: np.ndarray, key: tuple, n: int, generator: str) -> np.ndarray:
-    """n 16-bit words keyed by (words, key): SplitMix64 seeded by a BLAKE2b of both."""
-    if generator == "numpy":  # format 1
-        digest = hashlib.blake2b(words.astype("<u2").tobytes(), digest_size=16)
-        seed = [int.from_bytes(digest.digest(), "little"), *key]
-        return np.random.default_rng(seed).integers(0, 2**16, n, dtype=np.int64)
-    h = hashlib.blake2b(np.asarray(key, "<i8").tobytes(), digest_size=8)
-    h.update(words.astype("<u2").tobytes())
-    seed = int.from_bytes(h.digest(), "little")
-    return (splitmix64(seed, np.arange(n)) >> np.uint64(48)).astype(np.int64)
-
-
-def _feistel(words: np.ndarray, key: tuple, inverse: bool, generator: str) -> np.ndarray:
-    h = len(words) // 2
-    a, b = words[:h].copy(), words[h:].copy()
-    if not inverse:
-        b ^= _prf(a, (*key, 0), len(b), generator)
-        a ^= _prf(b, (*key, 1), len(a), generator)
-    else:
-        a ^= _prf(b, (*key, 1), len(a), generator)
-        b ^= _prf(a, (*key, 0), len(b), generator)
-    return np.concatenate([a, b])
-
-
-def mix(
-    coder, n_words: int, key: tuple, inverse: bool = False, generator: str = "splitmix64"
-) -> None:
-    """Replace the top `n_words` 16-bit words of the stack by their (inverse) Feistel mix."""
-    words = coder.decode(_UNIFORM16, n_words).astype(np.int64)
-    coder.encode_reverse(_feistel(words, key, inverse, generator).astype(np.int32), _UNIFORM16)
-
-
 # ---- The discrete decoder p(x | z₀) ----
 
 
@@ -267,7 +197,7 @@ class ChunkCoder:
     scale: tuple[float, ...]
     vocab_size: int
     eps_hat: EpsHat
-    generator: str = "splitmix64"  # of the clean words and the mix: one of GENERATORS
+    generator: str = "splitmix64"  # of the clean words and the mix: one of words.GENERATORS
 
     def _f(self, x: np.ndarray) -> np.ndarray:
         return (x.astype(np.float64) - np.asarray(self.shift)) / np.asarray(self.scale)
@@ -328,23 +258,6 @@ class ChunkCoder:
 
 
 # ---- A message of many chunks ----
-
-
-def clean_words(n: int, generator: str = "splitmix64") -> np.ndarray:
-    """The pseudo-random words the stack starts from (regenerated by the decoder): the top
-    32 bits of SplitMix64 outputs 0 … n − 1 of CLEAN_SEED (format 1: a numpy Generator's)."""
-    if generator not in GENERATORS:
-        raise ValueError(f"unknown generator {generator!r}; one of {GENERATORS}")
-    if generator == "numpy":
-        return np.random.default_rng(CLEAN_SEED).integers(0, 2**32, size=n, dtype=np.uint32)
-    return (splitmix64(CLEAN_SEED, np.arange(n)) >> np.uint64(32)).astype(np.uint32)
-
-
-def n_clean_words(batch_size: int, dims: int, latent_bits: int) -> int:
-    """Enough clean words for the first chunk: a mixed window and a pop's worst case (24 bits
-    a symbol) on top of it. Words the coder never reaches are not stored."""
-    bits = batch_size * dims * (latent_bits + MIX_BITS_PER_SYMBOL + 24)
-    return math.ceil(bits / 32) + 64
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 
 MAGIC = b"VDMZ"
 FORMAT_VERSION = 2
-GENERATORS = {1: "numpy", 2: "splitmix64"}  # the coder's words (coder.GENERATORS) by version
+GENERATORS = {1: "numpy", 2: "splitmix64"}  # the coder's words (words.GENERATORS) by version
 
 
 class CompressError(ValueError):
