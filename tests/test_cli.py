@@ -42,6 +42,7 @@ def outside_run(tmp_path_factory):
     assert not os.path.exists(cwd / "configs")
     proc = run_outside([vdm_script(), "train", "--config=digits:smoke", "--workdir=run"], cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (cwd / "train_stdout.txt").write_text(proc.stdout)
     return cwd
 
 
@@ -49,6 +50,12 @@ def test_console_script_trains_by_config_name_from_another_directory(outside_run
     workdir = outside_run / "run"
     result = json.loads((workdir / "eval_final.json").read_text())
     assert result["step"] == 6 and 0 < result["bpd"] < 20
+    # the job ends by saying what it measured, and where the record is
+    last = (outside_run / "train_stdout.txt").read_text().strip().splitlines()[-1]
+    assert last == (
+        f"ELBO   test bpd {result['bpd']:.4f} ± {result['bpd_se']:.4f} (n={result['n']}; "
+        "ELBO, continuous, repeats 1; step 6) → run/eval_final.json"  # the --workdir given
+    ), last
     assert max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == 6
 
 
@@ -84,7 +91,10 @@ def test_vdm_without_a_command_prints_usage(tmp_path):
 def test_resolve_names_paths_and_args():
     path = config_lib.resolve("mnist:smoke")
     assert path.endswith(os.path.join("vdm", "configs", "mnist.py") + ":smoke")
-    assert config_lib.resolve("some/dir/x.py:arg") == "some/dir/x.py:arg"
+    real = os.path.join(ROOT, "configs", "digits.py")
+    assert config_lib.resolve(real + ":arg") == real + ":arg"
+    with pytest.raises(config_lib.ConfigError, match="some/dir/x.py does not exist"):
+        config_lib.resolve("some/dir/x.py:arg")
     assert set(config_lib.named_configs()) >= {"default", "digits", "mnist", "swirl2d"}
     assert config_lib.load_file("digits:smoke").training.num_steps == 6
 

@@ -73,6 +73,16 @@ def _own_config(config, run_dir: str):
     return merged
 
 
+# What each mode is doing, as the line of a signal that stops it names it (vdm/signals.py).
+ACTIVITIES = {
+    "train": "training",
+    "eval": "evaluation",
+    "sample": "sampling",
+    "compress": "compression",
+    "decompress": "decompression",
+}
+
+
 def _is_main() -> bool:
     import jax
 
@@ -107,13 +117,38 @@ def run_mode(
 
     from vdm import runtime
     from vdm.run import train
-    from vdm.run import workdir as workdir_lib
-    from vdm.run.session import Run
 
     if jax.process_index() == 0 and (line := runtime.describe(jax.default_backend())):
         print(line, flush=True)
     if mode == "train":
-        return train.train_and_evaluate(config, workdir, reset=reset)
+        result = train.train_and_evaluate(config, workdir, reset=reset)
+        if _is_main() and "bpd" in result:
+            _report_elbo(result, result["step"], os.path.join(workdir, "eval_final.json"))
+        return result
+    return _run_command(config, workdir, mode, checkpoint_path, input_path, output_path)
+
+
+def _report_elbo(result: dict, step: int, path: str | None = None) -> None:
+    """The closing line of a measured ELBO: test bpd ± SE, what was measured, where it is."""
+    from vdm.eval import likelihood
+
+    record = result.get("elbo_record")
+    what = f"{likelihood.describe(record)}; " if isinstance(record, dict) else ""
+    where = f" → {path}" if path else ""
+    print(
+        f"ELBO   test bpd {result['bpd']:.4f} ± {result['bpd_se']:.4f} (n={result['n']}; "
+        f"{what}step {step}){where}",
+        flush=True,
+    )
+
+
+def _run_command(config, workdir, mode, checkpoint_path, input_path, output_path) -> dict:
+    """eval, sample, compress or decompress with a run's parameters."""
+    import jax
+
+    from vdm.run import workdir as workdir_lib
+    from vdm.run.session import Run
+
     if mode in ("compress", "decompress") and not (input_path and output_path):
         raise FileNotFoundError(f"--mode={mode} needs --input and --output")
     workdir = workdir_lib.prepare(workdir)
@@ -128,10 +163,7 @@ def run_mode(
         if config.eval.elbo:
             result.update(run.evaluate(params))
             result["elbo_record"]["checkpoint_step"] = step
-            print(
-                f"ELBO   test bpd {result['bpd']:.4f} ± {result['bpd_se']:.4f} (n={result['n']}; "
-                f"{likelihood.describe(result['elbo_record'])}; step {step})"
-            )
+            _report_elbo(result, step)
         if config.eval.pf_ode:
             result.update(run.evaluate_pf_ode(params))
             result["pf_ode_record"]["checkpoint_step"] = step
@@ -258,7 +290,9 @@ def _config_file_error(e: Exception, argv: list[str]) -> str:
 def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes at INFO
+    from vdm import signals
 
+    signals.install()  # Ctrl-C and SIGTERM: one line and 130 / 143 in every mode
     from vdm.compress.container import CompressError
     from vdm.run.checkpoint import CheckpointWriteError, RestoreError
     from vdm.run.config import ConfigError
@@ -266,16 +300,17 @@ def main(argv):
     from vdm.run.workdir import WorkdirError, WriteError
 
     try:
-        init_distributed()
-        run_mode(
-            _CONFIG.value,
-            _WORKDIR.value,
-            _MODE.value,
-            _CHECKPOINT.value,
-            _RESET.value,
-            _INPUT.value,
-            _OUTPUT.value,
-        )
+        with signals.activity(ACTIVITIES[_MODE.value]):
+            init_distributed()
+            run_mode(
+                _config(),
+                _WORKDIR.value,
+                _MODE.value,
+                _CHECKPOINT.value,
+                _RESET.value,
+                _INPUT.value,
+                _OUTPUT.value,
+            )
     except (
         CompressError,
         ConfigError,
@@ -293,6 +328,16 @@ def main(argv):
         if not (isinstance(e, CheckpointWriteError | WriteError) or e.filename):
             raise  # no file named: a bug or a network error, whose traceback helps
         sys.exit(f"error: {_os_error(e)}")
+
+
+def _config():
+    """The --config flag's value; a file absl could not load is one line (`ConfigError`)."""
+    from vdm.run.config import ConfigError
+
+    try:
+        return _CONFIG.value
+    except OSError as e:
+        raise ConfigError(f"--config: {' '.join(str(e).split())}") from None
 
 
 def _os_error(e: OSError) -> str:

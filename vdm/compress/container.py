@@ -24,6 +24,8 @@ import zlib
 
 import numpy as np
 
+from vdm import signals
+
 MAGIC = b"VDMZ"
 FORMAT_VERSION = 2
 GENERATORS = {1: "numpy", 2: "splitmix64"}  # the coder's words (words.GENERATORS) by version
@@ -53,11 +55,12 @@ def write(path: str, header: dict, words: np.ndarray) -> int:
         ]
     )
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with signals.writing(path):
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     return len(blob)
 
 

@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
+from vdm import signals
 from vdm.compress.container import CompressError
 
 
@@ -70,6 +71,11 @@ def write_images(path: str, images: np.ndarray, names: list[str] | None = None) 
     of PNGs named as they were compressed, else 00000.png …; atomically (a temporary name,
     then a rename), never over an existing file."""
     check_output(path, names, len(images))
+    with signals.writing(path):  # a signal lets the write finish (vdm/signals.py)
+        return _write_images(path, images, names)
+
+
+def _write_images(path: str, images: np.ndarray, names: list[str] | None) -> str:
     if path.endswith(".npz"):
         tmp = f"{path}.tmp{os.getpid()}.npz"
         try:

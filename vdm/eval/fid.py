@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from flax import serialization
 
+from vdm import signals
 from vdm.core import draws
 
 FORMAT = 1
@@ -286,9 +287,11 @@ def load_or_train(data_cfg, recipe: dict | None = None, log=None) -> Classifier:
         (".json", json.dumps(clf.info, indent=1).encode()),
     ):
         tmp = f"{path}{suffix}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with signals.writing(path + suffix), open(tmp, "wb") as f:
             f.write(blob)
-        os.replace(tmp, path + suffix)
+            f.flush()
+            os.fsync(f.fileno())
+            os.replace(tmp, path + suffix)
     return clf
 
 

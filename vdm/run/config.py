@@ -34,6 +34,14 @@ def resolve(spec: str) -> str:
     path of vdm/configs/<name>.py[:arg], so a run can start from any directory."""
     path, sep, arg = spec.partition(":")
     if path.endswith(".py") or os.sep in path or os.path.exists(path):
+        if not os.path.isfile(path):
+            what = "is a directory" if os.path.isdir(path) else "does not exist"
+            raise ConfigError(
+                f"--config={spec}: the config file {path} {what} (or name a shipped config: "
+                f"{', '.join(named_configs())})"
+            )
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"--config={spec}: the config file {path} cannot be read")
         return spec
     if path not in named_configs():
         raise ConfigError(

@@ -10,6 +10,10 @@ SLURM's `--requeue` requeues a preempted job by itself). A second SIGINT interru
 
 With several processes every one must stop at the same step, since a save is collective:
 `requested()` gathers the flag from all processes, and each calls it at the same loop step.
+
+Under the command line the signals reach the Guard through vdm/signals.py's watcher (the one
+signal path of every mode), so the flag is set even while XLA holds the main thread; without
+it (a library caller) the Guard sets Python handlers of its own for the block.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import signal
 import sys
 import threading
 
-from vdm import sharding
+from vdm import sharding, signals
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -44,7 +48,10 @@ class Guard:
         self._previous: dict = {}
 
     def __enter__(self) -> Guard:
-        if threading.current_thread() is threading.main_thread():  # signals need the main one
+        if signals.installed():
+            self._deferral = signals.deferred_to(self)
+            self._deferral.__enter__()
+        elif threading.current_thread() is threading.main_thread():  # signals need the main one
             for s in SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
@@ -53,14 +60,27 @@ class Guard:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+        deferral, self._deferral = getattr(self, "_deferral", None), None
+        if deferral is not None:
+            deferral.__exit__(*exc)
+
+    def take(self, signum: int) -> bool:
+        """Keep `signum` for the step boundary (True), or let it stop the process now (False:
+        a second SIGINT)."""
+        if self.signum is not None and signum == signal.SIGINT:
+            return False
+        self._note(signum)
+        return True
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
+        if not self.take(signum):
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
+
+    def _note(self, signum: int) -> None:
         if self.signum is None:
             print(
                 f"vdm: {signal.Signals(signum).name} received: finishing the step in flight "
-                "and saving it",
+                "and saving it (Ctrl-C again stops at once)",
                 file=sys.stderr,
                 flush=True,
             )

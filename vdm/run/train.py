@@ -100,15 +100,16 @@ def _train_locked(config, workdir: str) -> dict:
             f"{jax.device_count()} device(s), starting at step {int(state.step)}",
             flush=True,
         )
-    try:
-        with preemption.Guard() as guard:
-            result, step = _loop(run, state, writer, guard, history)
-    finally:
+    # The Guard covers the last save's wait too: a signal then lets it land (the run ends anyway).
+    with preemption.Guard() as guard:
         try:
-            run.ckpt.wait()
+            result, step = _loop(run, state, writer, guard, history)
         finally:
-            run.ckpt.close()
-            writer.close()
+            try:
+                run.ckpt.wait()
+            finally:
+                run.ckpt.close()
+                writer.close()
     result["step"] = step
     if isinstance(result.get("elbo_record"), dict):
         result["elbo_record"]["checkpoint_step"] = step

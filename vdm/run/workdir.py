@@ -19,6 +19,8 @@ import os
 import socket
 import time
 
+from vdm import signals
+
 # The sections eval, sample and compress take from the command line; everything else comes
 # from the run's config.json (data locations are the machine's, not the run's).
 COMMAND_SECTIONS = ("eval", "sample", "compress")
@@ -65,9 +67,11 @@ def unused_path(path: str) -> str:
 
 @contextlib.contextmanager
 def writing(path: str):
-    """Name `path` in any OSError raised while writing it (a failed write() names no file)."""
+    """Name `path` in any OSError raised while writing it (a failed write() names no file);
+    a signal lets the write finish before it ends the process (vdm/signals.py)."""
     try:
-        yield
+        with signals.writing(path):
+            yield
     except WriteError:
         raise
     except OSError as e:
