@@ -28,6 +28,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vdm.compress.container import CompressError
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumes if it exists).")
 MODES = ("train", "eval", "sample", "compress", "decompress")
@@ -293,7 +295,6 @@ def main(argv):
     from vdm import signals
 
     signals.install()  # Ctrl-C and SIGTERM: one line and 130 / 143 in every mode
-    from vdm.compress.container import CompressError
     from vdm.run.checkpoint import CheckpointWriteError, RestoreError
     from vdm.run.config import ConfigError
     from vdm.run.preemption import Preempted
@@ -301,6 +302,7 @@ def main(argv):
 
     try:
         with signals.activity(ACTIVITIES[_MODE.value]):
+            _pin_if_portable(_MODE.value, _config(), _INPUT.value)
             init_distributed()
             run_mode(
                 _config(),
@@ -328,6 +330,25 @@ def main(argv):
         if not (isinstance(e, CheckpointWriteError | WriteError) or e.filename):
             raise  # no file named: a bug or a network error, whose traceback helps
         sys.exit(f"error: {_os_error(e)}")
+
+
+def _pin_if_portable(mode: str, config, input_path: str | None) -> None:
+    """Re-execute under compress.portable's pins (vdm/compress/portable.py) before JAX starts:
+    to compress with `compress.portable`, or to decompress a file written with it."""
+    from vdm.compress import container, portable
+
+    wanted = mode == "compress" and bool(config.compress.get("portable", False))
+    if mode == "decompress" and input_path:
+        try:
+            header, _ = container.read(input_path)
+        except (CompressError, OSError):
+            return  # the decompress command says what is wrong with the file, in one line
+        wanted = bool((header.get("platform") or {}).get("portable", False))
+    if wanted:
+        try:
+            portable.reexec(sys.argv[1:])
+        except portable.PortableError as e:
+            raise CompressError(str(e)) from None
 
 
 def _config():

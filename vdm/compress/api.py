@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from vdm.compress import chain as chain_lib
 from vdm.compress import coder as coder_lib
-from vdm.compress import fingerprint
+from vdm.compress import fingerprint, portable
 from vdm.compress.container import FORMAT_VERSION, GENERATORS, CompressError, images_crc
 from vdm.core import schedules
 from vdm.networks.unet import GROUP_NORMS
@@ -161,6 +161,8 @@ def header_group_norms(header: dict, model, path: str) -> list[str | None]:
 
 def codec_from_config(model, params, x_shape, compress_cfg) -> Codec:
     c = compress_cfg
+    if c.get("portable", False) and not portable.in_effect():
+        raise CompressError(_NOT_PINNED)
     return Codec(model, params, tuple(x_shape), c.steps, c.latent_bits, c.range_stds, c.batch_size)
 
 
@@ -243,6 +245,13 @@ def check_header(header: dict, expected: dict, path: str) -> None:
             )
 
 
+_NOT_PINNED = (
+    "compress.portable needs this process to start under its pins (one core, AVX2, JAX on "
+    "the CPU): --mode=compress and --mode=decompress re-execute themselves so; in Python, "
+    "start the interpreter with vdm.compress.portable.pinned_environ() and one core"
+)
+
+
 def check_platform(header: dict, path: str, allow_mismatch: bool = False) -> list[str]:
     """Refuse, before decoding, a file whose ε̂ was computed on a numerically different
     platform (one line naming what differs); a difference that may not matter, or a file that
@@ -255,13 +264,16 @@ def check_platform(header: dict, path: str, allow_mismatch: bool = False) -> lis
             file=sys.stderr,
         )
         return []
+    if recorded.get("portable") and not portable.in_effect():
+        raise CompressError(f"{path} was written with compress.portable: {_NOT_PINNED}")
     numeric, info = fingerprint.differences(recorded, fingerprint.current())
     if numeric and not allow_mismatch:
         raise CompressError(
             f"{path} was compressed on another platform ({'; '.join(numeric)}), where ε̂ can "
             "differ in its last bits and decoding then fails: decode on that platform, or try "
             "anyway with --config.compress.allow_platform_mismatch=True (a failed decode "
-            "writes nothing)"
+            "writes nothing); a file written with --config.compress.portable=True decodes on "
+            "any x86-64 CPU with AVX2"
         )
     if numeric or info:
         print(

@@ -159,6 +159,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Decode a .vdmz made on another platform (backend, jax/jaxlib/numpy/constriction versions,
     # XLA flags) anyway: ε̂ may differ in its last bits, and decoding then fails, writing nothing.
     c.compress.allow_platform_mismatch = False
+    # A file any x86-64 CPU with AVX2 decodes: one core, AVX2, JAX on the CPU
+    # (vdm/compress/portable.py; what it costs: docs/compression.md)
+    c.compress.portable = False
     return c
 
 
