@@ -5,7 +5,6 @@ import struct
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from vdm import data
 from vdm.configs import cifar10, default, fashion_mnist, mnist, swirl2d
@@ -118,12 +117,15 @@ def test_missing_fashion_mnist_is_one_clear_error(tmp_path, monkeypatch):
         data.load_split(c, "train")
 
 
-def test_cifar10_through_tfds_under_mock_data():
+def test_cifar10_from_its_official_archive_with_flips(tmp_path):
+    from tests import archive_formats
+
+    archive_formats.cifar10(tmp_path, per_batch=3)
     c = cifar10.get_config("smoke").data
-    with tfds.testing.mock_data(num_examples=12):
-        split = data.load_split(c, "train")
-        batch = data.train_batch(split, 4, 0, 0, True)
-    assert len(split) == 12 and split.shape == (32, 32, 3)
+    c.data_dir = str(tmp_path)
+    split = data.load_split(c, "train")
+    batch = data.train_batch(split, 4, 0, 0, True)
+    assert len(split) == 15 and split.shape == (32, 32, 3)
     assert batch["image"].dtype == np.uint8 and batch["image"].shape == (4, 32, 32, 3)
     assert batch["label"].dtype == np.int32 and batch["flip"].shape == (4,)
 

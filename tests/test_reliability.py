@@ -136,7 +136,7 @@ def test_missing_checkpoint_step(run_dir):
     assert_one_clear_line(proc, "step 5", "2, 4, 6")
 
 
-def test_tfds_dataset_not_prepared_offline(tmp_path):
+def test_cifar10_archive_missing_offline(tmp_path):
     proc = vdm_main(
         f"--workdir={tmp_path / 'c'}",
         f"--config.data.data_dir={tmp_path / 'tfds'}",

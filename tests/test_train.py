@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import tensorflow_datasets as tfds
 
 from vdm.configs import cifar10, digits
 from vdm.model import VDM
@@ -258,11 +257,14 @@ def test_non_finite_loss_stops_clearly_and_keeps_last_good_checkpoint(tmp_path):
         assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored))
 
 
-def test_cifar10_trains_under_mock_data_with_flips(tmp_path):
+def test_cifar10_trains_from_its_archive_with_flips(tmp_path):
+    from tests import archive_formats
+
+    archive_formats.cifar10(tmp_path / "data", per_batch=2, n_test=8)
     c = cifar10.get_config("smoke")
     c.data.random_flip = True
-    with tfds.testing.mock_data(num_examples=8):
-        result = train.train_and_evaluate(c, str(tmp_path))
+    c.data.data_dir = str(tmp_path / "data")
+    result = train.train_and_evaluate(c, str(tmp_path))
     assert result["step"] == 2 and result["n"] == 8 and np.isfinite(result["bpd"])
     assert os.path.exists(tmp_path / "samples" / "step_00000002.png")
 

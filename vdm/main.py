@@ -295,6 +295,7 @@ def main(argv):
     from vdm import signals
 
     signals.install()  # Ctrl-C and SIGTERM: one line and 130 / 143 in every mode
+    from vdm.data.download import DataError
     from vdm.run.checkpoint import CheckpointWriteError, RestoreError
     from vdm.run.config import ConfigError
     from vdm.run.preemption import Preempted
@@ -316,6 +317,7 @@ def main(argv):
     except (
         CompressError,
         ConfigError,
+        DataError,
         FileExistsError,
         FileNotFoundError,
         FloatingPointError,

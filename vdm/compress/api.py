@@ -46,13 +46,20 @@ MULTIVARIATE_FIELDS = (
 def config_hash(config) -> str:
     """Hash of the sections that define p(x): data, model, schedule.
 
-    Without `model.scan_blocks` (how the network is executed, not which p(x) it is), without
+    Without `model.scan_blocks` (how the network is executed, not which p(x) it is), with
+    `data.data_dir` and `data.download` at their defaults and without `data.mirror` and
+    `data.verify` (where this machine keeps the data, not which data), without
     `model.gamma_map_input` when it is off, and,
     for a scalar schedule, without the fields only a γ per dimension reads
     (`MULTIVARIATE_FIELDS`): the hash of a config from before these fields existed, so
     earlier files keep theirs.
     """
     spec = {k: config[k].to_dict() for k in ("data", "model", "schedule")}
+    # where this machine keeps the data is not what the model is of: at their defaults, so
+    # that earlier files keep their hash
+    spec["data"].update(data_dir="", download=False)
+    for field in ("mirror", "verify"):  # fields newer than earlier files
+        spec["data"].pop(field, None)
     spec["model"].pop("scan_blocks", None)
     if not spec["model"].get("gamma_map_input", False):  # a field newer than earlier files
         spec["model"].pop("gamma_map_input", None)

@@ -121,12 +121,22 @@ def host_isa() -> str | None:
     return " ".join([platform.machine(), *sorted(_cpuinfo_flags())])
 
 
-def numpy_simd() -> list[str]:
-    """numpy's run-time dispatch targets enabled here (NPY_DISABLE_CPU_FEATURES removes some)."""
+def _umath():
     try:
         from numpy._core import _multiarray_umath as umath
     except ImportError:  # numpy 1.x
         from numpy.core import _multiarray_umath as umath
+    return umath
+
+
+def numpy_dispatch() -> list[str]:
+    """The CPU features numpy's kernels dispatch on at run time (its build's targets)."""
+    return list(_umath().__cpu_dispatch__)
+
+
+def numpy_simd() -> list[str]:
+    """numpy's run-time dispatch targets enabled here (NPY_DISABLE_CPU_FEATURES removes some)."""
+    umath = _umath()
     return [f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f)]
 
 

@@ -28,7 +28,16 @@ import sys
 MARK = "VDM_COMPRESS_PORTABLE"  # set in the re-executed process: the pins are in effect
 ISA = "AVX2"  # what XLA:CPU compiles for
 XLA_PINS = ("--xla_cpu_max_isa=AVX2", "--xla_cpu_experimental_ynn_fusion_type=")
-NUMPY_DISABLED = "X86_V4 AVX512_ICL AVX512_SPR"  # numpy's dispatch targets above x86-64-v3
+
+
+def numpy_disabled() -> str:
+    """numpy's run-time dispatch targets above x86-64-v3 (AVX-512 and later), by this numpy's
+    own names: "X86_V4 AVX512_ICL AVX512_SPR" for numpy 2.4, "AVX512F … AVX512_SPR" before."""
+    from vdm.compress import fingerprint
+
+    return " ".join(
+        f for f in fingerprint.numpy_dispatch() if f == "X86_V4" or f.startswith("AVX512")
+    )
 
 
 class PortableError(RuntimeError):
@@ -41,7 +50,7 @@ def in_effect(environ=os.environ) -> bool:
         return False
     return (
         environ.get("XLA_FLAGS", "") == pinned_environ(environ)["XLA_FLAGS"]
-        and environ.get("NPY_DISABLE_CPU_FEATURES") == NUMPY_DISABLED
+        and environ.get("NPY_DISABLE_CPU_FEATURES", "") == numpy_disabled()
         and environ.get("JAX_PLATFORMS") == "cpu"
         and len(os.sched_getaffinity(0)) == 1
     )
@@ -73,7 +82,7 @@ def pinned_environ(environ=os.environ) -> dict:
         f for f in env.get("XLA_FLAGS", "").split() if f.lstrip("-").startswith(fingerprint.INERT)
     ]
     env["XLA_FLAGS"] = " ".join([*inert, *XLA_PINS])
-    env["NPY_DISABLE_CPU_FEATURES"] = NUMPY_DISABLED
+    env["NPY_DISABLE_CPU_FEATURES"] = numpy_disabled()
     env["JAX_PLATFORMS"] = "cpu"
     env[MARK] = "1"
     return env

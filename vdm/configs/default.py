@@ -19,7 +19,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.random_flip = False  # horizontal flips, with a conditioning flag for the network
     c.data.n_test = 0  # held-out examples for sources without a test split (0 = source default)
     c.data.n_examples = 0  # generated data (swirl2d, gaussian_mixture): train size (0 = default)
-    c.data.download = False  # let tensorflow-datasets download (needs internet)
+    c.data.download = False  # fetch a missing archive from its publisher (needs internet)
+    c.data.mirror = ""  # a base URL serving the archives by name, instead of the publisher's
+    # check the archives' SHA-256 and split sizes (vdm/data/archives.py); False for archives
+    # made oneself, and every eval record then says the data were unverified
+    c.data.verify = True
     c.data.encoding = "bin_centres"  # bin_centres (2x+1)/V − 1 | standardize (x − mean)/std
 
     c.model = ml_collections.ConfigDict()

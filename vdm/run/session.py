@@ -143,6 +143,7 @@ class Run:
         version = data.version_of(d)
         if version:
             record["version"] = version
+        record.update(self.test_split.info)  # an archive's version; verified=False if unchecked
         return record
 
     def evaluate(self, params) -> dict:

@@ -25,7 +25,13 @@ from vdm import signals
 # from the run's config.json (data locations are the machine's, not the run's).
 COMMAND_SECTIONS = ("eval", "sample", "compress")
 # Fields that say how this machine runs the model, not what the run is: the command's own.
-COMMAND_FIELDS = ("data.data_dir", "data.download", "model.scan_blocks")
+COMMAND_FIELDS = (
+    "data.data_dir",
+    "data.download",
+    "data.mirror",
+    "data.verify",
+    "model.scan_blocks",
+)
 
 
 class WorkdirError(RuntimeError):
