@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tests import archive_formats
+from experiments import archive_formats
 from vdm.compress import api
 from vdm.configs import cifar10, imagenet32, imagenet32_chrabaszcz
 from vdm.data import archives, datasets
@@ -99,7 +99,8 @@ def test_a_missing_archive_says_which_files_to_put_where(tmp_path):
         text = str(e.value)
         assert "\n" not in text and str(tmp_path) in text, text
         assert all(n in text for n in needles), text
-    assert not os.path.exists(tmp_path / "vdm_cache")
+    made = os.listdir(tmp_path / "vdm_cache")
+    assert all(f.endswith(".lock") for f in made), made  # nothing cached
 
 
 def test_a_truncated_or_wrong_archive_is_one_line_and_caches_nothing(tmp_path):
@@ -114,7 +115,8 @@ def test_a_truncated_or_wrong_archive_is_one_line_and_caches_nothing(tmp_path):
     os.replace(tmp_path / "Imagenet32_val_npz.zip", tmp_path / "valid_32x32.tar")
     with pytest.raises(DataError, match=r"cannot read .*train_32x32.tar.*another data set's"):
         load(data_cfg("imagenet32_oord", tmp_path), "train")
-    assert os.listdir(tmp_path / "vdm_cache") == []  # no cache, not even a temporary one
+    leftovers = [f for f in os.listdir(tmp_path / "vdm_cache") if not f.endswith(".lock")]
+    assert leftovers == []  # no cache, not even a temporary one
 
 
 def test_checksums_and_split_sizes_guard_real_archives(tmp_path, monkeypatch):
@@ -138,7 +140,7 @@ def test_checksums_and_split_sizes_guard_real_archives(tmp_path, monkeypatch):
     monkeypatch.setitem(archives.SOURCES, "imagenet32_oord", own)
     with pytest.raises(DataError, match=r"test split of valid_32x32.tar has 5 images, expected 4"):
         load(c, "train")
-    assert os.listdir(tmp_path / "vdm_cache") == []
+    assert [f for f in os.listdir(tmp_path / "vdm_cache") if not f.endswith(".lock")] == []
     right = dataclasses.replace(own, sizes={"train": 6, "test": 5})
     monkeypatch.setitem(archives.SOURCES, "imagenet32_oord", right)
     split = load(c, "test")

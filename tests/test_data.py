@@ -118,7 +118,7 @@ def test_missing_fashion_mnist_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_cifar10_from_its_official_archive_with_flips(tmp_path):
-    from tests import archive_formats
+    from experiments import archive_formats
 
     archive_formats.cifar10(tmp_path, per_batch=3)
     c = cifar10.get_config("smoke").data

@@ -12,16 +12,15 @@ import sys
 import numpy as np
 import pytest
 
-from vdm.compress import api, container, fingerprint, portable
+from vdm.compress import api, container, cpu, fingerprint, portable
 from vdm.compress.container import CompressError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "--config=digits:smoke"
 CPUS = sorted(os.sched_getaffinity(0))
-PORTABLE_HERE = portable.ISA in fingerprint.ISA_LEVELS and (
-    fingerprint.host_isa() in fingerprint.ISA_LEVELS
-    and fingerprint.ISA_LEVELS.index(fingerprint.host_isa())
-    >= fingerprint.ISA_LEVELS.index(portable.ISA)
+PORTABLE_HERE = portable.ISA in cpu.ISA_LEVELS and (
+    cpu.host_isa() in cpu.ISA_LEVELS
+    and cpu.ISA_LEVELS.index(cpu.host_isa()) >= cpu.ISA_LEVELS.index(portable.ISA)
 )
 
 
@@ -169,7 +168,7 @@ SAPPHIRE_RAPIDS = ZEN4 | {"amx_tile", "amx_int8", "amx_bf16"}
     ],
 )
 def test_isa_level_of_known_cpus(flags, level):
-    assert fingerprint.isa_level(flags) == level
+    assert cpu.isa_level(flags) == level
 
 
 def test_another_instruction_set_or_core_count_is_a_numeric_difference():

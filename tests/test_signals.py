@@ -15,6 +15,8 @@ import time
 import numpy as np
 import pytest
 
+from vdm import runtime
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "--config=digits:smoke"
 READY = b"XLA:CPU"  # the first line a mode prints (vdm.runtime.describe), once signals are taken
@@ -22,7 +24,11 @@ LIMIT_S = 120  # far past a stop "within seconds", far short of the commands' ow
 
 
 def _env() -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu", VDM_XLA_CPU_DEFAULTS="1")
+    """This environment, with XLA_FLAGS as a user's shell has them: without the flag this
+    process's `import vdm` added, so that the child adds it and prints its READY line."""
+    added = [f"--{k}={v}" for k, v in runtime.CPU_FLAGS.items()]
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f not in added)
+    return dict(os.environ, JAX_PLATFORMS="cpu", VDM_XLA_CPU_DEFAULTS="1", XLA_FLAGS=flags)
 
 
 def in_terminal(args, ready=READY, delay=2.0, keys=(b"\x03",), gap=1.0):
@@ -51,13 +57,23 @@ def in_terminal(args, ready=READY, delay=2.0, keys=(b"\x03",), gap=1.0):
                     os.write(fd, key)
                 sent_at = time.time()
     finally:
-        if os.waitpid(pid, os.WNOHANG) == (0, 0):
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
+        status = _reap(pid)
         os.close(fd)
     text = out.decode(errors="replace").replace("\r\n", "\n")
     assert sent_at is not None, f"the command never got ready:\n{text[-3000:]}"
     return os.waitstatus_to_exitcode(status), text, time.time() - sent_at
+
+
+def _reap(pid: int, grace_s: float = 10.0) -> int:
+    """The child's wait status: waited for up to `grace_s`, then killed."""
+    deadline = time.time() + grace_s
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    return os.waitpid(pid, 0)[1]
 
 
 def signalled(args, sig, ready=READY, delay=2.0):
@@ -69,8 +85,13 @@ def signalled(args, sig, ready=READY, delay=2.0):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    out = b""
+    out, start = b"", time.time()
     while ready not in out:
+        if time.time() - start > LIMIT_S or not select.select([proc.stdout], [], [], 1.0)[0]:
+            if time.time() - start <= LIMIT_S:
+                continue
+            proc.kill()
+            raise AssertionError(f"the command never got ready:\n{out.decode()[-3000:]}")
         line = proc.stdout.readline()
         assert line, f"the command never got ready:\n{out.decode()[-3000:]}"
         out += line

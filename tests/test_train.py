@@ -258,7 +258,7 @@ def test_non_finite_loss_stops_clearly_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_cifar10_trains_from_its_archive_with_flips(tmp_path):
-    from tests import archive_formats
+    from experiments import archive_formats
 
     archive_formats.cifar10(tmp_path / "data", per_batch=2, n_test=8)
     c = cifar10.get_config("smoke")

@@ -26,7 +26,7 @@ import jax
 import jax.extend
 
 from vdm import runtime
-from vdm.compress import portable
+from vdm.compress import cpu, portable
 
 NUMERIC = (
     "backend",
@@ -48,29 +48,6 @@ NUMERIC = (
 )
 INFORMATIONAL = ("vdm_xla_cpu_defaults", "cpu", "python")
 
-# XLA:CPU's x86 instruction-set levels (its --xla_cpu_max_isa values), lowest first, and the
-# /proc/cpuinfo flags each needs beyond the one before.
-ISA_LEVELS = ("SSE4_2", "AVX", "AVX2", "AVX512", "AVX512_VNNI", "AVX512_BF16", "AMX", "AMX_FP16")
-_ISA_FLAGS = {
-    "SSE4_2": {"sse4_2"},
-    "AVX": {"avx"},
-    "AVX2": {"avx2", "fma"},
-    "AVX512": {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"},
-    "AVX512_VNNI": {"avx512_vnni"},
-    "AVX512_BF16": {"avx512_bf16"},
-    "AMX": {"amx_tile", "amx_int8", "amx_bf16"},
-    "AMX_FP16": {"amx_fp16"},
-}
-
-# XLA flags that only dump, profile, place files or count host devices: left out of the record.
-INERT = (
-    "xla_dump_",
-    "xla_gpu_dump_",
-    "xla_enable_dumping",
-    "xla_hlo_profile",
-    "xla_force_host_platform_device_count",
-    "xla_gpu_cuda_data_dir",
-)
 # Flags of one backend, which the others ignore.
 _BACKEND_FLAGS = {"cpu": "xla_cpu_", "gpu": "xla_gpu_"}
 
@@ -82,64 +59,6 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def isa_level(cpu_flags: set[str]) -> str | None:
-    """The highest of `ISA_LEVELS` whose flags (and every lower level's) a CPU has."""
-    level = None
-    for name in ISA_LEVELS:
-        if not _ISA_FLAGS[name] <= cpu_flags:
-            break
-        level = name
-    return level
-
-
-def _cpuinfo_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def host_isa() -> str | None:
-    """This CPU's instruction-set level (x86-64), or its architecture and features elsewhere."""
-    if platform.machine() in ("x86_64", "AMD64"):
-        return isa_level(_cpuinfo_flags())
-    return " ".join([platform.machine(), *sorted(_cpuinfo_flags())])
-
-
-def _umath():
-    try:
-        from numpy._core import _multiarray_umath as umath
-    except ImportError:  # numpy 1.x
-        from numpy.core import _multiarray_umath as umath
-    return umath
-
-
-def numpy_dispatch() -> list[str]:
-    """The CPU features numpy's kernels dispatch on at run time (its build's targets)."""
-    return list(_umath().__cpu_dispatch__)
-
-
-def numpy_simd() -> list[str]:
-    """numpy's run-time dispatch targets enabled here (NPY_DISABLE_CPU_FEATURES removes some)."""
-    umath = _umath()
-    return [f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f)]
-
-
 def numeric_xla_flags(xla_flags: str, backend: str) -> list[str]:
     """The entries of an XLA_FLAGS value that can change this backend's numbers, sorted; of a
     flag given twice, the last (as XLA reads them); a bare `--flag` reads `--flag=true`."""
@@ -148,7 +67,7 @@ def numeric_xla_flags(xla_flags: str, backend: str) -> list[str]:
         name, eq, value = entry.lstrip("-").partition("=")
         flags[name] = value if eq else "true"
     other = tuple(p for b, p in _BACKEND_FLAGS.items() if b != backend)
-    keep = {k: v for k, v in flags.items() if not k.startswith(INERT + other)}
+    keep = {k: v for k, v in flags.items() if not k.startswith(portable.INERT_FLAGS + other)}
     return [f"--{k}={v}" for k, v in sorted(keep.items())]
 
 
@@ -158,7 +77,7 @@ def current(environ=os.environ) -> dict:
     cpu_defaults = cpu_isa = cpu_threads = None
     pinned = portable.in_effect(environ)
     if backend == "cpu":
-        cpu_isa = portable.ISA if pinned else host_isa()
+        cpu_isa = portable.ISA if pinned else cpu.host_isa()
         cpu_threads = len(os.sched_getaffinity(0))  # XLA:CPU's thread pool size
         opted_out = environ.get(runtime.OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off")
         cpu_defaults = "off" if opted_out else "on"
@@ -176,11 +95,11 @@ def current(environ=os.environ) -> dict:
         "jax_enable_x64": bool(jax.config.jax_enable_x64),
         "cpu_isa": cpu_isa,
         "cpu_threads": cpu_threads,
-        "numpy_simd": numpy_simd(),
+        "numpy_simd": cpu.numpy_simd(),
         "libc": " ".join(platform.libc_ver()).strip() or None,
         "portable": pinned,
         "vdm_xla_cpu_defaults": cpu_defaults,
-        "cpu": _cpu_model(),
+        "cpu": cpu.model(),
         "python": platform.python_version(),
     }
 

@@ -25,6 +25,17 @@ import os
 import platform
 import sys
 
+from vdm.compress import cpu
+
+# XLA flags that only dump, profile, place files or count host devices: they change no number.
+INERT_FLAGS = (
+    "xla_dump_",
+    "xla_gpu_dump_",
+    "xla_enable_dumping",
+    "xla_hlo_profile",
+    "xla_force_host_platform_device_count",
+    "xla_gpu_cuda_data_dir",
+)
 MARK = "VDM_COMPRESS_PORTABLE"  # set in the re-executed process: the pins are in effect
 ISA = "AVX2"  # what XLA:CPU compiles for
 XLA_PINS = ("--xla_cpu_max_isa=AVX2", "--xla_cpu_experimental_ynn_fusion_type=")
@@ -33,11 +44,7 @@ XLA_PINS = ("--xla_cpu_max_isa=AVX2", "--xla_cpu_experimental_ynn_fusion_type=")
 def numpy_disabled() -> str:
     """numpy's run-time dispatch targets above x86-64-v3 (AVX-512 and later), by this numpy's
     own names: "X86_V4 AVX512_ICL AVX512_SPR" for numpy 2.4, "AVX512F … AVX512_SPR" before."""
-    from vdm.compress import fingerprint
-
-    return " ".join(
-        f for f in fingerprint.numpy_dispatch() if f == "X86_V4" or f.startswith("AVX512")
-    )
+    return " ".join(f for f in cpu.numpy_dispatch() if f == "X86_V4" or f.startswith("AVX512"))
 
 
 class PortableError(RuntimeError):
@@ -58,14 +65,12 @@ def in_effect(environ=os.environ) -> bool:
 
 def check_machine(isa: str | None) -> None:
     """Refuse a CPU below x86-64-v3 (or not x86-64) in one line."""
-    from vdm.compress import fingerprint
-
     if platform.machine() not in ("x86_64", "AMD64"):
         raise PortableError(
             f"compress.portable pins ε̂ to x86-64 with AVX2; this machine is "
             f"{platform.machine()}: code and decode without it, on one kind of machine"
         )
-    if isa is None or fingerprint.ISA_LEVELS.index(isa) < fingerprint.ISA_LEVELS.index(ISA):
+    if isa is None or cpu.ISA_LEVELS.index(isa) < cpu.ISA_LEVELS.index(ISA):
         raise PortableError(
             f"compress.portable needs an x86-64 CPU with AVX2 and FMA; this one has {isa}"
         )
@@ -75,12 +80,8 @@ def pinned_environ(environ=os.environ) -> dict:
     """`environ` with the pins: XLA_FLAGS holds exactly `XLA_PINS` and the user's flags that
     cannot change a number (dumps, profiles, the host device count); every other flag the
     user gave (an optimisation level, fast math) would change ε̂, so it is dropped."""
-    from vdm.compress import fingerprint
-
     env = dict(environ)
-    inert = [
-        f for f in env.get("XLA_FLAGS", "").split() if f.lstrip("-").startswith(fingerprint.INERT)
-    ]
+    inert = [f for f in env.get("XLA_FLAGS", "").split() if f.lstrip("-").startswith(INERT_FLAGS)]
     env["XLA_FLAGS"] = " ".join([*inert, *XLA_PINS])
     env["NPY_DISABLE_CPU_FEATURES"] = numpy_disabled()
     env["JAX_PLATFORMS"] = "cpu"
@@ -91,11 +92,9 @@ def pinned_environ(environ=os.environ) -> dict:
 def reexec(argv: list[str]) -> None:
     """Replace this process by `python -m vdm.main argv…` under the pins, bound to one core
     (its first allowed one). Returns only if the pins already hold."""
-    from vdm.compress import fingerprint
-
     if in_effect():
         return
-    check_machine(fingerprint.host_isa())
+    check_machine(cpu.host_isa())
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     sys.stdout.flush()
     sys.stderr.flush()

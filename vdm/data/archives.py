@@ -18,6 +18,7 @@ oneself (tests, a subset); every eval record then says the data were unverified.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import io
 import json
 import os
@@ -327,8 +328,16 @@ def prepare(name: str, data_cfg) -> str:
     the config's `data` section, for `data_dir`, `download`, `mirror` and `verify`)."""
     source = SOURCES[name]
     data_dir = data_cfg.get("data_dir") or default_data_dir()
-    verify = bool(data_cfg.get("verify", True))
     directory = cache_dir(source, data_dir)
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    # processes of one host (one per accelerator) prepare one after the other
+    with open(directory + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _prepare_locked(source, data_dir, directory, data_cfg)
+
+
+def _prepare_locked(source: Source, data_dir: str, directory: str, data_cfg) -> str:
+    verify = bool(data_cfg.get("verify", True))
     existing = _manifest(directory)
     archived = _located(source, data_dir)
     if existing is not None and all(p is None for p in archived.values()):

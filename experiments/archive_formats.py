@@ -1,4 +1,5 @@
-"""Small archives in the exact formats their publishers distribute (tests only): CIFAR-10's
+"""Small archives in the exact formats their publishers distribute, for tests and smoke-size
+notebooks (nothing to download): CIFAR-10's
 binary tar.gz, van den Oord et al.'s tars of PNGs, Chrabaszcz et al.'s zips of npz batches.
 Each returns the images (uint8, HWC) and labels it wrote, to compare with what is read."""
 
