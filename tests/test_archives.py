@@ -276,3 +276,28 @@ def test_where_the_data_live_is_not_the_runs_identity():
     assert api.config_hash(a) == api.config_hash(b)
     b.data.name = "imagenet32_oord"
     assert api.config_hash(a) != api.config_hash(b)
+
+
+def test_a_ready_cache_is_served_without_writing_and_stale_builds_are_cleared(tmp_path):
+    """A prepared cache is read without writing anything in data.data_dir (no lock file: a
+    read-only mount works); a rebuild clears the temporary folders of this host's dead
+    processes (a build stopped by a signal), not those of live ones."""
+    import socket
+
+    archive_formats.cifar10(tmp_path)
+    c = data_cfg("cifar10", tmp_path)
+    load(c, "test")
+    cache = archives.cache_dir(archives.SOURCES["cifar10"], str(tmp_path))
+    parent = os.path.dirname(cache)
+    os.remove(cache + ".lock")
+    before = sorted(os.listdir(parent))
+    load(c, "train")
+    assert sorted(os.listdir(parent)) == before
+    host = socket.gethostname()
+    dead = os.path.join(parent, f"cifar10.tmp-{host}-999999-x")
+    live = os.path.join(parent, f"cifar10.tmp-{host}-{os.getpid()}-x")
+    os.makedirs(dead), os.makedirs(live)
+    new = archive_formats.cifar10(tmp_path, per_batch=2, n_test=3)  # the cache is stale
+    got = load(c, "test")
+    np.testing.assert_array_equal(got.get(np.arange(3))["image"], new["test"][0])
+    assert not os.path.exists(dead) and os.path.exists(live)

@@ -234,3 +234,27 @@ def test_a_missing_config_file_is_one_line(tmp_path):
             f"config: {', '.join(__import__('vdm.run.config').run.config.named_configs())})"
         ], proc.stderr
         assert not os.path.exists(f"{tmp_path}/r")
+
+
+def test_the_signal_path_survives_a_closed_stderr_and_keeps_an_ignored_sigint(tmp_path):
+    """`vdm … 2>&1 | head` whose reader has gone: the closing line cannot be written, the
+    process still stops with 143. A SIGINT the process was started ignoring (a background
+    job of a script) stays ignored."""
+    code = """
+import os, signal, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+from vdm import signals
+signals.install()
+read, write = os.pipe()
+os.close(read)
+os.dup2(write, 2)  # stderr: a pipe nobody reads
+os.kill(os.getpid(), signal.SIGINT)  # ignored
+time.sleep(1)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(30)
+os._exit(0)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 143, proc.stderr[-3000:]

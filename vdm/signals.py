@@ -50,15 +50,27 @@ def install() -> bool:
     receive, send = socket.socketpair()
     send.setblocking(False)
     for s in SIGNALS:
-        signal.signal(s, _record)
+        if signal.getsignal(s) is not signal.SIG_IGN:  # a background job's ignored SIGINT stays
+            signal.signal(s, _record)
     signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
-    _state.update(installed=True, sockets=(receive, send))
-    threading.Thread(target=_watch, args=(receive,), name="vdm-signals", daemon=True).start()
+    watcher = threading.Thread(target=_watch, args=(receive,), name="vdm-signals", daemon=True)
+    _state.update(installed=True, sockets=(receive, send), watcher=watcher)
+    watcher.start()
     return True
 
 
 def _record(signum, frame) -> None:
-    """The Python-level handler: nothing to do, the watcher has acted (or will)."""
+    """The Python-level handler: the watcher has acted (or will); should it be gone, or the
+    wakeup descriptor taken by someone else, act here, at the main thread's next bytecode."""
+    watcher = _state.get("watcher")
+    if watcher is None or not watcher.is_alive() or signal.set_wakeup_fd(-1) != _send_fd():
+        _on_signal(signum)
+
+
+def _send_fd() -> int:
+    fd = _state["sockets"][1].fileno()
+    signal.set_wakeup_fd(fd, warn_on_full_buffer=False)  # put back what the check took
+    return fd
 
 
 def _watch(receive: socket.socket) -> None:
@@ -69,7 +81,10 @@ def _watch(receive: socket.socket) -> None:
             return
         for signum in data:
             if signum in SIGNALS:
-                _on_signal(signum)
+                try:
+                    _on_signal(signum)
+                except BaseException:  # never leave the process without a signal path
+                    os._exit(128 + signum)
 
 
 def _on_signal(signum: int) -> None:
@@ -82,13 +97,16 @@ def _on_signal(signum: int) -> None:
 
 def stop(signum: int) -> None:
     """Print the closing line and end the process with 128 + `signum`, at once."""
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-    # the process's own stderr: a `redirect_stderr` in the main thread (orbax's noise held
-    # back during a restore) must not swallow the line
-    stream = sys.__stderr__ or sys.stderr
-    print(f"{_break(stream)}{line(signum)}", file=stream, flush=True)
-    os._exit(128 + signum)
+    try:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        # the process's own stderr: a `redirect_stderr` in the main thread (orbax's noise held
+        # back during a restore) must not swallow the line; a closed pipe must not stop the exit
+        stream = sys.__stderr__ or sys.stderr
+        with contextlib.suppress(Exception):
+            os.write(stream.fileno(), f"{_break(stream)}{line(signum)}\n".encode())
+    finally:
+        os._exit(128 + signum)
 
 
 def line(signum: int) -> str:

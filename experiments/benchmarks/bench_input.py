@@ -10,9 +10,11 @@ Per case a cache of the data set's shape is written once under `--dir` in the ex
 ImageNet 64 with `--imagenet64-rows` rows, 12,288 bytes each, instead of 1.28M unless given
 1281149). Then `datasets.train_batches` (the loop `vdm.main` trains from: a pure function of
 the step, each host's slice of the global batch, random flips, a prefetch thread) runs
-`--steps` steps for each host count, as one host of that many: its images per second is what
-that host's accelerator can be fed. Cold reads: the cache's pages are dropped from the OS page
-cache before each case where the machine allows it (root: /proc/sys/vm/drop_caches).
+`--steps` steps for each host count, as the last host of that many: its sustained images per
+second (steps over their total time, cold reads included) is what that host's accelerator
+can be fed; the median step is printed beside it. Cold reads: the cache's pages are dropped
+from the OS page cache before each case where the machine allows it (root:
+/proc/sys/vm/drop_caches).
 
 The consumer, stated as an assumption: the paper-size train step's FLOPs per image
 (experiments/benchmarks/bench_compile.py and bench_train.py measure 7.2 GFLOP per CIFAR-10
@@ -99,7 +101,7 @@ def measure(path: str, num_classes: int, batch: int, hosts: int, steps: int) -> 
         "steps": steps,
         "cold_page_cache": cold,
         "median_step_s": seconds,
-        "batches_per_s": 1 / seconds,
+        "batches_per_s": steps / sum(per_step),
         "images_per_s_per_host": local / seconds,
         "mean_images_per_s_per_host": local * steps / sum(per_step),
     }
@@ -124,12 +126,12 @@ def main(argv=None):
         for hosts in bench_io.csv_list(args.hosts, int):
             row = {"case": case, "rows": n, **measure(path, classes, args.batch, hosts, args.steps)}
             row["accelerator_images_per_s_bound"] = consumer
-            row["headroom"] = row["images_per_s_per_host"] / consumer
+            row["headroom"] = row["mean_images_per_s_per_host"] / consumer
             rows.append(row)
             print(
                 f"{case} ({n:,} rows), {hosts} host(s), {row['local_batch']} a host: "
-                f"{row['images_per_s_per_host']:,.0f} images/s "
-                f"({row['batches_per_s']:.1f} batches/s) against ≤ {consumer:,.0f} an "
+                f"{row['mean_images_per_s_per_host']:,.0f} images/s sustained (median step "
+                f"{row['images_per_s_per_host']:,.0f}) against ≤ {consumer:,.0f} an "
                 f"accelerator eats: {row['headroom']:.1f}×",
                 flush=True,
             )

@@ -54,10 +54,31 @@ def config_hash(config) -> str:
     (`MULTIVARIATE_FIELDS`): the hash of a config from before these fields existed, so
     earlier files keep theirs.
     """
-    spec = {k: config[k].to_dict() for k in ("data", "model", "schedule")}
+    spec = _spec(config)
     # where this machine keeps the data is not what the model is of: at their defaults, so
     # that earlier files keep their hash
     spec["data"].update(data_dir="", download=False)
+    return _hash(spec)
+
+
+def earlier_config_hashes(config) -> set[str]:
+    """The hashes files written before 2026-12-07 recorded for this config: `data.data_dir`
+    and `data.download` (then part of the hash) as given now or at their defaults, and
+    `data.name='imagenet32'` for what is now `imagenet32_chrabaszcz`."""
+    spec, out = _spec(config), set()
+    names = {spec["data"]["name"]}
+    if spec["data"]["name"] == "imagenet32_chrabaszcz":
+        names.add("imagenet32")
+    for name in names:
+        for data_dir in {"", config.data.get("data_dir", "")}:
+            for download in (False, True):
+                spec["data"].update(name=name, data_dir=data_dir, download=download)
+                out.add(_hash(spec))
+    return out
+
+
+def _spec(config) -> dict:
+    spec = {k: config[k].to_dict() for k in ("data", "model", "schedule")}
     for field in ("mirror", "verify"):  # fields newer than earlier files
         spec["data"].pop(field, None)
     spec["model"].pop("scan_blocks", None)
@@ -66,6 +87,10 @@ def config_hash(config) -> str:
     if spec["schedule"].get("name") not in schedules.MULTIVARIATE:
         for field in MULTIVARIATE_FIELDS:
             spec["schedule"].pop(field, None)
+    return spec
+
+
+def _hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -243,7 +268,9 @@ def file_header(codec: Codec, images: np.ndarray, msg, meta: dict) -> dict:
 def check_header(header: dict, expected: dict, path: str) -> None:
     """Refuse a file coded by another model: one line naming what differs."""
     for key, what in (("config_hash", "config"), ("params_fingerprint", "checkpoint")):
-        if header.get(key) != expected[key]:
+        if header.get(key) != expected[key] and header.get(key) not in expected.get(
+            f"earlier_{key}", ()
+        ):
             raise CompressError(
                 f"{path} was compressed with a different {what} ({key} {header.get(key)}, "
                 f"checkpoint step {header.get('checkpoint_step')}); this one has "
@@ -376,7 +403,9 @@ def decompress_file(run, params, step: int, input_path: str, output_path: str, p
     from vdm.compress import container, files
 
     header, words = container.read(input_path)
-    check_header(header, identity(run, params, step), input_path)
+    expected = identity(run, params, step)
+    expected["earlier_config_hash"] = earlier_config_hashes(run.config)
+    check_header(header, expected, input_path)
     if list(header["image_shape"]) != list(run.x_shape):
         raise CompressError(
             f"{input_path}: images of shape {header['image_shape']}, this config's data "

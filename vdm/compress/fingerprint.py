@@ -77,7 +77,11 @@ def current(environ=os.environ) -> dict:
     cpu_defaults = cpu_isa = cpu_threads = None
     pinned = portable.in_effect(environ)
     if backend == "cpu":
-        cpu_isa = portable.ISA if pinned else cpu.host_isa()
+        host = cpu.host_isa()
+        capped = host in cpu.ISA_LEVELS and cpu.ISA_LEVELS.index(host) >= cpu.ISA_LEVELS.index(
+            portable.ISA
+        )
+        cpu_isa = portable.ISA if pinned and capped else host  # below AVX2: the CPU's own
         cpu_threads = len(os.sched_getaffinity(0))  # XLA:CPU's thread pool size
         opted_out = environ.get(runtime.OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off")
         cpu_defaults = "off" if opted_out else "on"

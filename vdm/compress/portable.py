@@ -55,8 +55,13 @@ def in_effect(environ=os.environ) -> bool:
     """Whether this process started under the pins (and still holds them)."""
     if environ.get(MARK) != "1":
         return False
+    from vdm import runtime
+
+    numpy_pinned = not (set(numpy_disabled().split()) & set(cpu.numpy_simd()))
     return (
-        environ.get("XLA_FLAGS", "") == pinned_environ(environ)["XLA_FLAGS"]
+        numpy_pinned  # numpy started under the pin (setting it later changes nothing)
+        and runtime.STATUS != "late"  # and JAX had not started before `import vdm`
+        and environ.get("XLA_FLAGS", "") == pinned_environ(environ)["XLA_FLAGS"]
         and environ.get("NPY_DISABLE_CPU_FEATURES", "") == numpy_disabled()
         and environ.get("JAX_PLATFORMS") == "cpu"
         and len(os.sched_getaffinity(0)) == 1
@@ -86,16 +91,20 @@ def pinned_environ(environ=os.environ) -> dict:
     env["NPY_DISABLE_CPU_FEATURES"] = numpy_disabled()
     env["JAX_PLATFORMS"] = "cpu"
     env[MARK] = "1"
+    # the child imports the same vdm as this process, wherever it is started from
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
 
 
 def reexec(argv: list[str]) -> None:
     """Replace this process by `python -m vdm.main argv…` under the pins, bound to one core
     (its first allowed one). Returns only if the pins already hold."""
+    check_machine(cpu.host_isa())
     if in_effect():
         return
-    check_machine(cpu.host_isa())
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[os.getpid() % len(cpus)]})  # jobs side by side: other cores
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "vdm.main", *argv], pinned_environ())

@@ -24,7 +24,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 
@@ -276,13 +278,17 @@ def _obtain(source: Source, data_dir: str, download: bool, mirror: str, verify: 
     missing = [a for arcs in source.archives.values() for a in arcs if paths[a.name] is None]
     missing = list({a.name: a for a in missing}.values())
     for a in missing:
+        way = ""
         url = (mirror.rstrip("/") + "/" + a.name) if mirror else a.url
         if not download or url is None:
+            if a.url is None:
+                way = "; or fetch them from a mirror with --config.data.download=True "
+                way += "--config.data.mirror=URL"
+            elif not download:
+                way = "; or set --config.data.download=True"
             raise DataError(
                 f"data.name={source.name}: {', '.join(m.name for m in missing)} not in "
-                f"{data_dir} (data.data_dir): put them there ({source.where})"
-                + ("" if download else "; or set --config.data.download=True")
-                + (" or --config.data.mirror=URL" if a.url is None or not download else "")
+                f"{data_dir} (data.data_dir): put them there ({source.where}){way}"
             )
         paths[a.name] = fetch(url, os.path.join(data_dir, a.name), *_expected(a, verify))
     return paths
@@ -300,8 +306,12 @@ def cache_dir(source: Source, data_dir: str) -> str:
 
 
 def _stamp(path: str) -> dict:
+    """Size and modification time of a file, or of every file of a folder (CIFAR-10's
+    extracted batches): a change to any makes the cache stale."""
+    if os.path.isdir(path):
+        return {f: _stamp(os.path.join(path, f)) for f in sorted(os.listdir(path))}
     st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns} if os.path.isfile(path) else {}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _manifest(directory: str) -> dict | None:
@@ -329,22 +339,54 @@ def prepare(name: str, data_cfg) -> str:
     source = SOURCES[name]
     data_dir = data_cfg.get("data_dir") or default_data_dir()
     directory = cache_dir(source, data_dir)
+    verify = bool(data_cfg.get("verify", True))
+    if _ready(source, data_dir, directory, verify):  # a read-only data_dir with its cache
+        return directory
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     # processes of one host (one per accelerator) prepare one after the other
     with open(directory + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _prepare_locked(source, data_dir, directory, data_cfg)
+        if _ready(source, data_dir, directory, verify):  # another process built it meanwhile
+            return directory
+        _remove_stale_builds(directory)
+        return _build_from_archives(source, data_dir, directory, data_cfg, verify)
 
 
-def _prepare_locked(source: Source, data_dir: str, directory: str, data_cfg) -> str:
-    verify = bool(data_cfg.get("verify", True))
+def _ready(source: Source, data_dir: str, directory: str, verify: bool) -> bool:
     existing = _manifest(directory)
     archived = _located(source, data_dir)
     if existing is not None and all(p is None for p in archived.values()):
-        if not verify or existing.get("verified"):
-            return directory  # the archives were removed after the cache was made
-    if _usable(existing, source, archived, verify):
-        return directory
+        return not verify or bool(existing.get("verified"))  # archives removed since
+    return _usable(existing, source, archived, verify)
+
+
+def _build_tag() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _remove_stale_builds(directory: str) -> None:
+    """Temporary folders this host's dead processes left (a build stopped by a signal)."""
+    parent, name = os.path.split(directory)
+    prefix = f"{name}.tmp-{socket.gethostname()}-"
+    for entry in os.listdir(parent):
+        if entry.startswith(prefix) or entry.startswith(f"{name}.old-"):
+            pid = entry[len(prefix) :].split("-")[0] if entry.startswith(prefix) else ""
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _build_from_archives(source, data_dir: str, directory: str, data_cfg, verify: bool) -> str:
     paths = _obtain(
         source, data_dir, bool(data_cfg.get("download")), data_cfg.get("mirror", ""), verify
     )
@@ -353,15 +395,16 @@ def _prepare_locked(source: Source, data_dir: str, directory: str, data_cfg) -> 
         a = next(a for arcs in source.archives.values() for a in arcs if a.name == name)
         if verify and os.path.isfile(path):
             check(path, a.size, a.sha256)
-        records[name] = {"stamp": _stamp(path), "sha256": a.sha256 if verify else None}
+        checked = verify and os.path.isfile(path)  # an extracted folder: its split sizes only
+        records[name] = {"stamp": _stamp(path), "sha256": a.sha256 if checked else None}
     _build(source, paths, directory, records, verify)
     return directory
 
 
 def _build(source: Source, paths: dict, directory: str, records: dict, verify: bool) -> None:
-    tmp = f"{directory}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    tmp = tempfile.mkdtemp(
+        prefix=f"{os.path.basename(directory)}.tmp-{_build_tag()}-", dir=os.path.dirname(directory)
+    )
     try:
         counts = {}
         for split, archives in source.archives.items():
@@ -386,9 +429,17 @@ def _build(source: Source, paths: dict, directory: str, records: dict, verify: b
             json.dump(manifest, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        if os.path.isdir(directory):  # a stale cache: replaced whole
-            shutil.rmtree(directory)
+        # a stale cache is moved aside before the new one is renamed into place: a reader
+        # sees the old cache, none, or the new one, never half of either
+        old = None
+        if os.path.isdir(directory):
+            old = tempfile.mkdtemp(
+                prefix=f"{os.path.basename(directory)}.old-", dir=os.path.dirname(directory)
+            )
+            os.rename(directory, os.path.join(old, "cache"))
         os.rename(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -398,22 +449,26 @@ def _write_split(source: Source, paths: list[str], split: str, out: str) -> int:
     parts_dir = os.path.join(out, f"{split}_parts")
     os.makedirs(parts_dir)
     n, label_parts = 0, []
-    try:
-        for k, (images, labels) in enumerate(source.read(paths, source.shape, split)):
-            if images.shape[1:] != source.shape:
-                raise DataError(
-                    f"data.name={source.name}: images of shape {images.shape[1:]} in "
-                    f"{', '.join(paths)}, expected {source.shape}: another data set's archive"
-                )
-            np.save(os.path.join(parts_dir, f"{k:06d}.npy"), images)
-            label_parts.append(labels)
-            n += len(images)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        raise DataError(
-            f"data.name={source.name}: cannot read {', '.join(paths)} "
-            f"({type(e).__name__}: {' '.join(str(e).split())}): a damaged or truncated archive,"
-            " or another data set's"
-        ) from None
+    batches = source.read(paths, source.shape, split)
+    while True:
+        try:  # errors of the archive; the cache's own writes below name the cache's path
+            images, labels = next(batches)
+        except StopIteration:
+            break
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+            raise DataError(
+                f"data.name={source.name}: cannot read {', '.join(paths)} "
+                f"({type(e).__name__}: {' '.join(str(e).split())}): a damaged or truncated "
+                "archive, or another data set's"
+            ) from None
+        if images.shape[1:] != source.shape:
+            raise DataError(
+                f"data.name={source.name}: images of shape {images.shape[1:]} in "
+                f"{', '.join(paths)}, expected {source.shape}: another data set's archive"
+            )
+        np.save(os.path.join(parts_dir, f"{len(label_parts):06d}.npy"), images)
+        label_parts.append(labels)
+        n += len(images)
     images = np.lib.format.open_memmap(
         os.path.join(out, f"{split}_images.npy"), "w+", np.uint8, (n, *source.shape)
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import urllib.error
 import urllib.request
 
@@ -49,13 +50,25 @@ def check(path: str, size: int | None, sha256: str | None, name: str | None = No
 
 def fetch(url: str, path: str, size: int | None, sha256: str | None, timeout: float = 60) -> str:
     """Download `url` to `path` (kept only once its size and SHA-256 match); returns `path`."""
-    part = f"{path}.part"
+    part = f"{path}.part-{socket.gethostname()}-{os.getpid()}"  # hosts sharing a folder
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as f:
+            if "text/html" in response.headers.get("Content-Type", ""):
+                raise DataError(
+                    f"cannot download {url}: the server answered with a web page (a login, "
+                    "or a page saying the file moved), not the file"
+                )
+            announced = response.headers.get("Content-Length")
             shutil.copyfileobj(response, f, CHUNK)
             f.flush()
             os.fsync(f.fileno())
+        got = os.path.getsize(part)
+        if announced is not None and got != int(announced):  # a connection that closed early
+            raise DataError(
+                f"cannot download {url} to {path}: {got:,} of the {int(announced):,} bytes the "
+                "server announced arrived (the connection closed early; try again)"
+            )
         check(part, size, sha256, name=f"{url} (downloaded to {path})")
         os.replace(part, path)
     except urllib.error.HTTPError as e:

@@ -12,6 +12,7 @@ import jax
 
 from vdm import data, samplers
 from vdm.core import diffusion, elbo, objectives, schedules
+from vdm.data import datasets
 from vdm.eval import dequantization, likelihood
 from vdm.networks import DTYPES, FOURIER_GATES, GAMMA_MAP_NETWORKS, NETWORKS, SCAN_BLOCKS
 from vdm.run import train_step
@@ -126,6 +127,8 @@ def _check_multivariate(config) -> None:
 
 def _check_names(config) -> None:
     """Every field that names a choice (dataset, schedule, head, network, sampler, …)."""
+    if config.data.name in datasets.RETIRED:  # a name that meant another set: say which
+        raise ConfigError(datasets.RETIRED[config.data.name])
     _choice(config.data.name, "data.name", data.DATASETS)
     try:
         data.check_vocab(config.data.name, config.data.vocab_size)

@@ -18,6 +18,7 @@ it (a library caller) the Guard sets Python handlers of its own for the block.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -77,14 +78,15 @@ class Guard:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
 
     def _note(self, signum: int) -> None:
-        if self.signum is None:
-            print(
-                f"vdm: {signal.Signals(signum).name} received: finishing the step in flight "
-                "and saving it (Ctrl-C again stops at once)",
-                file=sys.stderr,
-                flush=True,
-            )
-        self.signum = signum
+        first, self.signum = self.signum is None, signum  # set before anything can fail
+        if first:
+            with contextlib.suppress(Exception):  # a closed pipe must not lose the signal
+                print(
+                    f"vdm: {signal.Signals(signum).name} received: finishing the step in "
+                    "flight and saving it (Ctrl-C again stops at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def requested(self) -> int | None:
         """The signal number if any process received one (the same answer on every process)."""

@@ -270,7 +270,8 @@ def reset(workdir: str) -> None:
     if not present:
         return
     dest = os.path.join(workdir, time.strftime("reset_%Y%m%d_%H%M%S"))
-    os.makedirs(dest)
-    for e in present:
-        os.replace(os.path.join(workdir, e), os.path.join(dest, e))
+    with signals.writing(dest):  # a signal waits: the run is never left half moved
+        os.makedirs(dest)
+        for e in present:
+            os.replace(os.path.join(workdir, e), os.path.join(dest, e))
     print(f"vdm: --reset moved the previous run to {dest}", flush=True)
