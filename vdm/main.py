@@ -305,6 +305,7 @@ def main(argv):
         with signals.activity(ACTIVITIES[_MODE.value]):
             _pin_if_portable(_MODE.value, _config(), _INPUT.value)
             init_distributed()
+            signals.install()  # back from jax.distributed's own SIGTERM handler
             run_mode(
                 _config(),
                 _WORKDIR.value,

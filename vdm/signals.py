@@ -42,20 +42,23 @@ def installed() -> bool:
 
 
 def install() -> bool:
-    """Take SIGINT and SIGTERM for this process (main thread only); False where it cannot."""
-    if _state["installed"]:
-        return True
+    """Take SIGINT and SIGTERM for this process (main thread only); False where it cannot.
+
+    Called again, it takes them back from whatever set its own handlers since: jax.distributed
+    registers a C-level SIGTERM handler of its own when it starts (vdm.main calls this again
+    after it)."""
     if threading.current_thread() is not threading.main_thread():
         return False
-    receive, send = socket.socketpair()
-    send.setblocking(False)
+    if not _state["installed"]:
+        receive, send = socket.socketpair()
+        send.setblocking(False)
+        watcher = threading.Thread(target=_watch, args=(receive,), name="vdm-signals", daemon=True)
+        _state.update(installed=True, sockets=(receive, send), watcher=watcher)
+        watcher.start()
     for s in SIGNALS:
         if signal.getsignal(s) is not signal.SIG_IGN:  # a background job's ignored SIGINT stays
             signal.signal(s, _record)
-    signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
-    watcher = threading.Thread(target=_watch, args=(receive,), name="vdm-signals", daemon=True)
-    _state.update(installed=True, sockets=(receive, send), watcher=watcher)
-    watcher.start()
+    signal.set_wakeup_fd(_state["sockets"][1].fileno(), warn_on_full_buffer=False)
     return True
 
 
