@@ -1,7 +1,10 @@
 """Data: integer arrays in [0, vocab_size) and the batches the run feeds the model.
 
-- `datasets`: every named dataset (digits, MNIST, Fashion-MNIST, the swirl, CIFAR-10 and
-  ImageNet32 through tfds, generated toy sets), splits, batching per host and step;
+- `datasets`: every named dataset (digits, MNIST, Fashion-MNIST, the swirl, CIFAR-10, the
+  two downsampled ImageNets, generated toy sets), splits, batching per host and step;
+- `sources`: the paper's data sets as their publishers distribute them (versions, archive
+  files and checksums, split sizes, format readers); `archives`: checked once and prepared
+  into a memory-mapped cache; `download`: fetching and checking a file;
 - `toy`: the generated low-dimensional sets (spiral, Gaussian mixture, the official swirl);
 - `images`: image grids and PNGs of integer images.
 
