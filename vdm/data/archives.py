@@ -2,9 +2,10 @@
 two downsampled ImageNets, each under a name that says which.
 
 A `Source` (vdm/data/sources.py) names a data set's version, its archive files, split sizes
-and the reader of its format. `prepare` checks the archives once and writes their images into a cache
-of uint8 `.npy` arrays under `data.data_dir`, which `load` then memory-maps: a host reads only
-the rows of its own batches, so ImageNet 64 (1.28M × 12,288 bytes) never has to fit in memory.
+and the reader of its format. `prepare` checks the archives once and writes their images into
+a cache of uint8 `.npy` arrays under `data.data_dir`, which `load` then memory-maps: a host
+reads only the rows of its own batches, so ImageNet 64 (1.28M × 12,288 bytes) never has to
+fit in memory.
 
 The cache is built in a temporary directory and renamed into place with its manifest (the
 archives' sizes, checksums and whether they were verified), so a half-written cache is never
