@@ -164,3 +164,33 @@ def test_dropout_keeps_each_element_with_its_rounded_probability_and_is_unbiased
     assert Dropout(0.0).apply({}, x) is x
     with pytest.raises(ValueError, match="model.dropout"):
         Dropout(1.0).apply({}, x, rngs={"dropout": jax.random.key(1)})
+
+
+@pytest.mark.parametrize("flag_input", ["embed", "concat"])
+def test_flags_enter_the_conditioning_as_configured(flag_input):
+    """'concat' joins the flag to the time embedding before dense0 (google-research/vdm's
+    ScoreUNet: dense0 has n_embd + 1 input rows); 'embed' adds a learned embedding. Flag 0
+    under 'concat' is the plain model with dense0's last row dropped."""
+    from vdm.networks.layers import Conditioning
+
+    n = 8
+    mod = Conditioning(n, n_cond_flags=1, flag_input=flag_input)
+    t = jnp.array([0.1, 0.7])
+    flags = jnp.array([[0.0], [1.0]])
+    params = mod.init(jax.random.key(0), t, flags=flags)["params"]
+    assert params["dense0"]["kernel"].shape == (n + (flag_input == "concat"), 4 * n)
+    assert ("flag_embed" in params) == (flag_input == "embed")
+    out = mod.apply({"params": params}, t, flags=flags)
+    if flag_input == "concat":
+        plain = dict(params, dense0=dict(params["dense0"], kernel=params["dense0"]["kernel"][:n]))
+        unflagged = Conditioning(n).apply({"params": plain}, t)
+        np.testing.assert_allclose(out[0], unflagged[0], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(out[1], unflagged[1])
+
+
+def test_unknown_flag_input_is_a_clear_error():
+    from vdm.networks.layers import Conditioning
+
+    mod = Conditioning(4, n_cond_flags=1, flag_input="add")
+    with pytest.raises(ValueError, match=r"model.flag_input must be one of \['embed', 'concat'\]"):
+        mod.init(jax.random.key(0), jnp.zeros(2))

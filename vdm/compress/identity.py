@@ -30,7 +30,7 @@ def config_hash(config) -> str:
     Without `model.scan_blocks` (how the network is executed, not which p(x) it is), with
     `data.data_dir` and `data.download` at their defaults and without `data.mirror` and
     `data.verify` (where this machine keeps the data, not which data), without
-    `model.gamma_map_input` when it is off, and,
+    `model.gamma_map_input` when it is off, without `model.flag_input` at 'embed', and,
     for a scalar schedule, without the fields only a γ per dimension reads
     (`MULTIVARIATE_FIELDS`): the hash of a config from before these fields existed, so
     earlier files keep theirs.
@@ -65,6 +65,8 @@ def _spec(config) -> dict:
     spec["model"].pop("scan_blocks", None)
     if not spec["model"].get("gamma_map_input", False):  # a field newer than earlier files
         spec["model"].pop("gamma_map_input", None)
+    if spec["model"].get("flag_input", "embed") == "embed":  # newer too, at its default
+        spec["model"].pop("flag_input", None)
     if spec["schedule"].get("name") not in schedules.MULTIVARIATE:
         for field in MULTIVARIATE_FIELDS:
             spec["schedule"].pop(field, None)

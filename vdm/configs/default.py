@@ -49,6 +49,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.fourier_octaves = 2
     c.model.fourier_gate = "none"  # none | coherence: scale by exp(−½ ω² σ_t²)
     c.model.base_measure_skip = True  # ε̂ = z + net (ε head only)
+    # How data.random_flip's flag enters the ScoreUNet: embed (a learned embedding added to the
+    # time's) | concat (joined to the time embedding, as google-research/vdm's dense0)
+    c.model.flag_input = "embed"
     # The normalised γ_t as an extra input channel of a scalar schedule's denoiser, as a γ per
     # dimension always has it: the control that separates that input from the schedule.
     c.model.gamma_map_input = False

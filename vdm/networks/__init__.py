@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdm.networks.layers import FOURIER_GATES, fourier_top_n
+from vdm.networks.layers import FLAG_INPUTS, FOURIER_GATES, fourier_top_n
 from vdm.networks.mlp import MLP, ConcatMLP
 from vdm.networks.unet import ScoreUNet
 
@@ -15,6 +15,7 @@ NETWORKS = {"unet": ScoreUNet, "mlp": MLP, "concat_mlp": ConcatMLP}
 GAMMA_MAP_NETWORKS = ("unet", "mlp")
 __all__ = [
     "DTYPES",
+    "FLAG_INPUTS",
     "FOURIER_GATES",
     "GAMMA_MAP_NETWORKS",
     "NETWORKS",
@@ -66,6 +67,7 @@ def unet_options(model_cfg) -> dict:
         "remat": bool(model_cfg.get("remat", False)),
         "scan_blocks": resolve_scan_blocks(model_cfg.get("scan_blocks", "false"))
         and model_cfg.n_layer >= 1,
+        "flag_input": model_cfg.get("flag_input", "embed"),
     }
 
 

@@ -111,16 +111,23 @@ def gamma_inputs(gamma_t: jax.Array, gamma_min: float, gamma_max: float, map_lik
     return jnp.mean(t_norm, axis=tuple(range(1, t_norm.ndim))), t_norm
 
 
+FLAG_INPUTS = ("embed", "concat")
+
+
 class Conditioning(nn.Module):
     """The conditioning vector: embedded normalised γ_t, plus optional labels, through an MLP.
 
     Labels run over [0, num_classes]; the extra value num_classes is the "null" label used for
-    classifier-free guidance (dropped labels and unconditional sampling).
+    classifier-free guidance (dropped labels and unconditional sampling). Flags (0/1 per
+    example, e.g. an augmentation's) enter as a learned embedding added to the time's
+    (`flag_input='embed'`) or concatenated to it before the MLP ('concat': google-research/vdm's
+    ScoreUNet, whose `dense0` takes [embedding, flag]).
     """
 
     n_embd: int
     num_classes: int = 0
     n_cond_flags: int = 0
+    flag_input: str = "embed"
 
     @nn.compact
     def __call__(self, t_norm, label=None, flags=None):
@@ -129,9 +136,17 @@ class Conditioning(nn.Module):
             if label is None:
                 label = jnp.full(t_norm.shape, self.num_classes, jnp.int32)
             emb = emb + nn.Embed(self.num_classes + 1, self.n_embd, name="label_embed")(label)
+        if self.flag_input not in FLAG_INPUTS:
+            raise ValueError(
+                f"model.flag_input must be one of {list(FLAG_INPUTS)}, got {self.flag_input!r}"
+            )
         if self.n_cond_flags:
             flags = jnp.zeros(t_norm.shape + (self.n_cond_flags,)) if flags is None else flags
-            emb = emb + nn.Dense(self.n_embd, name="flag_embed")(flags.astype(jnp.float32))
+            flags = flags.astype(jnp.float32)
+            if self.flag_input == "concat":
+                emb = jnp.concatenate([emb, flags], axis=-1)
+            else:
+                emb = emb + nn.Dense(self.n_embd, name="flag_embed")(flags)
         emb = nn.swish(nn.Dense(4 * self.n_embd, name="dense0")(emb))
         return nn.swish(nn.Dense(4 * self.n_embd, name="dense1")(emb))
 

@@ -255,6 +255,8 @@ class ScoreUNet(nn.Module):
       group_norm: the GroupNorm's form, 'flax' or 'affine' (`group_norm`): the same values
         and parameters up to float32 rounding; not a config field: .vdmz decoding picks
         'affine' for files coded with it, and bench_group_norm.py to compare the two.
+      flag_input: how conditioning flags enter (`layers.Conditioning`): 'embed', or 'concat'
+        as google-research/vdm's ScoreUNet (what its imported aug model needs).
     """
 
     n_embd: int
@@ -275,6 +277,7 @@ class ScoreUNet(nn.Module):
     scan_blocks: bool = False
     gamma_map_input: bool = False
     group_norm: str = "flax"
+    flag_input: str = "embed"
 
     def to_apply_form(self, params: dict) -> dict:
         """Parameters in the stored (unrolled) form → the form this network applies."""
@@ -295,7 +298,9 @@ class ScoreUNet(nn.Module):
         t_norm, gamma_map = gamma_inputs(
             gamma_t, self.gamma_min, self.gamma_max, z if self.gamma_map_input else None
         )
-        cond = Conditioning(self.n_embd, self.num_classes, self.n_cond_flags)(t_norm, label, flags)
+        cond = Conditioning(self.n_embd, self.num_classes, self.n_cond_flags, self.flag_input)(
+            t_norm, label, flags
+        )
 
         h = z
         if self.fourier:

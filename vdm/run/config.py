@@ -14,7 +14,14 @@ from vdm import data, samplers
 from vdm.core import diffusion, elbo, objectives, schedules
 from vdm.data import datasets
 from vdm.eval import dequantization, likelihood
-from vdm.networks import DTYPES, FOURIER_GATES, GAMMA_MAP_NETWORKS, NETWORKS, SCAN_BLOCKS
+from vdm.networks import (
+    DTYPES,
+    FLAG_INPUTS,
+    FOURIER_GATES,
+    GAMMA_MAP_NETWORKS,
+    NETWORKS,
+    SCAN_BLOCKS,
+)
 from vdm.run import train_step
 
 DECAYS = ("none", "cosine")
@@ -140,6 +147,7 @@ def _check_names(config) -> None:
     _choice(config.model.head, "model.head", diffusion.HEADS)
     _choice(config.model.network, "model.network", sorted(NETWORKS))
     _choice(config.model.fourier_gate, "model.fourier_gate", FOURIER_GATES)
+    _choice(config.model.get("flag_input", "embed"), "model.flag_input", FLAG_INPUTS)
     _choice(config.model.dtype, "model.dtype", list(DTYPES))
     if (
         config.model.get("gamma_map_input", False)
