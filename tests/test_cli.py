@@ -86,6 +86,7 @@ def test_vdm_without_a_command_prints_usage(tmp_path):
     proc = run_outside([vdm_script()], tmp_path)
     usage = "usage: vdm {train,eval,sample,compress,decompress}"
     assert proc.returncode != 0 and usage in proc.stderr
+    assert "vdm import --from=google-research/vdm SRC --workdir=DIR" in proc.stderr
 
 
 def test_resolve_names_paths_and_args():

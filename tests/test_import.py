@@ -14,8 +14,8 @@ import pytest
 from vdm.configs import cifar10_aug
 from vdm.core import elbo
 from vdm.importers import google_vdm
-from vdm.importers.flax_msgpack import find_checkpoint, read_tree
-from vdm.importers.workdir import import_checkpoint
+from vdm.importers.flax_msgpack import CheckpointImportError, find_checkpoint, read_tree
+from vdm.importers.workdir import import_checkpoint, make_config
 from vdm.model import VDM
 from vdm.run import checkpoint, train_step
 from vdm.run import workdir as workdir_lib
@@ -128,3 +128,214 @@ def test_workdir_holds_both_trees_the_adam_moments_and_a_record(imported, case):
     assert saved["bytes"] == os.path.getsize(find_checkpoint(src(case)))
     assert ("dense0" in saved["dropped"]) == (case == "learnable_scalar")
     assert not [p for p in os.listdir(os.path.dirname(workdir)) if ".importing-" in p]
+
+
+# ---- Bad input: one line, nothing written. ----
+
+
+def write_tree(path, tree):
+    from flax import serialization
+
+    with open(path, "wb") as f:
+        f.write(serialization.msgpack_serialize(tree))
+
+
+@pytest.fixture(scope="module")
+def official_tree():
+    return read_tree(find_checkpoint(src("learnable_scalar")))
+
+
+def test_a_directory_without_a_checkpoint_is_one_line(tmp_path):
+    (tmp_path / "checkpoints-0").mkdir()
+    (tmp_path / "checkpoints-0" / "checkpoint").write_text('model_checkpoint_path: "ckpt-9"\n')
+    with pytest.raises(CheckpointImportError, match=r"holds no ckpt-\*\.flax file"):
+        import_checkpoint(str(tmp_path / "checkpoints-0"), str(tmp_path / "run"))
+    with pytest.raises(CheckpointImportError, match="no such file or directory"):
+        import_checkpoint(str(tmp_path / "nowhere"), str(tmp_path / "run"))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints-0"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled", "trailing", "not a map"])
+def test_a_damaged_file_is_one_line_and_writes_nothing(tmp_path, damage):
+    blob = open(find_checkpoint(src("learnable_scalar")), "rb").read()
+    bad = {
+        "truncated": blob[: len(blob) // 2],
+        "garbled": blob[:100] + b"\xc1" * 64 + blob[164:],  # 0xc1: never used by msgpack
+        "trailing": blob + b"\x01",
+        "not a map": b"\x93\x01\x02\x03",
+    }[damage]
+    path = tmp_path / "ckpt-3.flax"
+    path.write_bytes(bad)
+    expected = {
+        "truncated": "is truncated: its",
+        "garbled": "is damaged or not a Flax checkpoint",
+        "trailing": "data after the checkpoint's map",
+        "not a map": "not a Flax train state: it holds a list",
+    }[damage]
+    with pytest.raises(CheckpointImportError, match=expected) as e:
+        import_checkpoint(str(path), str(tmp_path / "run"))
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-3.flax"]
+
+
+def test_a_tree_of_another_model_names_what_differs(tmp_path, official_tree):
+    import copy
+
+    tree = copy.deepcopy(official_tree)
+    tree["ema_params"]["score_model"]["dense1"]["kernel"] = np.zeros((128, 64), np.float32)
+    del tree["ema_params"]["score_model"]["conv_out"]["bias"]
+    tree["ema_params"]["score_model"]["extra"] = {"kernel": np.zeros(3, np.float32)}
+    write_tree(tmp_path / "ckpt-1.flax", tree)
+    with pytest.raises(CheckpointImportError) as e:
+        import_checkpoint(str(tmp_path), str(tmp_path / "run"))
+    line = str(e.value)
+    assert line.startswith("ema_params do not form one google-research/vdm model")
+    assert "score_model/dense1/kernel (128, 64) (expected (128, 128))" in line
+    assert "missing score_model/conv_out/bias" in line
+    assert "unexpected score_model/extra/kernel" in line
+    not_vdm = {"step": 1, "params": {"encoder": {"w": np.zeros(2)}}, "ema_params": {}}
+    write_tree(tmp_path / "ckpt-1.flax", not_vdm)
+    with pytest.raises(CheckpointImportError, match=r"its params have no 'score_model'"):
+        import_checkpoint(str(tmp_path), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_that_does_not_describe_the_checkpoint_is_one_line(tmp_path):
+    c = aug_config()
+    c.model.n_embd, c.schedule.name = 64, "learned_scalar"
+    with pytest.raises(CheckpointImportError) as e:
+        import_checkpoint(src("learnable_nnet"), str(tmp_path / "run"), c)
+    assert "model.n_embd 64 (the checkpoint's 32)" in str(e.value)
+    assert "schedule.name 'learned_scalar' (the checkpoint's 'learned_net_unnormalized')" in str(
+        e.value
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with pytest.raises(CheckpointImportError, match="already exists and is not empty"):
+        import_checkpoint(src("learnable_scalar"), str(run))
+    assert os.listdir(run) == ["config.json"] and (run / "config.json").read_text() == "{}"
+
+
+def test_released_models_are_recognised_by_their_sizes():
+    from vdm.importers.workdir import RELEASED, released_match
+
+    for r in RELEASED:
+        m = google_vdm.OfficialModel(fourier=True, channels=3, n_features=1024, **r.model)
+        config, released = make_config(m)
+        assert released is r
+        assert config.model.n_embd == r.model["n_embd"]
+        assert config.schedule.name == google_vdm.SCHEDULES[r.model["gamma_type"]]
+    m = google_vdm.OfficialModel(32, 1, False, True, 3, "learnable_scalar")
+    assert released_match(m) is None
+    assert make_config(m)[0].data.name == "cifar10"
+
+
+# ---- Every mode on an imported workdir, from the command line. ----
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def vdm_main(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "vdm.main", *args],
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_every_mode_runs_on_an_imported_workdir_from_the_cli(tmp_path):
+    """import (no --config: cifar10's settings, the file's sizes) → eval (ELBO and the PF-ODE
+    with truncated-normal dequantization, K = 2) → sample → compress/decompress → train on,
+    all on CIFAR-10 archives in the official format (32×32; the fixture's net is convolutional)."""
+    from experiments import archive_formats
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    archive_formats.cifar10(data, per_batch=2, n_test=4)
+    proc = vdm_main(
+        "--mode=import", "--from=google-research/vdm", src("learnable_scalar"), f"--workdir={run}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "imported ScoreUNet n_embd 32, n_layer 1" in proc.stdout and "step 1234" in proc.stdout
+    again = vdm_main(
+        "--mode=import", "--from=google-research/vdm", src("learnable_scalar"), f"--workdir={run}"
+    )
+    assert again.returncode == 1 and again.stderr.strip().splitlines() == [
+        f"error: --workdir={run} already exists and is not empty: an import writes a new run "
+        "and never overwrites one; give a new --workdir"
+    ]
+    common = ("--config=cifar10:smoke", f"--workdir={run}", f"--config.data.data_dir={data}")
+    proc = vdm_main(
+        "--mode=eval",
+        *common,
+        "--config.eval.pf_ode=True",
+        "--config.eval.pf_ode_examples=2",
+        "--config.eval.pf_ode_batch_size=2",
+        "--config.eval.dequantization=truncated_normal",
+        "--config.eval.importance_samples=2",
+        "--config.eval.pf_ode_trace=hutchinson",
+        "--config.eval.pf_ode_probes=4",
+        "--config.eval.pf_ode_solver=heun",  # loose: the fixture's perturbed net is stiff
+        "--config.eval.pf_ode_rtol=0.3",
+        "--config.eval.pf_ode_atol=0.3",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ELBO   test bpd" in proc.stdout and "PF-ODE test bpd" in proc.stdout
+    result = json.loads((run / "eval_step_1234.json").read_text())
+    assert result["elbo_record"]["dataset"] == "cifar10" and np.isfinite(result["bpd"])
+    assert result["pf_ode_record"]["importance_samples"] == 2
+    proc = vdm_main("--mode=sample", *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "samples").is_dir()
+    np.savez(tmp_path / "x.npz", images=np.load(next((run / "samples").glob("*.npz")))["samples"])
+    proc = vdm_main(
+        "--mode=compress",
+        *common,
+        f"--input={tmp_path / 'x.npz'}",
+        f"--output={tmp_path / 'x.vdmz'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = vdm_main(
+        "--mode=decompress",
+        *common,
+        f"--input={tmp_path / 'x.vdmz'}",
+        f"--output={tmp_path / 'y.npz'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "y.npz")["images"], np.load(tmp_path / "x.npz")["images"]
+    )
+    proc = vdm_main(
+        "--mode=train",
+        *common,
+        "--config.model.n_embd=32",
+        "--config.model.n_layer=1",
+        "--config.training.num_steps=1236",
+        "--config.training.eval_every=100000",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(int(s) for s in os.listdir(run / "checkpoints") if s.isdigit())[-1] == 1236
+
+
+def test_import_flags_are_checked_in_one_line(tmp_path):
+    proc = vdm_main(
+        "--mode=import",
+        "--from=openai/improved-diffusion",
+        src("learnable_scalar"),
+        f"--workdir={tmp_path / 'r'}",
+    )
+    assert proc.stderr.strip().splitlines() == [
+        "error: --from must be one of ['google-research/vdm'], got 'openai/improved-diffusion'"
+    ]
+    proc = vdm_main("--mode=import", "--from=google-research/vdm", f"--workdir={tmp_path / 'r'}")
+    assert proc.stderr.strip().endswith("got 0: none")
+    assert not (tmp_path / "r").exists()

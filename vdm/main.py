@@ -10,6 +10,8 @@ so a run can start from any directory.
   --mode=compress --input=images.npz|PNG_FOLDER --output=images.vdmz
                  lossless bits-back coding with the model (the `compress` config section)
   --mode=decompress --input=images.vdmz --output=out.npz|FOLDER   the exact images back
+  --mode=import --from=google-research/vdm SRC   a released checkpoint (clu directory or its
+                 ckpt-N.flax) as a new run in DIR; --config is optional, checked against it
 Override any config field with --config.a.b=value. --reset (train) moves a previous run in
 the workdir aside to workdir/reset_<time>/ and starts afresh.
 
@@ -32,10 +34,11 @@ from vdm.compress.container import CompressError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumes if it exists).")
-MODES = ("train", "eval", "sample", "compress", "decompress")
+MODES = ("train", "eval", "sample", "compress", "decompress", "import")
 _MODE = flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 _INPUT = flags.DEFINE_string("input", None, "compress: .npz or PNG folder; decompress: .vdmz")
 _OUTPUT = flags.DEFINE_string("output", None, "compress: .vdmz; decompress: .npz or a folder")
+_FROM = flags.DEFINE_string("from", None, "import: where SRC comes from (google-research/vdm)")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "eval/sample: a workdir, its checkpoints/ or one step's directory."
 )
@@ -43,7 +46,7 @@ _RESET = flags.DEFINE_bool("reset", False, "train: move the workdir's previous r
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "Multi-host: HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])  # and --config, except for import
 
 # Environment variables by which jax.distributed detects a cluster without arguments.
 CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
@@ -82,6 +85,7 @@ ACTIVITIES = {
     "sample": "sampling",
     "compress": "compression",
     "decompress": "decompression",
+    "import": "import",
 }
 
 
@@ -289,20 +293,55 @@ def _config_file_error(e: Exception, argv: list[str]) -> str:
     return f"{where}{type(e).__name__}: {' '.join(str(e).split())}"
 
 
+def import_mode(source: str | None, args: list[str], workdir: str, config) -> dict:
+    """`--mode=import --from=SOURCE SRC`: a checkpoint of another codebase as a new run."""
+    from vdm.importers.flax_msgpack import CheckpointImportError
+    from vdm.importers.workdir import import_checkpoint
+
+    importers = {"google-research/vdm": import_checkpoint}
+    if source not in importers:
+        raise CheckpointImportError(f"--from must be one of {sorted(importers)}, got {source!r}")
+    srcs = list(args) or ([_INPUT.value] if _INPUT.value else [])
+    if len(srcs) != 1:
+        raise CheckpointImportError(
+            f"--mode=import takes one checkpoint (clu's directory or its ckpt-N.flax), got "
+            f"{len(srcs)}: {' '.join(srcs) or 'none'}"
+        )
+    record = importers[source](srcs[0], workdir, config)
+    print(
+        f"imported {record['model']} at step {record['official_step']} → {workdir} "
+        f"(optimizer: {record['optimizer']}; record: {os.path.join(workdir, 'import.json')})"
+    )
+    if record.get("official_bpd"):
+        print(
+            f"this is the released {record['released']} model: the official eval reports "
+            f"{record['official_bpd']} test bpd; vdm eval --config={record['released']} "
+            f"--workdir={workdir} measures it here"
+        )
+    return record
+
+
 def main(argv):
-    del argv
     logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes at INFO
     from vdm import signals
 
     signals.install()  # Ctrl-C and SIGTERM: one line and 130 / 143 in every mode
     from vdm.data.download import DataError
+    from vdm.importers.flax_msgpack import CheckpointImportError
     from vdm.run.checkpoint import CheckpointWriteError, RestoreError
     from vdm.run.config import ConfigError
     from vdm.run.preemption import Preempted
     from vdm.run.workdir import WorkdirError, WriteError
 
+    if _MODE.value != "import" and len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
     try:
         with signals.activity(ACTIVITIES[_MODE.value]):
+            if _MODE.value == "import":
+                import_mode(_FROM.value, argv[1:], _WORKDIR.value, _config())
+                return
+            if _config() is None:
+                raise ConfigError("flag --config must have a value (a config's name or path)")
             _pin_if_portable(_MODE.value, _config(), _INPUT.value)
             init_distributed()
             signals.install()  # back from jax.distributed's own SIGTERM handler
@@ -316,6 +355,7 @@ def main(argv):
                 _OUTPUT.value,
             )
     except (
+        CheckpointImportError,
         CompressError,
         ConfigError,
         DataError,
@@ -387,7 +427,9 @@ def cli() -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         sys.exit(
             "usage: vdm {train,eval,sample,compress,decompress} --config=<name or path>[:arg] "
-            "--workdir=DIR [--config.a.b=value …]\n       vdm plot WORKDIR [WORKDIR …] [--out=PNG]"
+            "--workdir=DIR [--config.a.b=value …]\n"
+            "       vdm import --from=google-research/vdm SRC --workdir=DIR [--config=…]\n"
+            "       vdm plot WORKDIR [WORKDIR …] [--out=PNG]"
         )
     sys.argv = [argv[0], f"--mode={argv[1]}", *argv[2:]]
     app.run(main, flags_parser=parse_flags)
