@@ -104,7 +104,10 @@ def test_eval_and_sample_modes(resumed_and_straight):
         "version": elbo_rec["version"],
         "examples": 100,
         "checkpoint_step": 6,
+        "records": elbo_rec["records"],  # the per-example results (vdm/eval/ledger.py)
+        "resumed_batches": 0,
     }
+    assert elbo_rec["records"].startswith(os.path.join(a, "eval_records", "elbo_step6_"))
     assert {
         "estimator": "pf_ode",
         "dequantization": "truncated_normal",

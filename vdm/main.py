@@ -167,11 +167,12 @@ def _run_command(config, workdir, mode, checkpoint_path, input_path, output_path
 
         result = {"step": step}
         if config.eval.elbo:
-            result.update(run.evaluate(params))
+            result.update(run.evaluate(params, step, progress=True))
             result["elbo_record"]["checkpoint_step"] = step
             _report_elbo(result, step)
+            _report_resumed(result["elbo_record"])
         if config.eval.pf_ode:
-            result.update(run.evaluate_pf_ode(params))
+            result.update(run.evaluate_pf_ode(params, step, progress=True))
             result["pf_ode_record"]["checkpoint_step"] = step
             print(
                 f"PF-ODE test bpd {result['pf_ode_bpd']:.4f} ± {result['pf_ode_bpd_se']:.4f} "
@@ -179,6 +180,7 @@ def _run_command(config, workdir, mode, checkpoint_path, input_path, output_path
                 f"NFE mean {result['pf_ode_nfe_mean']:.0f}, max {result['pf_ode_nfe_max']}; "
                 f"step {step})"
             )
+            _report_resumed(result["pf_ode_record"])
         if jax.process_index() == 0:  # every process computes; one writes
             path = workdir_lib.unused_path(os.path.join(workdir, f"eval_step_{step}.json"))
             workdir_lib.write_atomic(path, json.dumps(result, indent=2))
@@ -202,6 +204,15 @@ def _run_command(config, workdir, mode, checkpoint_path, input_path, output_path
                 f"({100 * fid['classifier_test_accuracy']:.1f}% test accuracy) → {fid['json']}"
             )
     return result
+
+
+def _report_resumed(record: dict) -> None:
+    """Where an eval kept its per-example results, and how much of it an earlier, stopped
+    run had already done."""
+    if _is_main() and record.get("records"):
+        before = record.get("resumed_batches", 0)
+        again = f"; {before} batches were done by an earlier run" if before else ""
+        print(f"       per-example results: {record['records']}{again}", flush=True)
 
 
 def _compress_mode(run, params, step, mode, input_path, output_path) -> dict:

@@ -8,12 +8,14 @@ transformations (jvp, grad, custom_vjp) act on directly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vdm.core import diffusion, elbo, latent, objectives, schedules
 from vdm.networks import make_network
@@ -295,3 +297,11 @@ def apply_form(network: nn.Module, net_params: Params) -> Params:
 
 def count_params(params: Params) -> int:
     return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+
+
+def params_fingerprint(params: Params) -> str:
+    """Hash of every parameter's bytes: two checkpoints agree only if their weights do."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        h.update(np.asarray(leaf).tobytes())
+    return h.hexdigest()[:16]

@@ -6,10 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-import jax
-import numpy as np
-
 from vdm.core import schedules
+from vdm.model import params_fingerprint  # noqa: F401 - part of a model's identity
 
 # Schedule fields that only a γ per dimension reads (compress refuses those schedules): left
 # out of the hash, so files coded before the fields existed keep their hash.
@@ -75,11 +73,3 @@ def _spec(config) -> dict:
 
 def _hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def params_fingerprint(params) -> str:
-    """Hash of every parameter's bytes: two checkpoints agree only if their weights do."""
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(params):
-        h.update(np.asarray(leaf).tobytes())
-    return h.hexdigest()[:16]

@@ -22,6 +22,7 @@ from vdm import data, sharding
 from vdm.core import diffusion, draws, elbo
 from vdm.eval import dequantization as dequantization_lib
 from vdm.eval.dequantization import dequantize, log_bin_volume  # noqa: F401 (public here)
+from vdm.eval.ledger import Ledger
 from vdm.eval.records import describe, pf_ode_record  # noqa: F401 (public here)
 from vdm.model import VDM
 from vdm.samplers.common import example_keys
@@ -38,40 +39,77 @@ TERMS = ("bpd", "recon", "prior", "diffusion")  # every model's; a conditional �
 
 
 def make_eval_step(model: VDM, n_dims: int, mesh, matmul_precision: str = "highest"):
-    """Jitted: (params, batch, key) → per-term [Σ mask·bpd, Σ mask·bpd²] over the batch."""
+    """Jitted: (params, batch, key) → {term: per-example bpd (B,)} of the global batch,
+    gathered on every process (the padding rows included; `batch['mask']` marks them)."""
 
     def step(params, batch, key):
         with jax.default_matmul_precision(matmul_precision):
             terms = model.vlb_terms(params, key, batch, train=False)
-        bpd = elbo.bpd_terms(terms, n_dims)
-        m = batch["mask"]
-        return {k: jnp.stack([jnp.sum(m * v), jnp.sum(m * v**2)]) for k, v in bpd.items()}
+        return elbo.bpd_terms(terms, n_dims)
 
     rep = sharding.replicated(mesh)
     return jax.jit(step, in_shardings=(rep, sharding.data_sharded(mesh), rep), out_shardings=rep)
 
 
+def _bar(total: int, initial: int, desc: str, progress: bool):
+    """A progress bar over examples with rate and ETA (process 0, with `progress`)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="img",
+        disable=not (progress and jax.process_index() == 0),
+    )
+
+
 def elbo_bpd(
-    eval_step, params, split: data.Split, batch_size: int, key: jax.Array, mesh, repeats: int = 1
+    eval_step,
+    params,
+    split: data.Split,
+    batch_size: int,
+    key: jax.Array,
+    mesh,
+    repeats: int = 1,
+    ledger: Ledger | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """ELBO in bpd over `split`: {'bpd', 'bpd_se', 'recon', …, 'n'}; SE over examples×repeats.
     Every term of the model's bound is reported (`TERMS`, and 'latent' for an
-    input-conditional schedule)."""
-    sums: dict[str, np.ndarray] = {}
+    input-conditional schedule).
+
+    Batch i of repeat r draws its t and ε from fold_in(fold_in(key, r), i); with a `ledger`
+    (vdm/eval/ledger.py) each batch's per-example terms are kept as they are made, and a
+    rerun reads them back instead of computing them: the same number as one uninterrupted run.
+    """
+    ledger = ledger or Ledger(None, "", {})
     pid, pcount = jax.process_index(), jax.process_count()
-    for r in range(repeats):
-        for i, batch in enumerate(data.eval_batches(split, batch_size, pid, pcount)):
-            k = jax.random.fold_in(jax.random.fold_in(key, r), i)
-            out = eval_step(params, sharding.shard_batch(batch, mesh), k)
-            for name, v in out.items():
-                sums[name] = sums.get(name, 0.0) + np.asarray(v, np.float64)
+    n_batches = -(-len(split) // batch_size)
+    done = ledger.done(n_batches * repeats)
+    rows: dict[str, list] = {}
+    with _bar(len(split) * repeats, 0, "ELBO", progress) as bar:
+        for r in range(repeats):
+            for i, batch in enumerate(data.eval_batches(split, batch_size, pid, pcount)):
+                c = r * n_batches + i
+                if c < done:
+                    chunk = ledger.get(c)
+                else:
+                    k = jax.random.fold_in(jax.random.fold_in(key, r), i)
+                    out = eval_step(params, sharding.shard_batch(batch, mesh), k)
+                    real = np.arange(i * batch_size, (i + 1) * batch_size) < len(split)
+                    chunk = {name: np.asarray(v, np.float64)[real] for name, v in out.items()}
+                    ledger.put(c, chunk)
+                for name, v in chunk.items():
+                    rows.setdefault(name, []).append(v)
+                bar.update(len(next(iter(chunk.values()))))
     n = len(split) * repeats
     result = {"n": n}
-    for name in sums:
-        mean = sums[name][0] / n
-        var = max(sums[name][1] / n - mean**2, 0.0)
-        result[name] = float(mean)
-        result[f"{name}_se"] = float(math.sqrt(var / max(n - 1, 1)))
+    for name, parts in rows.items():
+        v = np.concatenate(parts)
+        mean = float(v.mean())
+        result[name] = mean
+        result[f"{name}_se"] = float(v.std() / math.sqrt(max(n - 1, 1)))
     return result
 
 
@@ -342,6 +380,8 @@ def pf_ode_bpd(
     step_fn=None,
     n_devices: int = 1,
     matmul_precision: str = "highest",
+    ledger: Ledger | None = None,
+    progress: bool = False,
     **options,
 ) -> dict:
     """PF-ODE bpd over the first `n_examples` of a split (0 = all): mean ± standard error,
@@ -351,21 +391,38 @@ def pf_ode_bpd(
     Every call of `step_fn` (from `make_pf_ode_step` with the same options; built here if not
     given) sees a batch of the same size, `batch_size` rounded up to a multiple of
     `n_devices`, so it compiles once; the last batch is padded by repeating its last example,
-    and the padding is dropped.
+    and the padding is dropped. Example i's draws come from its index (`draw_keys`), so a
+    `ledger` (vdm/eval/ledger.py) that keeps each batch's results lets a rerun continue where
+    a stopped one was, to the same number.
     """
     n = len(split) if not n_examples else min(n_examples, len(split))
     batch = -(-min(batch_size, n) // n_devices) * n_devices
     fn = step_fn or make_pf_ode_step(model, key, matmul_precision=matmul_precision, **options)
     solver = options.get("solver", "tsit5")
+    ledger = ledger or Ledger(None, "", {})
+    starts = range(0, n, batch)
+    done = ledger.done(len(starts))
     bpds, nfes = [], []
     start_time = time.perf_counter()
-    for start in range(0, n, batch):
-        real = np.arange(start, min(start + batch, n))
-        idx = np.concatenate([real, np.full(batch - len(real), real[-1])])
-        bpd, info = fn(params, jnp.asarray(split.get(idx)["image"]), jnp.asarray(start))
-        bpds.append(np.asarray(bpd, np.float64)[: len(real)])
-        steps = np.asarray(info["steps"]).reshape(-1, batch)[:, : len(real)]
-        nfes.append(steps.sum(axis=0) * EVALS_PER_STEP[solver])
+    with _bar(n, 0, "PF-ODE", progress) as bar:
+        for c, start in enumerate(starts):
+            real = np.arange(start, min(start + batch, n))
+            if c < done:
+                chunk = ledger.get(c)
+            else:
+                idx = np.concatenate([real, np.full(batch - len(real), real[-1])])
+                x = jnp.asarray(split.get(idx)["image"])
+                bpd, info = fn(params, x, jnp.asarray(start))
+                steps = np.asarray(info["steps"]).reshape(-1, batch)[:, : len(real)]
+                chunk = {
+                    "index": real,
+                    "bpd": np.asarray(bpd, np.float64)[: len(real)],
+                    "nfe": steps.sum(axis=0) * EVALS_PER_STEP[solver],
+                }
+                ledger.put(c, chunk)
+            bpds.append(chunk["bpd"])
+            nfes.append(chunk["nfe"])
+            bar.update(len(real))
     wall = time.perf_counter() - start_time
     bpds, nfes = np.concatenate(bpds), np.concatenate(nfes)
     bad = np.flatnonzero(~np.isfinite(bpds))

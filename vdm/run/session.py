@@ -18,7 +18,8 @@ import numpy as np
 from vdm import data, sharding
 from vdm.core import elbo
 from vdm.eval import likelihood
-from vdm.model import VDM
+from vdm.eval.ledger import Ledger
+from vdm.model import VDM, params_fingerprint
 from vdm.run import checkpoint, generate, tree_signature
 from vdm.run import config as config_lib
 from vdm.run import workdir as workdir_lib
@@ -146,21 +147,48 @@ class Run:
         record.update(self.test_split.info)  # an archive's version; verified=False if unchecked
         return record
 
-    def evaluate(self, params) -> dict:
+    def evaluate(self, params, step: int | None = None, progress: bool = False) -> dict:
         """ELBO bpd of the test split: every example once per `eval.repeats`, mean ± SE, with
-        the record of how it was made (`elbo_record`)."""
+        the record of how it was made (`elbo_record`). With the checkpoint's `step`, the
+        per-example results are kept as they are made (`ledger`): a rerun continues."""
         key = jax.random.fold_in(self.key, 2)
+        record = {**self.elbo_record(), "examples": len(self.test_split)}
+        batch_size = self.config.eval.batch_size
+        ledger = self.ledger("elbo", step, params, record, batch_size=batch_size)
         result = likelihood.elbo_bpd(
             self.eval_step,
             params,
             self.test_split,
-            self.config.eval.batch_size,
+            batch_size,
             key,
             self.mesh,
             self.config.eval.repeats,
+            ledger=ledger,
+            progress=progress,
         )
-        record = {**self.elbo_record(), "examples": len(self.test_split)}
-        return dict(result, elbo_record=record)
+        return dict(result, elbo_record=self._with_ledger(record, ledger))
+
+    def ledger(self, name: str, step: int | None, params, record: dict, **extra) -> Ledger:
+        """Where an eval of checkpoint `step` keeps its per-example results:
+        `<workdir>/eval_records/<name>_step<N>_<hash>/`, the hash of what is evaluated (the
+        record, the parameters' fingerprint, the seed, `extra`); nothing kept without a step."""
+        if step is None:
+            return Ledger(None, name, {})
+        spec = {
+            **record,
+            "checkpoint_step": int(step),
+            "params_fingerprint": params_fingerprint(params),
+            "seed": int(self.config.seed),
+            **extra,
+        }
+        root = os.path.join(self.workdir, "eval_records")
+        return Ledger(root, f"{name}_step{int(step)}", spec)
+
+    @staticmethod
+    def _with_ledger(record: dict, ledger: Ledger) -> dict:
+        if ledger.directory is None:
+            return record
+        return {**record, "records": ledger.directory, "resumed_batches": ledger.resumed}
 
     def elbo_record(self) -> dict:
         c = self.config
@@ -201,10 +229,21 @@ class Run:
             )
         return self._pf_ode_steps[cache_key]
 
-    def evaluate_pf_ode(self, params) -> dict:
+    def evaluate_pf_ode(self, params, step: int | None = None, progress: bool = False) -> dict:
         """PF-ODE bpd bound of the first `eval.pf_ode_examples` test examples, with its
-        record (estimator, dequantization, K, trace, solver, …, and the data)."""
+        record (estimator, dequantization, K, trace, solver, …, and the data); with the
+        checkpoint's `step`, kept as it is made (`ledger`): a rerun continues."""
         e = self.config.eval
+        record = {**likelihood.pf_ode_record(self.pf_ode_options(), e.matmul_precision)}
+        ledger = self.ledger(
+            "pf_ode",
+            step,
+            params,
+            {**record, **self.data_record()},
+            examples=int(e.pf_ode_examples),
+            batch_size=int(e.pf_ode_batch_size),
+            devices=self.mesh.size,
+        )
         result = likelihood.pf_ode_bpd(
             self.model,
             params,
@@ -215,8 +254,11 @@ class Run:
             step_fn=self.pf_ode_step(),
             n_devices=self.mesh.size,
             matmul_precision=e.matmul_precision,
+            ledger=ledger,
+            progress=progress,
             **self.pf_ode_options(),
         )
+        result["pf_ode_record"] = self._with_ledger(result["pf_ode_record"], ledger)
         result["pf_ode_record"].update(
             self.data_record(),
             n=result["pf_ode_n"],

@@ -259,6 +259,7 @@ RESET_ENTRIES = (
     "config.json",
     "config_history.jsonl",
     "eval_final.json",
+    "eval_records",
     "samples",
     "tb",
 )
