@@ -339,3 +339,49 @@ def test_import_flags_are_checked_in_one_line(tmp_path):
     proc = vdm_main("--mode=import", "--from=google-research/vdm", f"--workdir={tmp_path / 'r'}")
     assert proc.stderr.strip().endswith("got 0: none")
     assert not (tmp_path / "r").exists()
+
+
+# ---- From the released checkpoint's URL (a local HTTP server stands for the bucket). ----
+
+
+@pytest.fixture
+def bucket():
+    """FIXTURES served over HTTP on 127.0.0.1, as storage.googleapis.com serves the bucket."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=FIXTURES)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_import_from_a_url_fetches_the_named_file_once(bucket, tmp_path):
+    from vdm.importers import remote
+
+    assert remote.https_url("gs://gresearch/vdm/cifar10/checkpoint-final/checkpoints-0") == (
+        "https://storage.googleapis.com/gresearch/vdm/cifar10/checkpoint-final/checkpoints-0"
+    )
+    url = f"{bucket}/learnable_scalar/checkpoints-0"
+    lines = []
+    record = import_checkpoint(
+        url, str(tmp_path / "a"), cache=str(tmp_path / "cache"), log=lines.append
+    )
+    assert record["url"] == url and any(line.startswith("fetching ") for line in lines)
+    local = find_checkpoint(src("learnable_scalar"))
+    assert record["sha256"] == __import__("hashlib").sha256(open(local, "rb").read()).hexdigest()
+    lines.clear()
+    import_checkpoint(
+        url + "/ckpt-3.flax", str(tmp_path / "b"), cache=str(tmp_path / "cache"), log=lines.append
+    )
+    assert any(line.startswith("using ") for line in lines)  # the cache, not the network
+    with pytest.raises(Exception, match=r"cannot download .*/nothing/checkpoint.*HTTP 404"):
+        import_checkpoint(f"{bucket}/nothing", str(tmp_path / "c"), cache=str(tmp_path / "cache"))
+    assert not (tmp_path / "c").exists()

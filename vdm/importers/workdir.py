@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from vdm.importers import google_vdm
+from vdm.importers import google_vdm, remote
 from vdm.importers.flax_msgpack import CheckpointImportError, find_checkpoint, read_tree
 
 OFFICIAL_GAMMA_RANGE = (-13.3, 5.0)  # gamma_min, gamma_max of every official config
@@ -186,16 +186,20 @@ class _HashingReader:
         return b
 
 
-def import_checkpoint(src: str, workdir: str, config=None, log=print) -> dict:
-    """Import google-research/vdm's checkpoint `src` (clu directory or `ckpt-N.flax`) into a
-    new workdir; returns the import record (also written as `workdir/import.json`)."""
+def import_checkpoint(
+    src: str, workdir: str, config=None, log=print, cache: str | None = None
+) -> dict:
+    """Import google-research/vdm's checkpoint `src` (clu directory or `ckpt-N.flax`, local or
+    a gs:// or http(s) URL, fetched into `cache`: `remote.fetch_checkpoint`) into a new
+    workdir; returns the import record (also written as `workdir/import.json`)."""
     target = os.path.abspath(workdir)
     if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
         raise CheckpointImportError(
             f"--workdir={workdir} already exists and is not empty: an import writes a new "
             "run and never overwrites one; give a new --workdir"
         )
-    path = find_checkpoint(src)
+    url = src if remote.is_remote(src) else None
+    path = remote.fetch_checkpoint(src, cache, log) if url else find_checkpoint(src)
     size = os.path.getsize(path)
     log(f"reading {path} ({size / 2**20:,.1f} MiB)")
     start = time.time()
@@ -231,6 +235,7 @@ def import_checkpoint(src: str, workdir: str, config=None, log=print) -> dict:
         record = _write(staging, tree, pmap, adam, step, config, m, released, keep_flag)
         record.update(
             source=google_vdm.SOURCE,
+            url=url,
             file=os.path.abspath(path),
             bytes=size,
             sha256=reader.sha.hexdigest(),
@@ -273,10 +278,12 @@ def _write(staging, tree, pmap, adam, step, config, m, released, keep_flag) -> d
         lambda k: train_step.stored_state(model, train_step.init_state(model, optimizer, k, shape)),
         jax.random.key(0),
     )
+
     rep = sharding.replicated(sharding.make_mesh())
 
     def to_device(params: dict) -> dict:
-        """numpy → replicated jax arrays, each numpy array dropped once on the device."""
+        """numpy → replicated jax arrays, each numpy array (a view of the file's record)
+        dropped as soon as it is on the device: the two forms are never both whole."""
         out = {}
         for k in list(params):
             v = params.pop(k)
