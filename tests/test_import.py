@@ -385,3 +385,49 @@ def test_import_from_a_url_fetches_the_named_file_once(bucket, tmp_path):
     with pytest.raises(Exception, match=r"cannot download .*/nothing/checkpoint.*HTTP 404"):
         import_checkpoint(f"{bucket}/nothing", str(tmp_path / "c"), cache=str(tmp_path / "cache"))
     assert not (tmp_path / "c").exists()
+
+
+def test_a_fetched_file_that_is_not_a_checkpoint_leaves_the_cache(bucket, tmp_path):
+    bad = tmp_path / "served"
+    (bad / "checkpoints-0").mkdir(parents=True)
+    (bad / "checkpoints-0" / "checkpoint").write_text('model_checkpoint_path: "ckpt-5"\n')
+    (bad / "checkpoints-0" / "ckpt-5.flax").write_bytes(b"<html>moved</html>")
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(bad))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/checkpoints-0"
+    try:
+        with pytest.raises(CheckpointImportError, match="removed from the cache"):
+            import_checkpoint(
+                url, str(tmp_path / "run"), cache=str(tmp_path / "cache"), log=lambda _: None
+            )
+    finally:
+        server.shutdown()
+    assert not list((tmp_path / "cache").rglob("*.flax"))
+    with pytest.raises(CheckpointImportError, match="without a query"):
+        import_checkpoint(
+            f"{bucket}/x/ckpt-1.flax?alt=media",
+            str(tmp_path / "run"),
+            cache=str(tmp_path / "cache"),
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "served"]
+
+
+def test_a_foreign_tree_with_odd_keys_or_values_is_one_line(tmp_path):
+    write_tree(tmp_path / "ckpt-1.flax", {"step": [1, 2], "params": {}, "ema_params": {}})
+    with pytest.raises(CheckpointImportError, match="its step .* is not an integer"):
+        import_checkpoint(str(tmp_path), str(tmp_path / "run"))
+    write_tree(tmp_path / "ckpt-1.flax", {"step": 1, "params": [1], "ema_params": {}})
+    with pytest.raises(CheckpointImportError, match="its params is a list, not a map"):
+        import_checkpoint(str(tmp_path), str(tmp_path / "run"))
+    import msgpack
+
+    odd = {"step": 1, "params": {1: 2, "a": 3}, "ema_params": {}}
+    (tmp_path / "ckpt-1.flax").write_bytes(msgpack.packb(odd))
+    with pytest.raises(CheckpointImportError, match=r"found \['1', 'a'\]"):
+        import_checkpoint(str(tmp_path), str(tmp_path / "run"))

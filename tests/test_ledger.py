@@ -184,3 +184,30 @@ def test_ctrl_c_in_an_eval_from_the_cli_then_a_rerun_gives_the_same_number(tmp_p
     assert again["elbo_record"]["resumed_batches"] >= stopped
     np.testing.assert_allclose(again["bpd"], whole["bpd"], rtol=1e-12)
     np.testing.assert_allclose(again["bpd_se"], whole["bpd_se"], rtol=1e-12)
+
+
+def test_chunks_of_other_examples_are_not_resumed_and_a_failed_write_is_one_warning(
+    run, tmp_path, capsys
+):
+    """A chunk whose indices are not the batch's is computed again; a directory that cannot
+    be written costs the kept results, not the eval."""
+    r, params = run
+    r.workdir = str(tmp_path / "a")
+    first = r.evaluate(params, STEP)
+    directory = first["elbo_record"]["records"]
+    path = chunks(directory)[0]
+    with np.load(path) as f:
+        rows = dict(f)
+    rows["index"] = rows["index"] + 1
+    np.savez(path, **rows)
+    again = r.evaluate(params, STEP)
+    assert again["elbo_record"]["resumed_batches"] == 0
+    np.testing.assert_allclose(again["bpd"], first["bpd"], rtol=1e-12)
+    r.workdir = str(tmp_path / "b")
+    os.makedirs(r.workdir)
+    with open(os.path.join(r.workdir, "eval_records"), "w") as f:  # a file where a folder goes
+        f.write("not a folder")
+    result = r.evaluate(params, STEP)
+    assert "cannot keep eval results" in capsys.readouterr().err
+    np.testing.assert_allclose(result["bpd"], first["bpd"], rtol=1e-12)
+    assert "records" not in result["elbo_record"]

@@ -76,7 +76,7 @@ def _shape(flat: dict, path: tuple) -> tuple:
 def describe(params: dict) -> OfficialModel:
     """The official model whose `params` these are, read from names and shapes."""
     if not isinstance(params.get("score_model"), dict):
-        found = sorted(params)[:6]
+        found = sorted(map(str, params))[:6]
         raise CheckpointImportError(
             f"not a {SOURCE} VDM: its params have no 'score_model' (found {found})"
         )
@@ -92,6 +92,8 @@ def describe(params: dict) -> OfficialModel:
     sm = params["score_model"]
     n_layer = sum(1 for k in sm if str(k).startswith("down.block_"))
     gamma = params.get("gamma", {})
+    if not isinstance(gamma, dict):
+        raise CheckpointImportError(f"not a {SOURCE} VDM: its gamma is not a map of parameters")
     if {"w", "b"} <= set(gamma):
         gamma_type, n_features = "learnable_scalar", 0
     elif {"l1", "l2", "l3"} <= set(gamma):
@@ -101,7 +103,7 @@ def describe(params: dict) -> OfficialModel:
         gamma_type, n_features = "fixed", 0
     else:
         raise CheckpointImportError(
-            f"unknown {SOURCE} noise schedule with parameters {sorted(gamma)} (known: "
+            f"unknown {SOURCE} noise schedule with parameters {sorted(map(str, gamma))} (known: "
             "learnable_scalar's w, b; learnable_nnet's l1, l2, l3; fixed has none)"
         )
     return OfficialModel(

@@ -44,6 +44,11 @@ def fetch_checkpoint(src: str, cache: str | None = None, log=print) -> str:
     unless it is there already."""
     url = https_url(src).rstrip("/")
     parsed = urllib.parse.urlsplit(url)
+    if parsed.query or parsed.fragment:
+        raise CheckpointImportError(
+            f"{src}: give the checkpoint directory's or the ckpt-N.flax file's address "
+            "without a query (?…) or fragment (#…)"
+        )
     local = os.path.join(cache or default_cache(), parsed.netloc, *parsed.path.split("/"))
     if url.endswith(".flax"):
         name, base, local_dir = (

@@ -6,8 +6,9 @@ form of this project's train state: parameters, EMA parameters, and the optimize
 AdamW's moments map) and `import.json` (where it came from: file, size, SHA-256, official step,
 model, what was mapped or dropped). Every mode then reads it as its own run.
 
-The workdir is written beside its final path and renamed into place at the end: an import
-that fails or is stopped leaves nothing, and an existing run is never touched.
+The workdir is written in a hidden folder beside its final path (`.DIR.importing-*`) and
+renamed into place at the end: an import that fails or is stopped leaves nothing (a killed
+one may leave that folder, which can be deleted), and an existing run is never touched.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -198,21 +200,41 @@ def import_checkpoint(
             f"--workdir={workdir} already exists and is not empty: an import writes a new "
             "run and never overwrites one; give a new --workdir"
         )
+    parent = os.path.dirname(target)
+    try:  # before any download: a workdir that cannot be written is the first line
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(target)}.importing-")
+    except OSError as e:
+        raise CheckpointImportError(
+            f"--workdir={workdir}: cannot write in {parent} ({e.strerror or e})"
+        ) from None
+    try:  # only the staging folder made here is ever removed
+        record = _import_into(staging, src, config, log, cache)
+        if os.path.isdir(target) and not os.path.islink(target):
+            os.rmdir(target)  # empty (checked above); a run written since then stops the rename
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return record
+
+
+def _import_into(staging: str, src: str, config, log, cache) -> dict:
     url = src if remote.is_remote(src) else None
     path = remote.fetch_checkpoint(src, cache, log) if url else find_checkpoint(src)
     size = os.path.getsize(path)
     log(f"reading {path} ({size / 2**20:,.1f} MiB)")
     start = time.time()
-    with open(path, "rb") as f:
-        reader = _HashingReader(f)
-        tree = read_tree(path, reader)
-        reader.sha.update(f.read())  # anything left after the map (read_tree checked: nothing)
-    missing = [k for k in ("step", "params", "ema_params") if k not in tree]
-    if missing:
-        raise CheckpointImportError(
-            f"{path} is not a {google_vdm.SOURCE} train state: no {', '.join(missing)} "
-            f"(found {sorted(tree)[:6]})"
-        )
+    try:
+        with open(path, "rb") as f:
+            reader = _HashingReader(f)
+            tree = read_tree(path, reader)
+            reader.sha.update(f.read())  # anything after the map (read_tree checked: nothing)
+        _check_state(path, tree)
+    except CheckpointImportError as e:
+        if url:  # not what a checkpoint is: fetched again next time, not read from the cache
+            os.remove(path)
+            raise CheckpointImportError(f"{e} (removed from the cache: {url})") from None
+        raise
     m = google_vdm.describe(tree["params"])
     log(f"the checkpoint's model: {m.describe()}")
     config, released = make_config(m, config)
@@ -225,33 +247,39 @@ def import_checkpoint(
     if adam is not None:
         google_vdm.check_tree(adam["mu"], pmap, "opt_state's Adam mu")
         google_vdm.check_tree(adam["nu"], pmap, "opt_state's Adam nu")
+    record = _write(staging, tree, pmap, adam, step, config, m, released, keep_flag)
+    record.update(
+        source=google_vdm.SOURCE,
+        url=url,
+        file=os.path.abspath(path),
+        bytes=size,
+        sha256=reader.sha.hexdigest(),
+        seconds=round(time.time() - start, 1),
+    )
+    from vdm.run import workdir as workdir_lib
 
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    staging = f"{target}.importing-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    try:
-        record = _write(staging, tree, pmap, adam, step, config, m, released, keep_flag)
-        record.update(
-            source=google_vdm.SOURCE,
-            url=url,
-            file=os.path.abspath(path),
-            bytes=size,
-            sha256=reader.sha.hexdigest(),
-            seconds=round(time.time() - start, 1),
-        )
-        from vdm.run import workdir as workdir_lib
-
-        workdir_lib.write_atomic(
-            os.path.join(staging, "import.json"), json.dumps(record, indent=2, default=str)
-        )
-        if os.path.isdir(target):
-            os.rmdir(target)  # empty (checked above); a run written since then stops the rename
-        os.rename(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    workdir_lib.write_atomic(
+        os.path.join(staging, "import.json"), json.dumps(record, indent=2, default=str)
+    )
     return record
+
+
+def _check_state(path: str, tree: dict) -> None:
+    """The train state's top level: step (an integer), params and ema_params (maps)."""
+    names = sorted(map(str, tree))
+    missing = [k for k in ("step", "params", "ema_params") if k not in tree]
+    if missing:
+        raise CheckpointImportError(
+            f"{path} is not a {google_vdm.SOURCE} train state: no {', '.join(missing)} "
+            f"(found {names[:6]})"
+        )
+    for k in ("params", "ema_params"):
+        if not isinstance(tree[k], dict):
+            raise CheckpointImportError(
+                f"{path}: its {k} is a {type(tree[k]).__name__}, not a map of parameters"
+            )
+    if np.ndim(tree["step"]) or not np.issubdtype(np.asarray(tree["step"]).dtype, np.integer):
+        raise CheckpointImportError(f"{path}: its step {tree['step']!r} is not an integer")
 
 
 def _write(staging, tree, pmap, adam, step, config, m, released, keep_flag) -> dict:

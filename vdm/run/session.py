@@ -8,6 +8,7 @@ sample modes (vdm/main.py), the notebooks and the experiments all use this one s
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -171,18 +172,40 @@ class Run:
     def ledger(self, name: str, step: int | None, params, record: dict, **extra) -> Ledger:
         """Where an eval of checkpoint `step` keeps its per-example results:
         `<workdir>/eval_records/<name>_step<N>_<hash>/`, the hash of what is evaluated (the
-        record, the parameters' fingerprint, the seed, `extra`); nothing kept without a step."""
+        record, the parameters' fingerprint, the config sections that define the model and
+        the data, the test images' fingerprint, the seed, the devices, `extra`; the ledger
+        adds the code's); nothing kept without a step."""
         if step is None:
             return Ledger(None, name, {})
+        defining = {
+            k: v
+            for k, v in json.loads(self.config.to_json_best_effort()).items()
+            if k not in workdir_lib.COMMAND_SECTIONS + ("training", "optimizer")
+        }
+        for field in workdir_lib.COMMAND_FIELDS:  # where the data live, how the net runs
+            section, _, leaf = field.partition(".")
+            defining.get(section, {}).pop(leaf, None)
         spec = {
-            **record,
+            **{k: v for k, v in record.items() if k != "verified"},  # the images' hash says it
             "checkpoint_step": int(step),
             "params_fingerprint": params_fingerprint(params),
+            "config": defining,
+            "test_images": self._test_fingerprint(),
             "seed": int(self.config.seed),
+            "devices": self.mesh.size,
             **extra,
         }
         root = os.path.join(self.workdir, "eval_records")
         return Ledger(root, f"{name}_step{int(step)}", spec)
+
+    def _test_fingerprint(self) -> str:
+        """Hash of the first and last 16 test images and the split's size: other data under
+        the same name never resume these records."""
+        n = len(self.test_split)
+        idx = np.unique(np.concatenate([np.arange(min(16, n)), np.arange(max(n - 16, 0), n)]))
+        h = hashlib.sha256(str(n).encode())
+        h.update(np.ascontiguousarray(self.test_split.get(idx)["image"]).tobytes())
+        return h.hexdigest()[:16]
 
     @staticmethod
     def _with_ledger(record: dict, ledger: Ledger) -> dict:
@@ -240,9 +263,8 @@ class Run:
             step,
             params,
             {**record, **self.data_record()},
-            examples=int(e.pf_ode_examples),
+            examples=min(int(e.pf_ode_examples) or len(self.test_split), len(self.test_split)),
             batch_size=int(e.pf_ode_batch_size),
-            devices=self.mesh.size,
         )
         result = likelihood.pf_ode_bpd(
             self.model,
