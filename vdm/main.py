@@ -343,11 +343,13 @@ def main(argv):
     from vdm.run.config import ConfigError
     from vdm.run.preemption import Preempted
     from vdm.run.workdir import WorkdirError, WriteError
+    from vdm.storage import StorageError
 
     if _MODE.value != "import" and len(argv) > 1:
         sys.exit(f"error: unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
     try:
         with signals.activity(ACTIVITIES[_MODE.value]):
+            _check_storage(_WORKDIR.value, _CHECKPOINT.value)
             if _MODE.value == "import":
                 import_mode(_FROM.value, argv[1:], _WORKDIR.value, _config())
                 return
@@ -366,6 +368,7 @@ def main(argv):
                 _OUTPUT.value,
             )
     except (
+        StorageError,
         CheckpointImportError,
         CompressError,
         ConfigError,
@@ -384,6 +387,22 @@ def main(argv):
         if not (isinstance(e, CheckpointWriteError | WriteError) or e.filename):
             raise  # no file named: a bug or a network error, whose traceback helps
         sys.exit(f"error: {_os_error(e)}")
+
+
+def _check_storage(workdir: str, checkpoint_path: str | None) -> None:
+    """A run directory given as a URL: its scheme and access checked in one request, before
+    anything is written (vdm/storage.py); never a local folder named after the URL."""
+    from vdm import storage
+
+    for what, path in (("--workdir", workdir), ("--checkpoint", checkpoint_path)):
+        if path and storage.is_url(path):
+            storage.check(path, what)
+            storage.check_access(path, what)
+            raise storage.StorageError(
+                f"{what}={path}: the bucket answers, but gs:// run directories are not "
+                "supported end to end yet (orbax, metrics, samples and evals still write "
+                "through local paths; issue 49): give a local path"
+            )
 
 
 def _pin_if_portable(mode: str, config, input_path: str | None) -> None:
