@@ -20,6 +20,7 @@ import functools
 import os
 import posixpath
 import re
+import shutil
 
 # Read by etils and gcsfs when they are first imported: no TensorFlow lookup, and no gRPC
 # probe of each bucket for hierarchical namespaces (a 30 s timeout per bucket offline).
@@ -154,6 +155,24 @@ def remove(path: str) -> None:
             pass
     elif os.path.exists(path):
         os.remove(path)
+
+
+def move_tree(src: str, dst: str) -> None:
+    """Move a folder (a prefix of objects) to `dst`. On Cloud Storage, which has no rename,
+    every object is copied first and the originals deleted only once all copies exist: a
+    failure midway leaves the source whole (and a partial copy), never less than one copy."""
+    if not is_url(src):
+        shutil.move(src, dst)
+        return
+    client = _client()
+    bucket_name, prefix = _split(src.rstrip("/") + "/")
+    dst_bucket, dst_prefix = _split(dst.rstrip("/") + "/")
+    bucket, target = client.bucket(bucket_name), client.bucket(dst_bucket)
+    blobs = list(client.list_blobs(bucket_name, prefix=prefix))
+    for b in blobs:
+        bucket.copy_blob(b, target, dst_prefix + b.name[len(prefix) :])
+    for b in blobs:
+        b.delete()
 
 
 # ---- Cloud Storage: what the object store itself promises. ----

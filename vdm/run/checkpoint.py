@@ -26,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import shutil
 import sys
 
 import jax
@@ -35,10 +33,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from vdm import sharding
+from vdm import sharding, storage
 from vdm.run import orbax_quiet
 from vdm.run.tree_signature import signature, tree_differences
-from vdm.run.workdir import write_atomic
 
 
 class StructureMismatch(ValueError):
@@ -93,12 +90,12 @@ class Checkpointer:
     """The checkpoints of one run, under `<workdir>/checkpoints`."""
 
     def __init__(self, directory: str, max_to_keep: int = 3, move_damaged: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.abspath(directory)
         self.max_to_keep = max_to_keep
         # Only the process that trains (and holds the workdir's lock) moves damaged steps:
         # eval and sample read a live run and skip them.
         self.move_damaged = move_damaged
-        self.best = _read_json(os.path.join(self.directory, "best.json"))
+        self.best = _read_json(storage.join(self.directory, "best.json"))
         self.policy = _LatestAndBest(max_to_keep, self.best.get("step"))
         self._saving: int | None = None  # the step of a save that may still be in flight
         # From here on, orbax's background threads print nothing (absl records, thread
@@ -119,8 +116,7 @@ class Checkpointer:
     def steps(self) -> list[int]:
         """Every step orbax lists, plus any stray step directory (e.g. an empty one)."""
         on_disk = set()
-        if os.path.isdir(self.directory):
-            on_disk = {int(d) for d in os.listdir(self.directory) if d.isdigit()}
+        on_disk = {int(d) for d in storage.listdir(self.directory) if d.isdigit()}
         return sorted(set(self.manager.all_steps()) | on_disk)
 
     # ---- saving ----
@@ -146,11 +142,11 @@ class Checkpointer:
         self.best = {"step": int(step), "bpd": float(bpd)}
         self.policy.best_step = int(step)
         if jax.process_index() == 0:
-            _write_json(os.path.join(self.directory, "best.json"), self.best)
+            _write_json(storage.join(self.directory, "best.json"), self.best)
         return True
 
     def _step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+        return storage.join(self.directory, str(step))
 
     # ---- restoring ----
 
@@ -271,9 +267,8 @@ class Checkpointer:
         The paths come from the step's `_METADATA` file; shapes and dtypes from orbax's
         metadata reader, which reads the arrays' headers: a path it cannot describe means
         damaged array files (raised, so the step counts as unreadable), not another tree."""
-        item = os.path.join(self._step_dir(step), "default")
-        with open(os.path.join(item, "_METADATA")) as f:
-            tree = json.load(f)["tree_metadata"]
+        item = storage.join(self._step_dir(step), "default")
+        tree = json.loads(storage.read_text(storage.join(item, "_METADATA")))["tree_metadata"]
         saved = [
             "/".join(str(k["key"]) for k in v["key_metadata"])
             for v in tree.values()
@@ -293,16 +288,16 @@ class Checkpointer:
         """Move a damaged step to `corrupt/` (never deleted); None without `move_damaged`."""
         if not self.move_damaged:
             return None
-        dest = os.path.join(self.directory, "corrupt", str(step))
+        dest = storage.join(self.directory, "corrupt", str(step))
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            storage.makedirs(storage.dirname(dest))
             k = 1
-            while os.path.exists(dest):
-                dest, k = os.path.join(self.directory, "corrupt", f"{step}.{k}"), k + 1
-            shutil.move(self._step_dir(step), dest)
+            while storage.exists(dest):
+                dest, k = storage.join(self.directory, "corrupt", f"{step}.{k}"), k + 1
+            storage.move_tree(self._step_dir(step), dest)
             if self.best.get("step") == step:  # pin the next best eval instead
                 self.best, self.policy.best_step = {}, None
-                os.remove(os.path.join(self.directory, "best.json"))
+                storage.remove(storage.join(self.directory, "best.json"))
         sharding.barrier(f"vdm-moved-{step}")
         self._renew_manager()
         return dest
@@ -340,15 +335,14 @@ def _quiet_writes(directory: str, step: int | None = None):
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(storage.read_text(path))
     except (OSError, ValueError):
         return {}
 
 
 def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_atomic(path, json.dumps(obj))
+    storage.makedirs(storage.dirname(path))
+    storage.write_bytes(path, json.dumps(obj).encode())
 
 
 def _structural_problem(step_dir: str) -> str | None:
@@ -357,25 +351,23 @@ def _structural_problem(step_dir: str) -> str | None:
     Checked before orbax reads the step, so a damaged checkpoint fails fast and cleanly
     instead of inside tensorstore's concurrent reads.
     """
-    if not os.path.isdir(step_dir) or not os.listdir(step_dir):
+    entries = storage.listdir(step_dir)
+    if not entries:
         return "an empty step directory"
-    if not os.path.exists(os.path.join(step_dir, "_CHECKPOINT_METADATA")):
+    if "_CHECKPOINT_METADATA" not in entries:
         return "no _CHECKPOINT_METADATA"
-    for item in sorted(os.listdir(step_dir)):
-        item_dir = os.path.join(step_dir, item)
-        if not os.path.isdir(item_dir):
+    for item in entries:
+        item_dir = storage.join(step_dir, item)
+        if not storage.isdir(item_dir):
             continue
-        meta = os.path.join(item_dir, "_METADATA")
-        if not os.path.exists(meta):
+        inside = storage.listdir(item_dir)
+        if "_METADATA" not in inside:
             return f"no {item}/_METADATA"
         try:
-            with open(meta) as f:
-                json.load(f)
+            json.loads(storage.read_text(storage.join(item_dir, "_METADATA")))
         except (OSError, ValueError):
             return f"a garbled {item}/_METADATA"
-        if os.path.isdir(os.path.join(item_dir, "d")) and not os.path.exists(
-            os.path.join(item_dir, "manifest.ocdbt")
-        ):
+        if "d" in inside and "manifest.ocdbt" not in inside:
             return f"no {item}/manifest.ocdbt"
     return None
 
@@ -387,12 +379,12 @@ def _why(e: Exception) -> str:
 
 def resolve(path: str) -> tuple[str, int | None]:
     """`--checkpoint=PATH` → (directory, step): a workdir, its checkpoints/, or one step."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        return os.path.join(path, "checkpoints"), None
-    base = os.path.basename(path.rstrip("/"))
-    if base.isdigit() and os.path.isdir(os.path.dirname(path)):
-        return os.path.dirname(path), int(base)
-    if os.path.isdir(path):
+    path = storage.abspath(path)
+    if storage.isdir(storage.join(path, "checkpoints")):
+        return storage.join(path, "checkpoints"), None
+    base = path.rstrip("/").rsplit("/", 1)[-1]
+    if base.isdigit() and storage.isdir(storage.dirname(path)):
+        return storage.dirname(path), int(base)
+    if storage.isdir(path):
         return path, None
     raise FileNotFoundError(f"--checkpoint={path}: no such checkpoint directory")
