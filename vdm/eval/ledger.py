@@ -28,7 +28,7 @@ import zipfile
 import jax
 import numpy as np
 
-from vdm import sharding
+from vdm import sharding, storage
 
 
 def spec_hash(spec: dict) -> str:
@@ -67,7 +67,7 @@ class Ledger:
                 path = os.path.join(self.directory, "spec.json")
                 if not os.path.exists(path):
                     text = json.dumps(spec, indent=2, sort_keys=True, default=str)
-                    _write_whole(path, text.encode())
+                    storage.write_bytes(path, text.encode())
             except OSError as e:
                 self._give_up(e)
 
@@ -114,7 +114,7 @@ class Ledger:
         buf = io.BytesIO()
         np.savez(buf, **rows)
         try:
-            _write_whole(self._path(c), buf.getvalue())
+            storage.write_bytes(self._path(c), buf.getvalue())
         except OSError as e:
             self._give_up(e)
 
@@ -126,17 +126,3 @@ class Ledger:
             flush=True,
         )
         self.directory = None
-
-
-def _write_whole(path: str, blob: bytes) -> None:
-    """`path` holds `blob` whole, or is left as it was."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
