@@ -1,11 +1,6 @@
 """The path layer for run directories (vdm/storage.py), against a real Cloud Storage emulator
 (fake-gcs-server, tests/gcs_emulator.py), and the command line's one-line refusals: never a
-local folder named `gs:`.
-
-Not here yet (issue 49): orbax checkpoints on gs:// against the emulator. orbax writes some
-small files (commit_success.txt, metadata) and deletes rotated steps through etils/gcsfs, and
-against this emulator some of those gcsfs requests never return (an upload's chunk, a listing
-after deletes; flaky: some runs finish); tensorstore's own writes do return."""
+local folder named `gs:`. Whole runs on gs:// are tests/test_gcs_run.py."""
 
 import os
 import subprocess
@@ -32,6 +27,9 @@ def test_other_schemes_and_malformed_urls_are_one_line():
             storage.check(path)
     with pytest.raises(storage.StorageError, match=r"not a Cloud Storage URL"):
         storage.check("gs://A_B/run")
+    for root in ("gs://bucket", "gs://bucket/"):
+        with pytest.raises(storage.StorageError, match=r"a whole bucket; give a path inside"):
+            storage.check(root)
     assert storage.check("runs/x") == "runs/x" and storage.check("gs://test-bucket/r") == (
         "gs://test-bucket/r"
     )
@@ -101,7 +99,6 @@ def test_a_url_workdir_is_one_line_and_never_a_local_gs_folder(gcs, tmp_path):
     cases = {
         "gs://no-such-bucket/run": "bucket no-such-bucket does not exist",
         "s3://bucket/run": "s3:// is not supported; give a local path",
-        "gs://test-bucket/run": "gs:// run directories are not supported end to end yet",
     }
     for workdir, expected in cases.items():
         proc = vdm_main(tmp_path, "--config=digits:smoke", f"--workdir={workdir}")
@@ -125,3 +122,27 @@ def test_move_tree_keeps_every_object_and_leaves_no_source(gcs, tmp_path, root):
     assert "3" not in storage.listdir(base)
     for n in names:
         assert storage.read_bytes(storage.join(base, "corrupt", "3", n)) == n.encode()
+
+
+@pytest.mark.parametrize("root", ["local", "gs"])
+def test_a_png_folder_is_read_as_glob_lists_it_and_a_bad_png_is_named(gcs, tmp_path, root):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from vdm.compress import files
+    from vdm.compress.container import CompressError
+
+    base = str(tmp_path / "pngs") if root == "local" else "gs://test-bucket/pngs"
+    storage.makedirs(base)
+    for i in range(2):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((4, 4), 10 * i, np.uint8)).save(buf, format="png")
+        storage.write_bytes(storage.join(base, f"{i}.png"), buf.getvalue())
+    storage.write_bytes(storage.join(base, "._0.png"), b"AppleDouble")  # hidden: skipped
+    images, names = files.read_images(base)
+    assert names == ["0.png", "1.png"] and images.shape == (2, 4, 4, 1)
+    storage.write_bytes(storage.join(base, "2.png"), b"not a png")
+    with pytest.raises(CompressError, match=r"2\.png: not a readable PNG"):
+        files.read_images(base)

@@ -2,7 +2,8 @@
 or the console script: vdm train|eval|sample --config=<name or path>[:arg] --workdir=DIR.
 
 --config takes a config file's path or the name of one shipped in vdm/configs/ (`digits`),
-so a run can start from any directory.
+so a run can start from any directory. DIR (and --checkpoint, --input, --output) may be a Cloud
+Storage URL gs://bucket/path (vdm/storage.py).
 
   --mode=train   train (resuming from DIR if it holds checkpoints), evaluate, sample
   --mode=eval    ELBO bpd of the test split with the latest (or --checkpoint) parameters
@@ -33,7 +34,9 @@ from ml_collections import config_flags
 from vdm.compress.container import CompressError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumes if it exists).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory, a path or gs://bucket/path (resumes if it exists)."
+)
 MODES = ("train", "eval", "sample", "compress", "decompress", "import")
 _MODE = flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 _INPUT = flags.DEFINE_string("input", None, "compress: .npz or PNG folder; decompress: .vdmz")
@@ -58,7 +61,9 @@ def _run_dir(workdir: str, checkpoint_path: str | None) -> str:
 
     if not checkpoint_path:
         return workdir
-    return os.path.dirname(checkpoint.resolve(checkpoint_path)[0])
+    from vdm import storage
+
+    return storage.dirname(checkpoint.resolve(checkpoint_path)[0])
 
 
 def _own_config(config, run_dir: str):
@@ -103,8 +108,11 @@ def _load_params(run, checkpoint_path: str | None):
         state = run.restore(checkpoint.Checkpointer(directory, move_damaged=False), step)
     else:
         if run.ckpt.latest_step() is None:
+            partial = ", ".join(map(str, run.ckpt.steps()))
+            why = f" (step {partial}: a save that never finished)" if partial else ""
             raise FileNotFoundError(
-                f"no checkpoint in {run.ckpt.directory}: train first or pass --checkpoint"
+                f"no complete checkpoint in {run.ckpt.directory}{why}: train first or pass "
+                "--checkpoint"
             )
         state = run.restore()
     return run.eval_params(state), int(state.step)
@@ -129,7 +137,7 @@ def run_mode(
     if mode == "train":
         result = train.train_and_evaluate(config, workdir, reset=reset)
         if _is_main() and "bpd" in result:
-            _report_elbo(result, result["step"], os.path.join(workdir, "eval_final.json"))
+            _report_elbo(result, result["step"], f"{workdir.rstrip('/')}/eval_final.json")
         return result
     return _run_command(config, workdir, mode, checkpoint_path, input_path, output_path)
 
@@ -182,7 +190,7 @@ def _run_command(config, workdir, mode, checkpoint_path, input_path, output_path
             )
             _report_resumed(result["pf_ode_record"])
         if jax.process_index() == 0:  # every process computes; one writes
-            path = workdir_lib.unused_path(os.path.join(workdir, f"eval_step_{step}.json"))
+            path = workdir_lib.unused_path(f"{workdir}/eval_step_{step}.json")
             workdir_lib.write_atomic(path, json.dumps(result, indent=2))
             print(f"→ {path}")
         return result
@@ -321,7 +329,7 @@ def import_mode(source: str | None, args: list[str], workdir: str, config) -> di
     record = importers[source](srcs[0], workdir, config)
     print(
         f"imported {record['model']} at step {record['official_step']} → {workdir} "
-        f"(optimizer: {record['optimizer']}; record: {os.path.join(workdir, 'import.json')})"
+        f"(optimizer: {record['optimizer']}; record: {workdir.rstrip('/')}/import.json)"
     )
     if record.get("official_bpd"):
         print(
@@ -350,6 +358,8 @@ def main(argv):
     try:
         with signals.activity(ACTIVITIES[_MODE.value]):
             _check_storage(_WORKDIR.value, _CHECKPOINT.value)
+            _check_storage(_INPUT.value, None, "--input")
+            _check_storage(_OUTPUT.value, None, "--output")
             if _MODE.value == "import":
                 import_mode(_FROM.value, argv[1:], _WORKDIR.value, _config())
                 return
@@ -367,8 +377,13 @@ def main(argv):
                 _INPUT.value,
                 _OUTPUT.value,
             )
+    except StorageError as e:
+        # Cloud Storage unreachable mid-command: orbax's threads may still be retrying a
+        # save that can never commit; the process ends without waiting for them.
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     except (
-        StorageError,
         CheckpointImportError,
         CompressError,
         ConfigError,
@@ -389,20 +404,16 @@ def main(argv):
         sys.exit(f"error: {_os_error(e)}")
 
 
-def _check_storage(workdir: str, checkpoint_path: str | None) -> None:
-    """A run directory given as a URL: its scheme and access checked in one request, before
-    anything is written (vdm/storage.py); never a local folder named after the URL."""
+def _check_storage(workdir: str, checkpoint_path: str | None, flag: str = "--workdir") -> None:
+    """A run directory (or a file) given as a URL: its scheme and access checked in one
+    request, before anything is written (vdm/storage.py); never a local folder named after
+    the URL."""
     from vdm import storage
 
-    for what, path in (("--workdir", workdir), ("--checkpoint", checkpoint_path)):
+    for what, path in ((flag, workdir), ("--checkpoint", checkpoint_path)):
         if path and storage.is_url(path):
             storage.check(path, what)
             storage.check_access(path, what)
-            raise storage.StorageError(
-                f"{what}={path}: the bucket answers, but gs:// run directories are not "
-                "supported end to end yet (orbax, metrics, samples and evals still write "
-                "through local paths; issue 49): give a local path"
-            )
 
 
 def _pin_if_portable(mode: str, config, input_path: str | None) -> None:

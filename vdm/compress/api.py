@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from vdm import storage
 from vdm.compress import chain as chain_lib
 from vdm.compress import coder as coder_lib
 from vdm.compress import fingerprint, portable
@@ -318,7 +318,7 @@ def compress_file(run, params, step: int, input_path: str, output_path: str, pro
     """--mode=compress: images at `input_path` → one .vdmz at `output_path`; returns stats."""
     from vdm.compress import container, files
 
-    if os.path.exists(output_path):
+    if storage.exists(output_path):
         raise CompressError(f"{output_path} exists: choose another --output")
     images, names = files.read_images(input_path)
     images = check_images(images, run.x_shape, run.model.vocab_size, input_path)

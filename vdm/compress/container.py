@@ -18,13 +18,12 @@ the platform and the chunks' CRCs; 1 (numpy Generator words, neither record) sti
 from __future__ import annotations
 
 import json
-import os
 import struct
 import zlib
 
 import numpy as np
 
-from vdm import signals
+from vdm import signals, storage
 
 MAGIC = b"VDMZ"
 FORMAT_VERSION = 2
@@ -40,7 +39,7 @@ class CompressedFileError(CompressError):
 
 
 def write(path: str, header: dict, words: np.ndarray) -> int:
-    """Write header and words to `path` atomically (a temporary file, then a rename); returns
+    """Write header and words to `path` (local or gs://) atomically (vdm/storage.py); returns
     the file's size in bytes. An existing file is only replaced once the new one is whole."""
     head = json.dumps(header, sort_keys=True).encode()
     payload = np.asarray(words, "<u4").tobytes()
@@ -54,21 +53,17 @@ def write(path: str, header: dict, words: np.ndarray) -> int:
             struct.pack("<I", zlib.crc32(payload)),
         ]
     )
-    tmp = f"{path}.tmp{os.getpid()}"
     with signals.writing(path):
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        storage.write_bytes(path, blob)  # a temporary file and a rename, or one object put
     return len(blob)
 
 
 def read(path: str) -> tuple[dict, np.ndarray]:
     """(header, words) of a .vdmz file; any damage is one `CompressedFileError` line."""
     try:
-        with open(path, "rb") as f:
-            blob = f.read()
+        blob = storage.read_bytes(path)
+    except storage.StorageError as e:
+        raise CompressedFileError(str(e)) from None
     except OSError as e:
         raise CompressedFileError(f"{path}: cannot read ({e.strerror})") from None
     if blob[:4] != MAGIC:

@@ -1,41 +1,55 @@
 """Images in and out of the compress modes: an .npz with an integer array `images`, or a
 folder of PNGs (sorted by name; grey as one channel, RGB as three).
 
-Outputs never replace anything and appear whole or not at all: an .npz or a folder is written
-under a temporary name beside its path, then renamed into place."""
+Outputs never replace anything and, on a disk, appear whole or not at all: an .npz or a folder
+is written under a temporary name beside its path, then renamed into place. On Cloud Storage
+(gs://) an .npz is one object put (whole or absent); a folder's PNGs are one object each, and
+a write stopped midway leaves the PNGs written so far (a signal lets the write finish)."""
 
 from __future__ import annotations
 
-import glob
+import io
 import os
 import shutil
 
 import numpy as np
 from PIL import Image
 
-from vdm import signals
+from vdm import signals, storage
 from vdm.compress.container import CompressError
 
 
 def read_images(path: str) -> tuple[np.ndarray, list[str] | None]:
-    """(images, PNG names or None) from an .npz (array `images`) or a folder of PNGs."""
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "*.png")))
-        if not files:
-            raise FileNotFoundError(f"{path}: a folder with no .png files")
+    """(images, PNG names or None) from an .npz (array `images`) or a folder of PNGs, local or
+    gs://."""
+    if storage.is_url(path) and not path.endswith(".npz") or os.path.isdir(path):
+        names = sorted(  # as glob("*.png") lists them: no hidden files (macOS's ._a.png)
+            n for n in storage.listdir(path) if n.endswith(".png") and not n.startswith(".")
+        )
+        if not storage.is_url(path):
+            names = [n for n in names if os.path.isfile(os.path.join(path, n))]
+        if not names:
+            what = "a folder with no .png files" if storage.isdir(path) else "no such folder"
+            raise FileNotFoundError(f"{path}: {what}")
         arrays = []
-        for f in files:
-            with Image.open(f) as im:
-                a = np.asarray(im)
+        for name in names:
+            f = storage.join(path, name)
+            try:
+                with Image.open(io.BytesIO(storage.read_bytes(f))) as im:
+                    a = np.asarray(im)
+            except (OSError, ValueError) as e:
+                if isinstance(e, storage.StorageError):
+                    raise
+                raise CompressError(f"{f}: not a readable PNG ({e})") from None
             arrays.append(a[..., None] if a.ndim == 2 else a)
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
             raise CompressError(f"{path}: the PNGs differ in shape: {sorted(shapes)}")
-        return np.stack(arrays), [os.path.basename(f) for f in files]
-    if not os.path.exists(path):
+        return np.stack(arrays), names
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
     try:
-        npz = np.load(path)
+        npz = np.load(io.BytesIO(storage.read_bytes(path)))
     except (OSError, ValueError) as e:
         raise CompressError(f"{path}: not an .npz file ({e})") from None
     if not hasattr(npz, "files"):
@@ -50,10 +64,15 @@ def check_output(path: str, names=None, count: int = 0, source: str = "") -> Non
     """Refuse, before any decoding, an output that exists (an .npz, or a folder that is not
     empty), and PNG names (from a .vdmz header: `source`) that are not distinct plain names."""
     if path.endswith(".npz"):
-        if os.path.exists(path):
+        if storage.exists(path):
             raise FileExistsError(f"{path} exists: choose another --output")
         return
-    if os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+    taken = (
+        storage.exists(path)
+        if storage.is_url(path)
+        else os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path))
+    )
+    if taken:
         raise FileExistsError(f"{path} exists and is not an empty folder: choose another --output")
     if names is not None:
         plain = all(
@@ -76,6 +95,20 @@ def write_images(path: str, images: np.ndarray, names: list[str] | None = None) 
 
 
 def _write_images(path: str, images: np.ndarray, names: list[str] | None) -> str:
+    if storage.is_url(path):  # whole objects; a folder's PNGs one object each (no rename)
+        if path.endswith(".npz"):
+            buf = io.BytesIO()
+            np.savez(buf, images=images)
+            storage.write_bytes(path, buf.getvalue())
+            return path
+        names = names or [f"{i:05d}.png" for i in range(len(images))]
+        for name, img in zip(names, images, strict=True):
+            buf = io.BytesIO()
+            Image.fromarray((img[..., 0] if img.shape[-1] == 1 else img).astype(np.uint8)).save(
+                buf, format="png"
+            )
+            storage.write_bytes(storage.join(path, name), buf.getvalue())
+        return path
     if path.endswith(".npz"):
         tmp = f"{path}.tmp{os.getpid()}.npz"
         try:

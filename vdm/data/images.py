@@ -38,13 +38,14 @@ def image_grid(x: np.ndarray, vocab_size: int, min_tile: int = MIN_TILE_PX) -> n
 
 
 def save_samples(
-    path: str,
+    path,
     x: np.ndarray,
     encoding: elbo.Encoding,
     caption: str = "",
     reference: np.ndarray | None = None,
 ) -> str:
-    """Save integer samples as a PNG: a grid for images, a scatter for 2-D points.
+    """Save integer samples as a PNG: a grid for images, a scatter for 2-D points. `path` is
+    a file's path or a binary file object (a buffer, for a gs:// workdir); returned as given.
 
     2-D points are drawn in model space (through `encoding`), over `reference` (integer data
     points, grey) when given.
@@ -53,12 +54,13 @@ def save_samples(
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     enc = elbo.check_encoding(encoding)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if isinstance(path, str | os.PathLike):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if x.ndim == 4:
         grid = image_grid(x, enc.vocab_size)
         cmap = "gray" if grid.ndim == 2 else None
         if not caption:
-            matplotlib.image.imsave(path, grid, cmap=cmap, vmin=0, vmax=255)
+            matplotlib.image.imsave(path, grid, cmap=cmap, vmin=0, vmax=255, format="png")
             return path
         dpi, width = 100, grid.shape[1]
         lines = textwrap.wrap(caption, max(12, width // 6))  # ≈ 6 px a character at 8 pt
@@ -71,7 +73,7 @@ def save_samples(
         fig.text(
             0.5, 0.5 * text_px / height, "\n".join(lines), ha="center", va="center", fontsize=8
         )
-        fig.savefig(path, dpi=dpi)
+        fig.savefig(path, dpi=dpi, format="png")
         return path
     points = np.asarray(enc.encode(x))
     fig = Figure(figsize=(4.5, 4.5))
@@ -86,5 +88,5 @@ def save_samples(
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=caption or None)
     ax.legend(loc="lower right", fontsize=7, markerscale=3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     return path

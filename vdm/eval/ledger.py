@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import sys
@@ -60,24 +61,26 @@ class Ledger:
         if root is None:
             return
         spec = {**spec, "code": code_fingerprint()}
-        self.directory = os.path.join(root, f"{name}_{spec_hash(spec)}")
+        self.directory = storage.join(root, f"{name}_{spec_hash(spec)}")
         if jax.process_index() == 0:
             try:
-                os.makedirs(self.directory, exist_ok=True)
-                path = os.path.join(self.directory, "spec.json")
-                if not os.path.exists(path):
+                storage.makedirs(self.directory)
+                path = storage.join(self.directory, "spec.json")
+                if not storage.exists(path):
                     text = json.dumps(spec, indent=2, sort_keys=True, default=str)
                     storage.write_bytes(path, text.encode())
             except OSError as e:
                 self._give_up(e)
 
     def _path(self, c: int) -> str:
-        return os.path.join(self.directory, f"chunk_{c:06d}.npz")
+        return storage.join(self.directory, f"chunk_{c:06d}.npz")
 
     def _read(self, c: int) -> dict[str, np.ndarray] | None:
         try:
-            with np.load(self._path(c)) as f:
+            with np.load(io.BytesIO(storage.read_bytes(self._path(c)))) as f:
                 return {k: f[k] for k in f.files}
+        except storage.StorageError:
+            raise  # the store is unreachable: not an absent chunk
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
             return None  # absent, or damaged: computed again
 
@@ -109,8 +112,6 @@ class Ledger:
         and the eval goes on without keeping anything more."""
         if self.directory is None or jax.process_index() != 0:
             return
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, **rows)
         try:

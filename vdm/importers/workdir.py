@@ -20,9 +20,11 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 
 import numpy as np
 
+from vdm import storage
 from vdm.importers import google_vdm, remote
 from vdm.importers.flax_msgpack import CheckpointImportError, find_checkpoint, read_tree
 
@@ -194,12 +196,11 @@ def import_checkpoint(
     """Import google-research/vdm's checkpoint `src` (clu directory or `ckpt-N.flax`, local or
     a gs:// or http(s) URL, fetched into `cache`: `remote.fetch_checkpoint`) into a new
     workdir; returns the import record (also written as `workdir/import.json`)."""
+    if storage.is_url(workdir):
+        return _import_to_cloud(src, storage.abspath(workdir), config, log, cache)
     target = os.path.abspath(workdir)
     if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
-        raise CheckpointImportError(
-            f"--workdir={workdir} already exists and is not empty: an import writes a new "
-            "run and never overwrites one; give a new --workdir"
-        )
+        raise _exists(workdir)
     parent = os.path.dirname(target)
     try:  # before any download: a workdir that cannot be written is the first line
         os.makedirs(parent, exist_ok=True)
@@ -215,6 +216,32 @@ def import_checkpoint(
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return record
+
+
+def _exists(workdir: str) -> CheckpointImportError:
+    return CheckpointImportError(
+        f"--workdir={workdir} already exists and is not empty: an import writes a new "
+        "run and never overwrites one; give a new --workdir"
+    )
+
+
+def _import_to_cloud(src: str, target: str, config, log, cache) -> dict:
+    """The import into a gs:// workdir: written under a hidden prefix beside it (orbax commits
+    there as on any bucket), then moved into place, every object copied before any is
+    deleted; an import stopped midway leaves only the hidden prefix."""
+    if storage.listdir(target):
+        raise _exists(target)
+    name = target.rsplit("/", 1)[1]
+    staging = storage.join(storage.dirname(target), f".{name}.importing-{uuid.uuid4().hex[:8]}")
+    try:
+        record = _import_into(staging, src, config, log, cache)
+    except BaseException:
+        storage.remove_tree(staging)  # only the prefix made here, whatever stopped it
+        raise
+    if storage.listdir(target):  # a run written meanwhile: keep both, say where this one is
+        raise CheckpointImportError(f"{_exists(target)} (this import is in {staging})")
+    storage.move_tree(staging, target)
     return record
 
 
@@ -259,7 +286,7 @@ def _import_into(staging: str, src: str, config, log, cache) -> dict:
     from vdm.run import workdir as workdir_lib
 
     workdir_lib.write_atomic(
-        os.path.join(staging, "import.json"), json.dumps(record, indent=2, default=str)
+        storage.join(staging, "import.json"), json.dumps(record, indent=2, default=str)
     )
     return record
 
@@ -355,7 +382,7 @@ def _write(staging, tree, pmap, adam, step, config, m, released, keep_flag) -> d
         opt_state=fill(abstract.opt_state),  # without Adam moments: zeros, a fresh AdamW
     )
     _check_like(state, abstract, "train state")
-    ckpt = checkpoint.Checkpointer(os.path.join(staging, "checkpoints"), 1)
+    ckpt = checkpoint.Checkpointer(storage.join(staging, "checkpoints"), 1)
     try:
         ckpt.save(step, state)
         ckpt.wait()

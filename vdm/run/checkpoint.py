@@ -323,6 +323,13 @@ def _quiet_writes(directory: str, step: int | None = None):
         raise
     except Exception as e:  # noqa: BLE001 - orbax wraps OSErrors in several types
         path, reason = orbax_quiet.failed_write(e, directory, step)
+        cause = storage.network_cause(e) if storage.is_url(directory) else None
+        if cause is not None:  # the run ends at once (vdm/run/train.py): no wait for orbax
+            orbax_quiet.after_a_failure()
+            raise storage.StorageError(
+                f"cannot save the checkpoint {path}: Cloud Storage cannot be reached ({cause}); "
+                "the earlier checkpoints are intact"
+            ) from None
         if reason is None:  # not an I/O failure: a bug, whose traceback is the report
             sys.stderr.write(held.getvalue())
             raise

@@ -7,14 +7,14 @@ label i mod classes for a class-conditional model); `save` writes the `.npz` and
 
 from __future__ import annotations
 
-import os
+import io
 from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import sharding
+from vdm import sharding, storage
 from vdm.data import images
 from vdm.model import LATENT_STREAM
 from vdm.samplers import guided, options_of, sample
@@ -129,7 +129,7 @@ def caption(data_name: str, sample_cfg, step: int, num_classes: int = 0) -> str:
 def unused_stem(stem: str) -> str:
     """`stem`, or `stem_1`, `stem_2`, … : the first with neither a .png nor an .npz."""
     path, k = stem, 1
-    while os.path.exists(path + ".png") or os.path.exists(path + ".npz"):
+    while storage.exists(path + ".png") or storage.exists(path + ".npz"):
         path, k = f"{stem}_{k}", k + 1
     return path
 
@@ -139,6 +139,16 @@ def save(stem: str, x: np.ndarray, encoding, text: str, reference=None, grid=Non
     (default all) to `<stem>.png` (a scatter over `reference` for 2-D data), never
     overwriting: a taken stem gets `_1`, `_2`, … Returns the PNG's path."""
     path = unused_stem(stem)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    np.savez_compressed(path + ".npz", samples=x)
-    return images.save_samples(path + ".png", x[:grid], encoding, text, reference)
+    storage.makedirs(storage.dirname(path) or ".")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, samples=x)
+    storage.write_bytes(path + ".npz", buf.getvalue())
+    png = images.save_samples(io.BytesIO(), x[:grid], encoding, text, reference)
+    storage.write_bytes(path + ".png", png.getvalue())
+    return path + ".png"
+
+
+def load(path: str) -> np.ndarray:
+    """The integer samples of an .npz `save` wrote (local or gs://)."""
+    with np.load(io.BytesIO(storage.read_bytes(path))) as f:
+        return f["samples"]

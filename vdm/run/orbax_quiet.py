@@ -59,7 +59,9 @@ def silence_abandoned_reads() -> None:
     """After a failed read, tensorstore's other pending reads fail later, on orbax's threads:
     their reports (asyncio / futures loggers, thread exceptions raised from orbax code) are
     not the user's business: the walk-back already said which step was unreadable."""
-    for name in ("asyncio", "concurrent.futures"):
+    # gcsfs (orbax's small files on gs://) logs each request it gives up on with a traceback;
+    # the same failure reaches the main thread through orbax.
+    for name in ("asyncio", "concurrent.futures", "gcsfs"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     # orbax logs each failure of its background threads (with a traceback) through absl;
     # the main thread raises the same failure from save / wait / restore, in one line.

@@ -1,6 +1,7 @@
 """A quick look at runs: `python -m vdm.run.plot WORKDIR [WORKDIR …] [--out=PNG]` (or `vdm plot`).
 
-Reads each run's `metrics.jsonl` (the source of truth) and draws, against training steps, one
+Reads each run's metrics (`metrics.jsonl`, or a gs:// run's numbered parts: the source of
+truth) and draws, against training steps, one
 figure of four panels: the bound in bpd (train, and eval ± its standard error), its terms
 (recon, prior, diffusion, and the latent's KL for an input-conditional schedule), the
 schedule's endpoints γ₀ and γ₁ (their means for a γ per dimension), and the variance of the
@@ -15,7 +16,7 @@ default `<first workdir>/metrics.png`.
 from __future__ import annotations
 
 import argparse
-import glob
+import io
 import json
 import os
 import sys
@@ -23,8 +24,9 @@ import textwrap
 
 import numpy as np
 
+from vdm import storage
 from vdm.eval.records import describe
-from vdm.run.metrics import read_rows
+from vdm.run.metrics import read_metrics
 
 PANELS = (
     ("bound (bpd)", ("bpd",)),
@@ -51,11 +53,11 @@ def series(rows: list[dict], split: str, key: str) -> tuple[np.ndarray, np.ndarr
 
 
 def load(workdir: str) -> list[dict]:
-    """The rows of `workdir/metrics.jsonl`; a clear error if there is none."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{workdir}: no metrics.jsonl (is it a vdm workdir?)")
-    return read_rows(path)
+    """The rows of a workdir's metrics (local or gs://); a clear error if there are none."""
+    rows = read_metrics(workdir)
+    if not rows:
+        raise FileNotFoundError(f"{workdir}: no metrics (is it a vdm workdir?)")
+    return rows
 
 
 def eval_points(workdir: str) -> list[tuple[int, float, float, str]]:
@@ -63,11 +65,14 @@ def eval_points(workdir: str) -> list[tuple[int, float, float, str]]:
     file of an older format (no record) is labelled by its estimator only, an unreadable one
     is skipped."""
     points = []
-    paths = sorted(glob.glob(os.path.join(workdir, "eval_step_*.json")))
-    for path in [*paths, os.path.join(workdir, "eval_final.json")]:
+    names = sorted(
+        n for n in storage.listdir(workdir) if n.startswith("eval_step_") and n.endswith(".json")
+    )
+    for name in [*names, "eval_final.json"]:
         try:
-            with open(path) as f:
-                r = json.load(f)
+            r = json.loads(storage.read_text(storage.join(workdir, name)))
+        except storage.StorageError:
+            raise
         except (OSError, ValueError):
             continue
         for key, record, name in (
@@ -131,10 +136,12 @@ def plot_runs(workdirs: list[str], out: str, labels: list[str] | None = None) ->
         lo, hi = _robust_limits(ax)
         if lo is not None:
             ax.set_ylim(lo, hi)
-    command = "vdm plot " + " ".join(os.path.relpath(w) for w in workdirs)
-    fig.suptitle("\n".join(textwrap.wrap(command, 150)), fontsize=8)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
+    shown = [w if storage.is_url(w) else os.path.relpath(w) for w in workdirs]
+    fig.suptitle("\n".join(textwrap.wrap("vdm plot " + " ".join(shown), 150)), fontsize=8)
+    storage.makedirs(storage.dirname(storage.abspath(out)))
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format=os.path.splitext(out)[1][1:].lower() or "png")
+    storage.write_bytes(out, buf.getvalue())
     return out
 
 
@@ -163,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    out = args.out or os.path.join(args.workdirs[0], "metrics.png")
+    out = args.out or storage.join(args.workdirs[0], "metrics.png")
     try:
         path = plot_runs(args.workdirs, out, labels)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"→ {path}")

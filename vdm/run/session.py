@@ -11,12 +11,11 @@ import functools
 import hashlib
 import json
 import math
-import os
 
 import jax
 import numpy as np
 
-from vdm import data, sharding
+from vdm import data, sharding, storage
 from vdm.core import elbo
 from vdm.eval import likelihood
 from vdm.eval.ledger import Ledger
@@ -64,7 +63,7 @@ class Run:
         self.rep = sharding.replicated(self.mesh)
         self.key = jax.random.key(config.seed)
         self.ckpt = checkpoint.Checkpointer(
-            os.path.join(workdir, "checkpoints"), config.training.max_to_keep
+            storage.join(workdir, "checkpoints"), config.training.max_to_keep
         )
         self._samplers: dict = {}
         self._pf_ode_steps: dict = {}
@@ -116,7 +115,7 @@ class Run:
             state = ckpt.restore(self.abstract_state(), step)
             return self._to_applied(state) if self._converts else state
         except checkpoint.StructureMismatch as e:
-            run_dir = os.path.dirname(ckpt.directory)
+            run_dir = storage.dirname(ckpt.directory)
             raise workdir_lib.mismatch_error(run_dir, self.config, e, ckpt is self.ckpt) from None
 
     def eval_params(self, state: TrainState):
@@ -195,7 +194,7 @@ class Run:
             "devices": self.mesh.size,
             **extra,
         }
-        root = os.path.join(self.workdir, "eval_records")
+        root = storage.join(self.workdir, "eval_records")
         return Ledger(root, f"{name}_step{int(step)}", spec)
 
     def _test_fingerprint(self) -> str:
@@ -348,7 +347,7 @@ class Run:
         if not self.fid_n():
             return {}
         stem = samples_png[:-4]
-        result = {"step": step, **self.sample_fid(np.load(stem + ".npz")["samples"])}
+        result = {"step": step, **self.sample_fid(generate.load(stem + ".npz"))}
         workdir_lib.write_atomic(stem + "_fid.json", json.dumps(result, indent=2))
         return {**result, "json": stem + "_fid.json"}
 
@@ -366,6 +365,6 @@ class Run:
         if len(self.x_shape) == 1:  # low-dimensional data: draw the samples over the data
             n_ref = min(len(self.test_split), 4 * len(x))
             reference = self.test_split.get(np.arange(n_ref))["image"]
-        stem = os.path.join(self.workdir, "samples", f"{tag}step_{step:08d}")
+        stem = storage.join(self.workdir, "samples", f"{tag}step_{step:08d}")
         with workdir_lib.writing(stem + ".png"):
             return generate.save(stem, x, self.encoding, text, reference, cfg.sample.n_samples)

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 
 import jax
 import numpy as np
 
-from vdm import data, sharding
+from vdm import data, sharding, storage
 from vdm.model import count_params
 from vdm.run import config as config_lib
 from vdm.run import health, preemption
 from vdm.run import workdir as workdir_lib
-from vdm.run.metrics import MetricWriter, read_rows
+from vdm.run.metrics import MetricWriter, read_metrics
 from vdm.run.session import Run
 
 NonFiniteLossError = health.DivergedError  # the name earlier versions raised
@@ -49,9 +48,7 @@ def _check_health(pending: list, first_step: int, n: int, run: Run, history: lis
 
 def _loss_history(workdir: str, step: int) -> list[float]:
     """The mean train loss of each log interval up to `step`, from `metrics.jsonl`."""
-    rows = [
-        r for r in read_rows(os.path.join(workdir, "metrics.jsonl")) if r.get("step", 0) <= step
-    ]
+    rows = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
     rows = [r for r in rows if r.get("split") == "train"]
     return [r[health.loss_key(r)] for r in rows if health.loss_key(r) in r]
 
@@ -71,10 +68,10 @@ def train_and_evaluate(config, workdir: str, reset: bool = False) -> dict:
     workdir = workdir_lib.prepare(workdir)
     main = jax.process_index() == 0  # the one process that writes files, and holds the lock
     with contextlib.ExitStack() as stack:
-        failure = None
+        failure, lock = None, None
         if main:
             try:
-                stack.enter_context(workdir_lib.Lock(workdir))
+                lock = stack.enter_context(workdir_lib.Lock(workdir))
                 if reset:
                     workdir_lib.reset(workdir)
             except (OSError, workdir_lib.WorkdirError) as e:
@@ -85,10 +82,10 @@ def train_and_evaluate(config, workdir: str, reset: bool = False) -> dict:
             raise failure or workdir_lib.WorkdirError(
                 f"{workdir}: process 0 could not take the workdir (its output says why)"
             )
-        return _train_locked(config, workdir)
+        return _train_locked(config, workdir, lock)
 
 
-def _train_locked(config, workdir: str) -> dict:
+def _train_locked(config, workdir: str, lock=None) -> dict:
     run = Run(config, workdir)
     state, diff = _resume(run)
     history = _loss_history(workdir, int(state.step))
@@ -102,19 +99,27 @@ def _train_locked(config, workdir: str) -> dict:
         )
     # The Guard covers the last save's wait too: a signal then lets it land (the run ends anyway).
     with preemption.Guard() as guard:
+        unreachable = False
         try:
-            result, step = _loop(run, state, writer, guard, history)
+            result, step = _loop(run, state, writer, guard, history, lock)
+        except storage.StorageError:
+            # Cloud Storage stopped answering (after its retries): a save still in flight
+            # would retry for many minutes, and without its commit marker it is never
+            # restored; the run ends now (vdm/main.py exits without waiting for orbax).
+            unreachable = True
+            raise
         finally:
-            try:
-                run.ckpt.wait()
-            finally:
-                run.ckpt.close()
-                writer.close()
+            if not unreachable:
+                try:
+                    run.ckpt.wait()
+                finally:
+                    run.ckpt.close()
+                    writer.close()
     result["step"] = step
     if isinstance(result.get("elbo_record"), dict):
         result["elbo_record"]["checkpoint_step"] = step
     if _is_main():
-        _write_json(os.path.join(workdir, "eval_final.json"), result)
+        _write_json(storage.join(workdir, "eval_final.json"), result)
     return result
 
 
@@ -128,8 +133,8 @@ def _resume(run: Run):
     checkpoint's tree must equal the one this config builds (`Run.restore` refuses in one
     line, naming the fields, before anything is written)."""
     if not run.ckpt.steps():
-        corrupt = os.path.join(run.ckpt.directory, "corrupt")
-        if os.path.isdir(corrupt) and os.listdir(corrupt):
+        corrupt = storage.join(run.ckpt.directory, "corrupt")
+        if storage.listdir(corrupt):
             raise workdir_lib.WorkdirError(
                 f"{run.workdir} has no checkpoint left but {corrupt} holds damaged ones: "
                 "starting afresh would replace the run's config and metrics; use --reset to "
@@ -143,7 +148,7 @@ def _resume(run: Run):
     return state, diff
 
 
-def _loop(run: Run, state, writer: MetricWriter, guard, history: list[float]):
+def _loop(run: Run, state, writer: MetricWriter, guard, history: list[float], lock=None):
     """Steps until `training.num_steps`: log (after a health check), save, eval + sample.
     Every eval step is saved too, so the best eval bpd can be pinned against rotation. After a
     signal (vdm/run/preemption.py) the step in flight is checked, logged and saved, then
@@ -166,6 +171,10 @@ def _loop(run: Run, state, writer: MetricWriter, guard, history: list[float]):
 
     def log():
         nonlocal pending, t_log, first
+        held = lock is None or not lock.lost  # another run took this gs:// workdir over?
+        if not sharding.all_agree(held):
+            why = lock.lost if lock is not None and lock.lost else "process 0 lost its lock"
+            raise workdir_lib.WorkdirError(f"{why}; this run stops at step {step}")
         _check_health(pending, first, tc.steps_per_call, run, history)
         m = _mean_metrics(pending)
         m["steps_per_sec"] = len(pending) * tc.steps_per_call / (time.time() - t_log)

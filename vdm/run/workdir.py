@@ -1,12 +1,13 @@
 """A run directory: checked before anything is written, locked while a run trains in it.
 
-`prepare` makes sure `--workdir` is a writable directory; `Lock` is an advisory `flock` on
-`<workdir>/.lock` (released by the OS when the process dies, so a killed run never leaves a
-stale lock). A workdir owns its run: `config.json` holds the config it trains with,
-`config_history.jsonl` every accepted change; `run_config` gives eval, sample and compress the
-run's own config (their sections from the command line); `mismatch_error` names the fields
-that differ when a checkpoint does not fit a config; `reset` moves a previous run aside (never
-deletes it).
+`prepare` makes sure `--workdir` is a writable directory (or a reachable gs:// URL); `Lock` is
+an advisory `flock` on `<workdir>/.lock` (released by the OS when the process dies, so a killed
+run never leaves a stale lock), or on gs:// a create-if-absent object with a stale rule
+(vdm/run/cloud_lock.py). Every file goes through vdm/storage.py. A workdir owns its run:
+`config.json` holds the config it trains with, `config_history.jsonl` every accepted change;
+`run_config` gives eval, sample and compress the run's own config (their sections from the
+command line); `mismatch_error` names the fields that differ when a checkpoint does not fit a
+config; `reset` moves a previous run aside (never deletes it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import socket
 import time
 
-from vdm import signals
+from vdm import signals, storage
 
 # The sections eval, sample and compress take from the command line; everything else comes
 # from the run's config.json (data locations are the machine's, not the run's).
@@ -46,27 +47,19 @@ class WriteError(OSError):
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Write `path` through a temporary file and a rename: a reader sees the old file or the
-    new one, never a half; a failed write leaves the old file and no temporary behind."""
-    tmp = f"{path}.tmp"
-    try:
-        with writing(path):
-            with open(tmp, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())  # the rename must not land before the data
-            os.replace(tmp, path)
-    except BaseException:  # a failed write, or Ctrl-C: no temporary left behind
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    """Write `path` whole (vdm/storage.py: locally a temporary file, fsync and a rename; on
+    Cloud Storage one object put): a reader sees the old file or the new one, never a half; a
+    failed write leaves the old file and no temporary behind."""
+    with writing(path):
+        storage.makedirs(storage.dirname(path))
+        storage.write_text(path, text)
 
 
 def unused_path(path: str) -> str:
     """`path`, or `stem_1.ext`, `stem_2.ext`, … if it exists: a result is never replaced."""
     stem, ext = os.path.splitext(path)
     k = 1
-    while os.path.exists(path):
+    while storage.exists(path):
         path, k = f"{stem}_{k}{ext}", k + 1
     return path
 
@@ -78,14 +71,18 @@ def writing(path: str):
     try:
         with signals.writing(path):
             yield
-    except WriteError:
-        raise
+    except (WriteError, storage.StorageError):
+        raise  # already names the path
     except OSError as e:
         raise WriteError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 def prepare(workdir: str) -> str:
-    """Create `workdir` if needed; one clear error if it is a file or not writable."""
+    """Create `workdir` if needed; one clear error if it is a file or not writable. A gs://
+    URL is checked in one request (vdm/storage.py) and needs no folder."""
+    if storage.is_url(workdir):
+        storage.check_access(workdir)
+        return storage.abspath(workdir)
     path = os.path.abspath(workdir)
     if os.path.exists(path) and not os.path.isdir(path):
         raise WorkdirError(f"--workdir={workdir} is a file, not a directory")
@@ -98,14 +95,26 @@ def prepare(workdir: str) -> str:
     return path
 
 
-class Lock:
+def Lock(workdir: str):  # noqa: N802 - the lock class of the workdir's storage
+    """The training lock of `workdir`: `FileLock` on a disk, `CloudLock` on gs://
+    (vdm/run/cloud_lock.py)."""
+    if storage.is_url(workdir):
+        from vdm.run.cloud_lock import CloudLock
+
+        return CloudLock(workdir)
+    return FileLock(workdir)
+
+
+class FileLock:
     """Advisory exclusive lock on `<workdir>/.lock`; the file records the holder."""
+
+    lost = None  # an flock is never taken over
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, ".lock")
         self.fd: int | None = None
 
-    def acquire(self) -> Lock:
+    def acquire(self) -> FileLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -131,7 +140,7 @@ class Lock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> Lock:
+    def __enter__(self) -> FileLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -157,12 +166,13 @@ def config_diff(old: dict, new: dict) -> dict[str, tuple]:
 
 def read_config(workdir: str) -> dict | None:
     """The run's `config.json` as a dict, or None if the workdir has none."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return None
+    path = storage.join(workdir, "config.json")
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(storage.read_text(path))
+    except FileNotFoundError:
+        return None
+    except storage.StorageError:
+        raise
     except (OSError, ValueError) as e:
         raise WorkdirError(f"{path} cannot be read ({e}); pass --reset to start afresh") from None
 
@@ -244,18 +254,28 @@ def _set(config, field: str, value) -> None:
 
 
 def record_config(workdir: str, config, step: int, diff: dict) -> None:
-    """Write `config.json` (atomically) and append the change to `config_history.jsonl`."""
-    write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    """Write `config.json` (atomically) and append the change to `config_history.jsonl` (on
+    Cloud Storage, which has no append, the history rewritten whole: it is small)."""
+    write_atomic(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step}
     entry["changes"] = {k: [v[0], v[1]] for k, v in diff.items()}
-    history = os.path.join(workdir, "config_history.jsonl")
+    line = json.dumps(entry, default=str) + "\n"
+    history = storage.join(workdir, "config_history.jsonl")
+    if storage.is_url(history):
+        try:
+            before = storage.read_text(history)
+        except FileNotFoundError:
+            before = ""
+        write_atomic(history, before + line)
+        return
     with writing(history), open(history, "a") as f:
-        f.write(json.dumps(entry, default=str) + "\n")
+        f.write(line)
 
 
 RESET_ENTRIES = (
     "checkpoints",
     "metrics.jsonl",
+    "metrics",  # a gs:// run's numbered metric parts
     "config.json",
     "config_history.jsonl",
     "eval_final.json",
@@ -267,12 +287,17 @@ RESET_ENTRIES = (
 
 def reset(workdir: str) -> None:
     """Move everything a previous run wrote into `workdir/reset_<time>/`: nothing is deleted."""
-    present = [e for e in os.listdir(workdir) if e in RESET_ENTRIES or e.startswith("eval_step_")]
+    present = [
+        e for e in storage.listdir(workdir) if e in RESET_ENTRIES or e.startswith("eval_step_")
+    ]
     if not present:
         return
-    dest = os.path.join(workdir, time.strftime("reset_%Y%m%d_%H%M%S"))
+    stem, k = storage.join(workdir, time.strftime("reset_%Y%m%d_%H%M%S")), 1
+    dest = stem
+    while storage.exists(dest):  # an earlier reset in the same second: never merged into
+        dest, k = f"{stem}_{k}", k + 1
     with signals.writing(dest):  # a signal waits: the run is never left half moved
-        os.makedirs(dest)
-        for e in present:
-            os.replace(os.path.join(workdir, e), os.path.join(dest, e))
+        storage.makedirs(dest)
+        for e in present:  # on Cloud Storage: each object copied, then deleted
+            storage.move(storage.join(workdir, e), storage.join(dest, e))
     print(f"vdm: --reset moved the previous run to {dest}", flush=True)
