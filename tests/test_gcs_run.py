@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.gcs_emulator import emulator
+from vdm import gcs as gcs_ops
 from vdm import storage
 from vdm.run import checkpoint, cloud_lock, metrics
 
@@ -178,7 +179,7 @@ def test_the_lock_refuses_a_live_holder_and_takes_over_a_dead_one(gcs):
     lock = cloud_lock.CloudLock(run).acquire()
     assert json.loads(storage.read_bytes(f"{run}/.lock"))["pid"] == os.getpid()
     # a write whose answer was lost and was retried (412 on its own write) is its own
-    gen = storage.stat(f"{run}/.lock")[1]
+    gen = gcs_ops.stat(f"{run}/.lock")[1]
     assert lock._put(gen + 12345) == gen
     lock.release()
     assert not storage.exists(f"{run}/.lock")

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from vdm.run import health, workdir
+from vdm.run import health, lock
 from vdm.run import metrics as metrics_writer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,7 +156,7 @@ def test_sampler_option_the_sampler_does_not_take(run_dir):
 
 def test_second_run_on_a_locked_workdir_stops_at_once(run_dir):
     before = snapshot(run_dir)
-    with workdir.Lock(str(run_dir)):
+    with lock.Lock(str(run_dir)):
         proc = vdm_main(f"--workdir={run_dir}", "--config.training.num_steps=8")
         assert_one_clear_line(proc, "in use by a training run", f"pid {os.getpid()}")
         # eval reads without the training lock

@@ -166,3 +166,14 @@ def deferred_to(guard):
         yield
     finally:
         _state["guard"] = previous
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (signal 0: checked, nothing sent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # runs, as another user
+    return True

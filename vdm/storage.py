@@ -11,17 +11,18 @@ are whole-object puts (atomic by nature), `create_exclusive` is a create-if-abse
 Another scheme (`s3://`, `hdfs://`, …) is refused in one line (`check`), and a gs:// URL that
 cannot be reached (no credentials, no network, no bucket, no permission) is one line naming
 the URL and the cause (`check_access`), before anything is written: never a local folder
-named `gs:`.
+named `gs:`. The client, its retries and its one-line errors are vdm/gcs.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import posixpath
 import re
 import shutil
+
+from vdm import gcs
+from vdm.gcs import StorageError, network_cause  # noqa: F401 - the layer's names
 
 # Read by etils and gcsfs when they are first imported: no TensorFlow lookup, and no gRPC
 # probe of each bucket for hierarchical namespaces (a 30 s timeout per bucket offline).
@@ -29,17 +30,6 @@ os.environ.setdefault("EPATH_USE_TF", "false")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 SUPPORTED = ("gs",)
-ACCESS_TIMEOUT = 20.0  # seconds for the first request to a bucket
-# How long one Cloud Storage call retries a transient failure (an outage, 429, 5xx) before it
-# fails with one line: google-cloud-storage's own default, 120 s; the tests set a few seconds.
-RETRY_ENV = "VDM_STORAGE_RETRY_SECONDS"
-
-
-class StorageError(OSError):
-    """A run directory's storage that cannot be used; the message names the URL and why."""
-
-    def __str__(self) -> str:
-        return self.args[0] if self.args else "storage error"
 
 
 def scheme(path: str) -> str | None:
@@ -83,24 +73,23 @@ def dirname(path: str) -> str:
 
 
 def _blob(url: str):
-    bucket, name = _split(url)
-    return _client().bucket(bucket).blob(name)
+    return gcs.blob_of(url)
 
 
 def exists(path: str) -> bool:
     """A file, or a folder (locally), or an object or a prefix with objects under it."""
     if not is_url(path):
         return os.path.exists(path)
-    with cloud_errors(path, "look up"):
-        return _blob(path).exists(retry=_retry()) or isdir(path)
+    with gcs.cloud_errors(path, "look up"):
+        return _blob(path).exists(retry=gcs.retry()) or isdir(path)
 
 
 def isdir(path: str) -> bool:
     if not is_url(path):
         return os.path.isdir(path)
-    bucket, name = _split(path.rstrip("/") + "/")
-    with cloud_errors(path, "list"):
-        blobs = _client().list_blobs(bucket, prefix=name, max_results=1, retry=_retry())
+    bucket, name = gcs.split(path.rstrip("/") + "/")
+    with gcs.cloud_errors(path, "list"):
+        blobs = gcs.client().list_blobs(bucket, prefix=name, max_results=1, retry=gcs.retry())
         return any(True for _ in blobs)
 
 
@@ -108,9 +97,9 @@ def listdir(path: str) -> list[str]:
     """Names in a folder (a URL's: the objects and prefixes right under it); [] if none."""
     if not is_url(path):
         return sorted(os.listdir(path)) if os.path.isdir(path) else []
-    bucket, prefix = _split(path.rstrip("/") + "/")
-    with cloud_errors(path, "list"):
-        pages = _client().list_blobs(bucket, prefix=prefix, delimiter="/", retry=_retry())
+    bucket, prefix = gcs.split(path.rstrip("/") + "/")
+    with gcs.cloud_errors(path, "list"):
+        pages = gcs.client().list_blobs(bucket, prefix=prefix, delimiter="/", retry=gcs.retry())
         names = [b.name[len(prefix) :] for b in pages]  # iterating fills pages.prefixes
         names += [p[len(prefix) :].rstrip("/") for p in pages.prefixes]
     return sorted(n for n in names if n)
@@ -126,9 +115,9 @@ def read_bytes(path: str) -> bytes:
     if is_url(path):
         from google.api_core import exceptions
 
-        with cloud_errors(path, "read"):
+        with gcs.cloud_errors(path, "read"):
             try:
-                return _blob(path).download_as_bytes(retry=_retry())
+                return _blob(path).download_as_bytes(retry=gcs.retry())
             except exceptions.NotFound:
                 raise FileNotFoundError(2, "No such object", path) from None
     with open(path, "rb") as f:
@@ -147,8 +136,8 @@ def write_bytes(path: str, blob: bytes) -> None:
     """`path` holds `blob` whole, or is left as it was: locally a temporary file, fsync and a
     rename; on Cloud Storage one object put (readers see the old object or the new one)."""
     if is_url(path):
-        with cloud_errors(path, "write"):
-            _blob(path).upload_from_string(blob, retry=_retry())
+        with gcs.cloud_errors(path, "write"):
+            _blob(path).upload_from_string(blob, retry=gcs.retry())
         return
     tmp = f"{path}.tmp{os.getpid()}"
     try:
@@ -166,9 +155,9 @@ def remove(path: str) -> None:
     if is_url(path):
         from google.api_core import exceptions
 
-        with cloud_errors(path, "delete"):
+        with gcs.cloud_errors(path, "delete"):
             try:
-                _blob(path).delete(retry=_retry())
+                _blob(path).delete(retry=gcs.retry())
             except exceptions.NotFound:
                 pass
     elif os.path.exists(path):
@@ -181,17 +170,17 @@ def move(src: str, dst: str) -> None:
     if not is_url(src):
         os.replace(src, dst)
         return
-    with cloud_errors(src, "move"):
-        single = _blob(src).exists(retry=_retry())
+    with gcs.cloud_errors(src, "move"):
+        single = _blob(src).exists(retry=gcs.retry())
     if single:
-        client = _client()
-        with cloud_errors(src, "move"):
+        client = gcs.client()
+        with gcs.cloud_errors(src, "move"):
             b = _blob(src)
-            dst_bucket, dst_name = _split(dst)
-            client.bucket(_split(src)[0]).copy_blob(
-                b, client.bucket(dst_bucket), dst_name, retry=_retry()
+            dst_bucket, dst_name = gcs.split(dst)
+            client.bucket(gcs.split(src)[0]).copy_blob(
+                b, client.bucket(dst_bucket), dst_name, retry=gcs.retry()
             )
-            b.delete(retry=_retry())
+            b.delete(retry=gcs.retry())
     else:
         move_tree(src, dst)
 
@@ -201,10 +190,10 @@ def remove_tree(url: str) -> None:
     if not is_url(url):
         shutil.rmtree(url, ignore_errors=True)
         return
-    bucket, prefix = _split(url.rstrip("/") + "/")
-    with cloud_errors(url, "delete"):
-        for b in list(_client().list_blobs(bucket, prefix=prefix, retry=_retry())):
-            b.delete(retry=_retry())
+    bucket, prefix = gcs.split(url.rstrip("/") + "/")
+    with gcs.cloud_errors(url, "delete"):
+        for b in list(gcs.client().list_blobs(bucket, prefix=prefix, retry=gcs.retry())):
+            b.delete(retry=gcs.retry())
 
 
 def move_tree(src: str, dst: str) -> None:
@@ -214,123 +203,16 @@ def move_tree(src: str, dst: str) -> None:
     if not is_url(src):
         shutil.move(src, dst)
         return
-    client = _client()
-    bucket_name, prefix = _split(src.rstrip("/") + "/")
-    dst_bucket, dst_prefix = _split(dst.rstrip("/") + "/")
+    client = gcs.client()
+    bucket_name, prefix = gcs.split(src.rstrip("/") + "/")
+    dst_bucket, dst_prefix = gcs.split(dst.rstrip("/") + "/")
     bucket, target = client.bucket(bucket_name), client.bucket(dst_bucket)
-    with cloud_errors(src, "move"):
-        blobs = list(client.list_blobs(bucket_name, prefix=prefix, retry=_retry()))
+    with gcs.cloud_errors(src, "move"):
+        blobs = list(client.list_blobs(bucket_name, prefix=prefix, retry=gcs.retry()))
         for b in blobs:
-            bucket.copy_blob(b, target, dst_prefix + b.name[len(prefix) :], retry=_retry())
+            bucket.copy_blob(b, target, dst_prefix + b.name[len(prefix) :], retry=gcs.retry())
         for b in blobs:
-            b.delete(retry=_retry())
-
-
-def upload_tree(local: str, url: str) -> None:
-    """Copy a local folder's files to `url` (a folder, locally), one object each."""
-    for dirpath, _, files in os.walk(local):
-        for name in files:
-            rel = os.path.relpath(os.path.join(dirpath, name), local).replace(os.sep, "/")
-            target = join(url, rel)
-            makedirs(dirname(target))
-            with open(os.path.join(dirpath, name), "rb") as f:
-                write_bytes(target, f.read())
-
-
-# ---- Cloud Storage: what the object store itself promises. ----
-
-
-@contextlib.contextmanager
-def cloud_errors(path: str, action: str):
-    """A Cloud Storage failure (the service unreachable, an error status) as one
-    `StorageError` naming `path`; FileNotFoundError and precondition failures pass through."""
-    try:
-        yield
-    except (StorageError, FileNotFoundError):
-        raise
-    except Exception as e:  # noqa: BLE001 - requests', urllib3's and google-api-core's errors
-        from google.api_core import exceptions
-
-        if isinstance(e, exceptions.PreconditionFailed | exceptions.NotFound):
-            raise
-        from google.auth import exceptions as auth_exceptions
-
-        if isinstance(e, auth_exceptions.RefreshError):
-            cause = f"Cloud Storage credentials could not be refreshed ({e})"
-        elif type(e).__name__ == "DataCorruption":  # a download whose checksum did not match
-            cause = "Cloud Storage sent data whose checksum does not match"
-        elif isinstance(e, exceptions.RetryError):  # the retries' deadline passed
-            last = e.cause if e.cause is not None else e
-            seconds = os.environ.get(RETRY_ENV, "120")
-            cause = f"Cloud Storage cannot be reached ({type(last).__name__}, retried {seconds} s)"
-        elif isinstance(e, exceptions.GoogleAPICallError):
-            cause = f"Cloud Storage answered {e.code}: {e.message}"
-        elif _is_network_error(e):
-            cause = f"Cloud Storage cannot be reached ({type(e).__name__})"
-        else:
-            raise
-        raise StorageError(f"cannot {action} {path}: {' '.join(cause.split())[:200]}") from None
-
-
-def network_cause(e: BaseException | None) -> str | None:
-    """The type name of the first network failure in `e`'s chain (a connection refused or
-    reset, a timeout: the storage is unreachable), or None."""
-    import asyncio
-
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        text = str(e)
-        if (
-            _is_network_error(e)
-            or isinstance(e, asyncio.TimeoutError)
-            or type(e).__module__.startswith("aiohttp")
-            and "Connect" in type(e).__name__
-            or any(t in text for t in ("Connection refused", "Connect call failed", "UNAVAILABLE"))
-        ):
-            return type(e).__name__
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def _is_network_error(e: BaseException) -> bool:
-    import requests
-    from google.api_core import exceptions
-    from google.auth import exceptions as auth_exceptions
-
-    return isinstance(
-        e,
-        requests.ConnectionError
-        | requests.Timeout
-        | ConnectionError
-        | exceptions.RetryError
-        | auth_exceptions.TransportError,
-    )
-
-
-def _retry():
-    """google-cloud-storage's retry policy (exponential back-off on transient errors), for at
-    most `$VDM_STORAGE_RETRY_SECONDS` (default 120 s) per call."""
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
-    return DEFAULT_RETRY.with_timeout(float(os.environ.get(RETRY_ENV, "120")))
-
-
-def _split(url: str) -> tuple[str, str]:
-    bucket, _, name = url[len("gs://") :].partition("/")
-    return bucket, name
-
-
-def _client():
-    """One client per endpoint (STORAGE_EMULATOR_HOST points tests at an emulator)."""
-    return _client_for(os.environ.get("STORAGE_EMULATOR_HOST"))
-
-
-@functools.cache
-def _client_for(endpoint: str | None):
-    from google.cloud import storage
-
-    return storage.Client()
+            b.delete(retry=gcs.retry())
 
 
 def create_exclusive(path: str, blob: bytes) -> bool:
@@ -345,15 +227,9 @@ def create_exclusive(path: str, blob: bytes) -> bool:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
         return True
-    from google.api_core import exceptions
-
-    try:
-        # A multipart upload: the precondition holds for it (fake-gcs-server enforces it
-        # there; its simple uploads ignore the precondition).
-        _blob(path).upload_from_string(blob, if_generation_match=0, retry=_retry())
-    except exceptions.PreconditionFailed:
-        return False
-    return True
+    # A multipart upload: the precondition holds for it (fake-gcs-server enforces it there;
+    # its simple uploads ignore the precondition).
+    return gcs.put_if_generation(path, blob, 0) is not None
 
 
 def check_access(url: str, what: str = "--workdir") -> None:
@@ -363,13 +239,13 @@ def check_access(url: str, what: str = "--workdir") -> None:
     if scheme(url) != "gs":
         return
     check(url, what)
-    bucket, _ = _split(url)
+    bucket, _ = gcs.split(url)
     try:
         from google.api_core import exceptions
         from google.auth import exceptions as auth_exceptions
 
         try:
-            found = _client().bucket(bucket).exists(timeout=ACCESS_TIMEOUT, retry=None)
+            found = gcs.client().bucket(bucket).exists(timeout=gcs.ACCESS_TIMEOUT, retry=None)
         except auth_exceptions.DefaultCredentialsError:
             raise StorageError(
                 f"{what}={url}: no Google Cloud credentials (on a TPU VM they come with the "
@@ -395,58 +271,3 @@ def check_access(url: str, what: str = "--workdir") -> None:
         ) from None
     if not found:
         raise StorageError(f"{what}={url}: bucket {bucket} does not exist")
-
-
-# ---- Generation-checked operations (a lock on Cloud Storage: vdm/run/cloud_lock.py). ----
-
-
-def stat(url: str) -> tuple[bytes, int, float] | None:
-    """(contents, generation, seconds since the object was last written) of a gs:// object,
-    or None if there is none (or it changed while being read). The age is the service's update
-    time against this machine's clock."""
-    import time
-
-    from google.api_core import exceptions
-
-    bucket, name = _split(url)
-    with cloud_errors(url, "read"):
-        blob = _client().bucket(bucket).get_blob(name, retry=_retry())
-        if blob is None:
-            return None
-        try:
-            data = blob.download_as_bytes(if_generation_match=blob.generation, retry=_retry())
-        except (exceptions.NotFound, exceptions.PreconditionFailed):
-            return None  # deleted or rewritten meanwhile: look again
-    return data, int(blob.generation), time.time() - blob.updated.timestamp()
-
-
-def put_if_generation(url: str, blob: bytes, generation: int) -> int | None:
-    """Write `url` only if its generation is still `generation` (0: only if absent); the new
-    generation, or None if another writer changed or created it first."""
-    from google.api_core import exceptions
-
-    b = _blob(url)
-    with cloud_errors(url, "write"):
-        try:
-            b.upload_from_string(blob, if_generation_match=generation, retry=_retry())
-        except exceptions.PreconditionFailed:
-            return None
-    return int(b.generation)
-
-
-def remove_if_generation(url: str, generation: int, retry="default") -> bool:
-    """Delete `url` only if its generation is still `generation`: True if this call did.
-    `retry=None`: one request (a release at exit does not wait out an outage)."""
-    from google.api_core import exceptions
-
-    with cloud_errors(url, "delete"):
-        try:
-            kw = (
-                {"retry": _retry()}
-                if retry == "default"
-                else {"retry": retry, "timeout": ACCESS_TIMEOUT}
-            )
-            _blob(url).delete(if_generation_match=generation, **kw)
-        except (exceptions.PreconditionFailed, exceptions.NotFound):
-            return False
-    return True

@@ -28,6 +28,7 @@ import zipfile
 
 import numpy as np
 
+from vdm import signals
 from vdm.data.download import DataError, check, fetch
 from vdm.data.sources import CIFAR_FOLDER, SOURCES, Archive, Source
 
@@ -155,19 +156,9 @@ def _remove_stale_builds(directory: str) -> None:
     for entry in os.listdir(parent):
         if entry.startswith(prefix) or entry.startswith(f"{name}.old-"):
             pid = entry[len(prefix) :].split("-")[0] if entry.startswith(prefix) else ""
-            if pid.isdigit() and _alive(int(pid)):
+            if pid.isdigit() and signals.alive(int(pid)):
                 continue
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _build_from_archives(source, data_dir: str, directory: str, data_cfg, verify: bool) -> str:

@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 
-from vdm import storage
+from vdm import gcs, signals, storage
 from vdm.run.workdir import WorkdirError
 
 HEARTBEAT = 60.0  # seconds between the owner's rewrites
@@ -67,9 +67,9 @@ class CloudLock:
     def _put(self, generation: int) -> int | None:
         """Write the lock if it is still `generation`; the new generation, or None if another
         holder's. A write whose answer was lost and that was retried finds its own token."""
-        new = storage.put_if_generation(self.path, self._owner(), generation)
+        new = gcs.put_if_generation(self.path, self._owner(), generation)
         if new is None:
-            found = storage.stat(self.path)
+            found = gcs.stat(self.path)
             if found is not None and _field(found[0], "token") == self.token:
                 new = found[1]
         if new is not None:
@@ -81,7 +81,7 @@ class CloudLock:
             self.generation = self._put(0)
             if self.generation is not None:
                 break
-            found = storage.stat(self.path)
+            found = gcs.stat(self.path)
             if found is None:
                 continue  # released meanwhile
             data, generation, age = found
@@ -93,7 +93,7 @@ class CloudLock:
                     f"another --workdir (a lock not renewed for {self.stale_after:.0f} s is taken "
                     "over)"
                 )
-            if storage.remove_if_generation(self.path, generation):
+            if gcs.remove_if_generation(self.path, generation):
                 print(f"vdm: took over the lock of {_describe(data)} ({why})", file=sys.stderr)
         else:
             raise LockHeld(f"{self.path}: another process keeps taking the lock")
@@ -111,7 +111,7 @@ class CloudLock:
         # The pid rule only where the pid means the same process: the same host name, boot
         # and pid namespace (containers on one VM share its name, not its pids).
         same = host == socket.gethostname() and owner.get("machine") == _machine()
-        if same and not _alive(pid):
+        if same and not signals.alive(pid):
             return f"pid {pid} no longer runs on this host"
         if age > self.stale_after:
             return f"not renewed for {age:.0f} s"
@@ -142,7 +142,7 @@ class CloudLock:
             self._thread = None
         if self.generation is not None and not self.lost:
             try:
-                storage.remove_if_generation(self.path, self.generation, retry=None)
+                gcs.remove_if_generation(self.path, self.generation, once=True)
             except Exception:  # noqa: BLE001 - unreachable now (the run's error says so)
                 pass  # the lock goes stale by itself
             self.generation = None
@@ -179,13 +179,3 @@ def _describe(data: bytes) -> str:
         return f"pid {owner['pid']} on {owner['host']}"
     except (ValueError, KeyError, TypeError):
         return "an unreadable lock"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -18,6 +18,7 @@ from vdm import data, sharding, storage
 from vdm.model import count_params
 from vdm.run import config as config_lib
 from vdm.run import health, preemption
+from vdm.run import lock as lock_lib
 from vdm.run import workdir as workdir_lib
 from vdm.run.metrics import MetricWriter, read_metrics
 from vdm.run.session import Run
@@ -71,7 +72,7 @@ def train_and_evaluate(config, workdir: str, reset: bool = False) -> dict:
         failure, lock = None, None
         if main:
             try:
-                lock = stack.enter_context(workdir_lib.Lock(workdir))
+                lock = stack.enter_context(lock_lib.Lock(workdir))
                 if reset:
                     workdir_lib.reset(workdir)
             except (OSError, workdir_lib.WorkdirError) as e:

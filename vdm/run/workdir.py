@@ -1,23 +1,18 @@
 """A run directory: checked before anything is written, locked while a run trains in it.
 
-`prepare` makes sure `--workdir` is a writable directory (or a reachable gs:// URL); `Lock` is
-an advisory `flock` on `<workdir>/.lock` (released by the OS when the process dies, so a killed
-run never leaves a stale lock), or on gs:// a create-if-absent object with a stale rule
-(vdm/run/cloud_lock.py). Every file goes through vdm/storage.py. A workdir owns its run:
-`config.json` holds the config it trains with, `config_history.jsonl` every accepted change;
-`run_config` gives eval, sample and compress the run's own config (their sections from the
-command line); `mismatch_error` names the fields that differ when a checkpoint does not fit a
-config; `reset` moves a previous run aside (never deletes it).
+`prepare` makes sure `--workdir` is a writable directory (or a reachable gs:// URL); the lock
+a training run holds is vdm/run/lock.py. Every file goes through vdm/storage.py. A workdir
+owns its run: `config.json` holds the config it trains with, `config_history.jsonl` every
+accepted change; `run_config` gives eval, sample and compress the run's own config (their
+sections from the command line); `mismatch_error` names the fields that differ when a
+checkpoint does not fit a config; `reset` moves a previous run aside (never deletes it).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
-import socket
 import time
 
 from vdm import signals, storage
@@ -93,58 +88,6 @@ def prepare(workdir: str) -> str:
     if not os.access(path, os.W_OK | os.X_OK):
         raise WorkdirError(f"--workdir={workdir} is not writable")
     return path
-
-
-def Lock(workdir: str):  # noqa: N802 - the lock class of the workdir's storage
-    """The training lock of `workdir`: `FileLock` on a disk, `CloudLock` on gs://
-    (vdm/run/cloud_lock.py)."""
-    if storage.is_url(workdir):
-        from vdm.run.cloud_lock import CloudLock
-
-        return CloudLock(workdir)
-    return FileLock(workdir)
-
-
-class FileLock:
-    """Advisory exclusive lock on `<workdir>/.lock`; the file records the holder."""
-
-    lost = None  # an flock is never taken over
-
-    def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, ".lock")
-        self.fd: int | None = None
-
-    def acquire(self) -> FileLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            holder = os.read(fd, 256).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise WorkdirError(
-                f"{os.path.dirname(self.path)} is in use by a training run ({holder}); "
-                "wait for it, or use another --workdir"
-            ) from None
-        with writing(self.path):
-            os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-            os.fsync(fd)
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self) -> FileLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
