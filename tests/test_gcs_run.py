@@ -407,3 +407,25 @@ def test_two_hosts_train_and_resume_one_gs_run(gcs, tmp_path):
     assert [r["step"] for r in metrics.read_metrics(run) if r["split"] == "train"] == [2, 4, 6]
     assert json.loads(storage.read_text(f"{run}/eval_final.json"))["step"] == 6
     assert not storage.exists(f"{run}/.lock")
+
+
+def test_jax_compilation_cache_on_gs(gcs):
+    """docs/cli.md says JAX_COMPILATION_CACHE_DIR may be a gs:// URL: JAX writes it itself
+    (through etils and gcsfs), and a second process reads its entries back."""
+    cache = "gs://test-bucket/xla-cache"
+    env = dict(
+        _env(), JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
+    )
+    code = (
+        "import vdm, jax, jax.numpy as jnp\n"
+        "hits = []\n"
+        "jax.monitoring.register_event_listener(\n"
+        "    lambda e, **k: hits.append(e) if 'cache_hits' in e else None)\n"
+        "print(float(jax.jit(lambda x: jnp.sin(x) * 3)(jnp.ones(2))[0]), len(hits))\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+            for _ in range(2)]  # fmt: skip
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert any(n.endswith("-cache") for n in storage.listdir(cache))
+    assert int(runs[0].stdout.split()[-1]) == 0 and int(runs[1].stdout.split()[-1]) > 0
