@@ -76,6 +76,11 @@ def test_checkpoints_rotate_keep_the_best_and_restore(gcs):
     restored = ckpt.restore(_abstract(_state(0.0)))
     np.testing.assert_array_equal(restored["w"], np.arange(6.0) + 5)
     ckpt.close()
+    run = url.rsplit("/", 1)[0]  # --checkpoint=gs://…: a run, its checkpoints/, or one step
+    assert checkpoint.resolve(run) == (url, None) == checkpoint.resolve(url)
+    assert checkpoint.resolve(f"{url}/2") == (url, 2)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
+        checkpoint.resolve("gs://test-bucket/nothing-here")
     again = checkpoint.Checkpointer(url)  # a new process sees what the last one wrote
     np.testing.assert_array_equal(again.restore(_abstract(_state(0.0)), 2)["w"], np.arange(6.0) + 2)
     again.close()
