@@ -19,9 +19,18 @@ wins, e.g. `XLA_FLAGS=--xla_backend_optimization_level=2 pytest` tests at the us
 import importlib.util
 import os
 import shutil
+import signal
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# The tests that press Ctrl-C (tests/test_signals.py, the preemption and eval-resume tests)
+# start the CLI as a terminal would. A suite started as a background job (`pytest &` in a
+# script, nohup) inherits SIGINT ignored, its children too, and vdm keeps an ignored SIGINT
+# ignored, as it should (vdm/signals.py): the suite restores SIGINT's default first, so the
+# processes it starts get SIGINT at its default whatever started the suite.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _OWN_CACHE = None
