@@ -105,6 +105,11 @@ def test_a_url_workdir_is_one_line_and_never_a_local_gs_folder(gcs, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
         assert lines[0].startswith(f"error: --workdir={workdir}: ") and expected in lines[0]
+    proc = vdm_main(tmp_path, "--config=digits:smoke", "--workdir=gs://test-bucket/run",
+                    "--config.data.data_dir=gs://test-bucket/data")  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: data.data_dir=gs://test-bucket/data: the data sets are")
     assert os.listdir(tmp_path) == []  # no folder named gs: or s3:
 
 

@@ -10,7 +10,7 @@ import os
 
 import jax
 
-from vdm import data, samplers
+from vdm import data, samplers, storage
 from vdm.core import diffusion, elbo, objectives, schedules
 from vdm.data import datasets
 from vdm.eval import dequantization, likelihood
@@ -90,10 +90,22 @@ def validate(config, n_devices: int | None = None) -> None:
     """Raise ConfigError for the first bad value in `config`: names, then sizes, ranges,
     combinations of fields, and the batch sizes against the devices."""
     _check_names(config)
+    _check_data_dir(config)
     _check_sizes(config)
     _check_ranges(config)
     _check_combinations(config)
     _check_devices(config, jax.device_count() if n_devices is None else n_devices)
+
+
+def _check_data_dir(config) -> None:
+    """The data's folder is a local one: a URL there is one line, never a local 'gs:' folder."""
+    d = config.data.get("data_dir")
+    if d and storage.is_url(str(d)):
+        raise ConfigError(
+            f"data.data_dir={d}: the data sets are read from a local folder (their archives are "
+            "fetched and cached there); give a local path, or leave it unset for the default "
+            "cache (a run directory may be gs://, data.data_dir may not)"
+        )
 
 
 def _check_multivariate(config) -> None:
