@@ -357,9 +357,10 @@ def main(argv):
         sys.exit(f"error: unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
     try:
         with signals.activity(ACTIVITIES[_MODE.value]):
-            _check_storage(_WORKDIR.value, _CHECKPOINT.value)
-            _check_storage(_INPUT.value, None, "--input")
-            _check_storage(_OUTPUT.value, None, "--output")
+            _check_storage(
+                {"--workdir": _WORKDIR.value, "--checkpoint": _CHECKPOINT.value,
+                 "--input": _INPUT.value, "--output": _OUTPUT.value}
+            )  # fmt: skip
             if _MODE.value == "import":
                 import_mode(_FROM.value, argv[1:], _WORKDIR.value, _config())
                 return
@@ -404,13 +405,12 @@ def main(argv):
         sys.exit(f"error: {_os_error(e)}")
 
 
-def _check_storage(workdir: str, checkpoint_path: str | None, flag: str = "--workdir") -> None:
-    """A run directory (or a file) given as a URL: its scheme and access checked in one
-    request, before anything is written (vdm/storage.py); never a local folder named after
-    the URL."""
+def _check_storage(paths: dict[str, str | None]) -> None:
+    """Each flag's path given as a URL: its scheme and access checked in one request, before
+    anything is written (vdm/storage.py); never a local folder named after the URL."""
     from vdm import storage
 
-    for what, path in ((flag, workdir), ("--checkpoint", checkpoint_path)):
+    for what, path in paths.items():
         if path and storage.is_url(path):
             storage.check(path, what)
             storage.check_access(path, what)

@@ -104,9 +104,7 @@ def _write_images(path: str, images: np.ndarray, names: list[str] | None) -> str
         names = names or [f"{i:05d}.png" for i in range(len(images))]
         for name, img in zip(names, images, strict=True):
             buf = io.BytesIO()
-            Image.fromarray((img[..., 0] if img.shape[-1] == 1 else img).astype(np.uint8)).save(
-                buf, format="png"
-            )
+            _png(img).save(buf, format="png")
             storage.write_bytes(storage.join(path, name), buf.getvalue())
         return path
     if path.endswith(".npz"):
@@ -130,8 +128,7 @@ def _write_images(path: str, images: np.ndarray, names: list[str] | None) -> str
     os.mkdir(tmp)
     try:
         for name, img in zip(names, images, strict=True):
-            img = img[..., 0] if img.shape[-1] == 1 else img
-            Image.fromarray(img.astype(np.uint8)).save(os.path.join(tmp, name))
+            _png(img).save(os.path.join(tmp, name))
         if os.path.isdir(path):
             os.rmdir(path)  # the empty folder check_output allowed
         os.rename(tmp, path)
@@ -139,3 +136,8 @@ def _write_images(path: str, images: np.ndarray, names: list[str] | None) -> str
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
     return path
+
+
+def _png(img: np.ndarray) -> Image.Image:
+    """An (H, W, C) integer image as PIL writes a PNG of it: grey for one channel."""
+    return Image.fromarray((img[..., 0] if img.shape[-1] == 1 else img).astype(np.uint8))
